@@ -1,0 +1,1 @@
+//! Root filesystem preparation for tako-vm sandboxes.

@@ -1,0 +1,192 @@
+//! `tako-vm run`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::exec::classify;
+use crate::exec::record::Status;
+use crate::exec::runner::{self, CodeRun};
+use crate::sandbox::spec::{Limits, SandboxSpec};
+use crate::sandbox::{host, HostConfig, RunOptions, Runner};
+
+/// Arguments of `tako-vm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Root filesystem to run on (mounted read-only).
+    #[arg(long)]
+    rootfs: PathBuf,
+    /// Memory limit (e.g. 512m, 1g); also the memory+swap limit.
+    #[arg(long, default_value = "512m")]
+    memory: String,
+    /// CPU limit in cores.
+    #[arg(long, default_value_t = 1.0)]
+    cpus: f64,
+    /// Maximum number of processes and threads.
+    #[arg(long, default_value_t = 100)]
+    pids: u64,
+    /// Timeout in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Size of the /tmp tmpfs (e.g. 100m).
+    #[arg(long, default_value = "100m")]
+    tmpfs_size: String,
+    /// Python file to run as /code/main.py under the execution contract.
+    #[arg(long, conflicts_with = "cmd")]
+    code: Option<PathBuf>,
+    /// JSON object for /input/data.json (with --code).
+    #[arg(long, requires = "code")]
+    input: Option<PathBuf>,
+    /// Print the execution record as JSON (with --code; the default for --code).
+    #[arg(long)]
+    json: bool,
+    /// Keep the artifacts of /output in this directory (with --code).
+    #[arg(long, requires = "code")]
+    artifacts_dir: Option<PathBuf>,
+    /// Run without cgroup limits when no cgroup is usable (unprivileged hosts).
+    #[arg(long, env = "TAKO_VM_ALLOW_UNLIMITED_SANDBOXES")]
+    allow_unlimited: bool,
+    /// Parent cgroup of the runs.
+    #[arg(long, default_value = "tako-vm", env = "TAKO_VM_CGROUP_PARENT")]
+    cgroup_parent: String,
+    /// The command to run (after --).
+    #[arg(last = true)]
+    cmd: Vec<String>,
+}
+
+/// Parses a size like `512m`, `1g`, `100k` or a byte count.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid size {s:?} (use e.g. 512m or 1g)"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} is too large"))
+}
+
+fn limits(a: &RunArgs) -> anyhow::Result<Limits> {
+    if !(a.cpus > 0.0 && a.cpus <= 1024.0) {
+        bail!("--cpus must be between 0 and 1024");
+    }
+    if a.timeout == 0 {
+        bail!("--timeout must be at least 1 second");
+    }
+    Ok(Limits {
+        memory_bytes: Some(parse_size(&a.memory)?),
+        cpus: Some(a.cpus),
+        pids: Some(a.pids),
+        tmpfs_bytes: parse_size(&a.tmpfs_size)?,
+        ..Limits::default()
+    })
+}
+
+/// Runs `tako-vm run`; returns the exit code.
+pub fn run(a: RunArgs) -> anyhow::Result<i32> {
+    if !a.rootfs.is_dir() {
+        bail!("rootfs {} is not a directory", a.rootfs.display());
+    }
+    let rootfs = a.rootfs.canonicalize()?;
+    let lim = limits(&a)?;
+    let runner = Runner::detect(&HostConfig {
+        cgroup_parent: a.cgroup_parent.clone(),
+        allow_unlimited: a.allow_unlimited,
+        helper_exe: None,
+    })?;
+    let id = host::new_run_id();
+    if let Some(code_path) = &a.code {
+        let code = std::fs::read_to_string(code_path)
+            .with_context(|| format!("cannot read {}", code_path.display()))?;
+        let input = match &a.input {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not valid JSON", p.display()))?;
+                if !v.is_object() {
+                    bail!("{} must contain a JSON object", p.display());
+                }
+                v
+            }
+            None => serde_json::json!({}),
+        };
+        if let Some(d) = &a.artifacts_dir {
+            std::fs::create_dir_all(d)?;
+        }
+        let mut run = CodeRun::new(id, rootfs, code);
+        run.input = input;
+        run.timeout_s = a.timeout;
+        run.limits = lim;
+        run.artifacts_dir = a.artifacts_dir.clone();
+        let result = runner::execute(&runner, &run);
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(if result.status == Status::Succeeded {
+            0
+        } else {
+            1
+        });
+    }
+    if a.cmd.is_empty() {
+        bail!("nothing to run: give --code FILE or -- CMD [ARGS...]");
+    }
+    let spec = SandboxSpec {
+        rootfs,
+        argv: a.cmd.clone(),
+        env: vec![
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+            ("HOME".into(), "/home/sandbox".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+        ],
+        cwd: "/".into(),
+        hostname: "tako-sandbox".into(),
+        limits: lim,
+        injected: vec![],
+        output: None,
+        timeout_ms: a.timeout * 1000,
+        kill_grace_ms: 1000,
+        tmp_dirs: vec![],
+    };
+    let opts = RunOptions {
+        run_id: id,
+        host_deadline: std::time::Duration::from_secs(a.timeout + 120 + runner::HOST_GRACE_S),
+        stdout_keep: 0,
+        stderr_keep: 0,
+        tee: true,
+        artifacts_dir: None,
+    };
+    let o = runner.run(&spec, &opts)?;
+    if let Some(e) = &o.setup_error {
+        if o.exit.is_none() {
+            bail!("sandbox setup failed: {e}");
+        }
+    }
+    Ok(match &o.exit {
+        Some(x) if x.timed_out => classify::EXIT_TIMEOUT,
+        Some(x) => x.code.or(x.signal.map(|s| 128 + s)).unwrap_or(1),
+        None if o.host_timeout => classify::EXIT_TIMEOUT,
+        None => classify::EXIT_SIGKILL,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("100k").unwrap(), 100 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+    }
+}

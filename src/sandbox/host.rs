@@ -1,0 +1,98 @@
+//! Choosing how this host runs sandboxes, and the start-up sweep of leftovers.
+
+use std::path::PathBuf;
+
+use super::cgroup::{CgroupError, Cgroups};
+use super::idmap::IdMap;
+use super::supervisor::{Runner, SandboxError};
+
+/// Host-level sandbox settings.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Parent of the per-run cgroups (relative to the hierarchy root).
+    pub cgroup_parent: String,
+    /// Run without cgroup limits when no cgroup is usable (explicit opt-in only).
+    pub allow_unlimited: bool,
+    /// Our binary, re-executed as the sandbox helper (default: the current executable).
+    pub helper_exe: Option<PathBuf>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            cgroup_parent: "tako-vm".into(),
+            allow_unlimited: false,
+            helper_exe: None,
+        }
+    }
+}
+
+/// A token naming this process: pid and start time, so a reused pid is not mistaken for us.
+pub fn owner_token(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime) counted after the ")" that ends the command name.
+    let rest = stat.rsplit_once(')')?.1;
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid}.{start}"))
+}
+
+/// True when the process that owns a run name (`<pid>.<start>.<rest>`) is gone.
+pub fn owner_is_dead(run_name: &str) -> bool {
+    let mut it = run_name.splitn(3, '.');
+    let (Some(pid), Some(start)) = (it.next(), it.next()) else {
+        return true;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return true;
+    };
+    owner_token(pid).as_deref() != Some(&format!("{pid}.{start}"))
+}
+
+/// A fresh run id owned by this process.
+pub fn new_run_id() -> String {
+    let me = std::process::id();
+    let token = owner_token(me).unwrap_or_else(|| format!("{me}.0"));
+    format!("{token}.{}", uuid::Uuid::new_v4().simple())
+}
+
+impl Runner {
+    /// Detects id maps and cgroups for this host and sweeps leftovers of dead processes.
+    pub fn detect(cfg: &HostConfig) -> Result<Runner, SandboxError> {
+        let idmap = IdMap::detect()?;
+        let cgroups = match Cgroups::detect(&cfg.cgroup_parent) {
+            Ok(c) => {
+                c.sweep_dead(owner_is_dead);
+                Some(c)
+            }
+            Err(CgroupError::Unavailable(_)) if cfg.allow_unlimited => None,
+            Err(e) => return Err(e.into()),
+        };
+        let helper_exe = match &cfg.helper_exe {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
+        Ok(Runner {
+            helper_exe,
+            idmap,
+            cgroups,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_of_live_owners_are_kept_and_dead_ones_swept() {
+        let id = new_run_id();
+        assert!(!owner_is_dead(&id), "{id}");
+        assert!(owner_is_dead("999999999.1.abc"));
+        assert!(owner_is_dead("garbage"));
+        let me = std::process::id();
+        assert!(
+            owner_is_dead(&format!("{me}.1.x")),
+            "wrong start time must count as dead"
+        );
+    }
+}

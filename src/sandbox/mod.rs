@@ -1,0 +1,21 @@
+//! The sandbox: one untrusted process tree in fresh namespaces with limits.
+//!
+//! Data flow: a [`spec::SandboxSpec`] (what to run, limits, injected files) is handed to
+//! [`supervisor::Runner::run`], which creates the run's cgroup, starts the helper
+//! ([`child`]), writes the id maps ([`idmap`]), captures output, enforces the host deadline
+//! and returns a [`supervisor::Outcome`]. The inside builds its filesystem ([`mounts`]),
+//! drops privileges and loads seccomp ([`privs`]) and reports back over [`wire`].
+
+pub mod cgroup;
+pub mod child;
+pub mod host;
+pub mod idmap;
+pub mod mounts;
+pub mod privs;
+pub mod spec;
+pub mod supervisor;
+pub mod wire;
+
+pub use host::HostConfig;
+pub use spec::{InjectedDir, InjectedFile, Limits, OutputSpec, SandboxSpec};
+pub use supervisor::{Outcome, RunOptions, Runner, SandboxError};

@@ -1,0 +1,120 @@
+//! Last steps of the payload process before `execve`: rlimits, the sandbox user, every
+//! capability set emptied, `no_new_privs`, inherited fds closed, then seccomp.
+//! Runs in a freshly forked child of the (single-threaded) sandbox init.
+
+use std::ffi::CString;
+use std::path::Path;
+
+use caps::CapSet;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::unistd::{Gid, Uid};
+
+use super::spec::{SandboxSpec, SANDBOX_GID, SANDBOX_UID};
+
+type R<T> = Result<T, String>;
+
+/// Resolves `argv0` against the `PATH` of the sandbox environment (not the host's).
+pub fn resolve_program(argv0: &str, env: &[(String, String)]) -> R<String> {
+    if argv0.contains('/') {
+        return Ok(argv0.to_string());
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(argv0);
+        if nix::unistd::access(&p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file() {
+            return Ok(p.to_string_lossy().into_owned());
+        }
+    }
+    Err(format!(
+        "{argv0}: command not found in the sandbox PATH ({path})"
+    ))
+}
+
+fn cstr(s: &str) -> R<CString> {
+    CString::new(s).map_err(|_| format!("argument contains a NUL byte: {s:?}"))
+}
+
+/// Drops every privilege and execs the payload. Returns only on failure.
+pub fn drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters) -> String {
+    match try_drop_and_exec(spec, filters) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn try_drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters) -> R<Never> {
+    // The user's code is the preferred OOM victim, never the sandbox init.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    let l = &spec.limits;
+    let lim = |r: Resource, (s, h): (u64, u64)| {
+        setrlimit(r, s, h).map_err(|e| format!("setrlimit {r:?}: {e}"))
+    };
+    lim(Resource::RLIMIT_NOFILE, l.nofile)?;
+    lim(Resource::RLIMIT_NPROC, l.nproc)?;
+    lim(Resource::RLIMIT_FSIZE, (l.fsize, l.fsize))?;
+    lim(Resource::RLIMIT_CORE, (0, 0))?;
+
+    let program = resolve_program(&spec.argv[0], &spec.env)?;
+    let argv: Vec<CString> = spec.argv.iter().map(|a| cstr(a)).collect::<R<_>>()?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<R<_>>()?;
+    let prog = cstr(&program)?;
+
+    nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| format!("chdir {}: {e}", spec.cwd))?;
+
+    // Bounding set first: it needs CAP_SETPCAP, which the uid change below takes away.
+    for cap in caps::all() {
+        caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop bounding {cap}: {e}"))?;
+    }
+    // setgroups is denied in single-id mode (the host's setgroups=deny): nothing to clear then.
+    let _ = nix::unistd::setgroups(&[]);
+    let (g, u) = (Gid::from_raw(SANDBOX_GID), Uid::from_raw(SANDBOX_UID));
+    nix::unistd::setresgid(g, g, g).map_err(|e| format!("setresgid {SANDBOX_GID}: {e}"))?;
+    nix::unistd::setresuid(u, u, u).map_err(|e| format!("setresuid {SANDBOX_UID}: {e}"))?;
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(|e| format!("clear {set:?} capabilities: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+
+    // Close everything but stdio; the payload inherits nothing else.
+    // SAFETY: close_range(2) on our own descriptor table; no Rust object owns fds >= 3 here
+    // that is used afterwards (the seccomp filters and argv live in memory).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(format!("close_range: {}", std::io::Error::last_os_error()));
+    }
+
+    filters.apply().map_err(|e| format!("seccomp: {e}"))?;
+    let err = nix::unistd::execve(&prog, &argv, &envp).unwrap_err();
+    Err(format!("exec {program}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_resolve_against_the_sandbox_path_only() {
+        let env = vec![("PATH".to_string(), "/nonexistent:/bin".to_string())];
+        assert_eq!(resolve_program("sh", &env).unwrap(), "/bin/sh");
+        assert_eq!(resolve_program("/x/y", &env).unwrap(), "/x/y");
+        let none = vec![("PATH".to_string(), "/nonexistent".to_string())];
+        assert!(resolve_program("sh", &none)
+            .unwrap_err()
+            .contains("not found"));
+    }
+}

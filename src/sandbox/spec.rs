@@ -1,0 +1,102 @@
+//! What one sandboxed run needs, as plain data.
+//!
+//! A [`SandboxSpec`] is built on the host, serialised and sent to the in-namespace side
+//! (`child.rs`) over the control socket. It carries everything the inside needs, so the
+//! inside never reads host configuration or environment.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// uid and gid the payload runs as inside the sandbox (`sandbox` user of the contract).
+pub const SANDBOX_UID: u32 = 1000;
+/// gid of the payload inside the sandbox.
+pub const SANDBOX_GID: u32 = 1000;
+
+/// Resource limits of one run. `None` means "no limit of that kind".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    /// Memory limit in bytes (also the memory+swap limit: no swap).
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in cores (cfs quota = cores × period).
+    pub cpus: Option<f64>,
+    /// Maximum number of tasks in the sandbox's cgroup.
+    pub pids: Option<u64>,
+    /// RLIMIT_NOFILE (soft, hard).
+    pub nofile: (u64, u64),
+    /// RLIMIT_NPROC (soft, hard).
+    pub nproc: (u64, u64),
+    /// RLIMIT_FSIZE in bytes.
+    pub fsize: u64,
+    /// Size of the `/tmp` tmpfs in bytes.
+    pub tmpfs_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: Some(512 << 20),
+            cpus: Some(1.0),
+            pids: Some(100),
+            nofile: (256, 256),
+            nproc: (50, 50),
+            fsize: 104_857_600,
+            tmpfs_bytes: 100 << 20,
+        }
+    }
+}
+
+/// A small file placed in a read-only tmpfs directory inside the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InjectedFile {
+    /// File name inside `dir` (no `/`).
+    pub name: String,
+    /// File contents.
+    pub contents: Vec<u8>,
+}
+
+/// A read-only directory assembled from injected files (e.g. `/code`, `/input`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InjectedDir {
+    /// Absolute path inside the sandbox; must exist as a directory in the rootfs.
+    pub path: String,
+    /// Files in it (mode 0444).
+    pub files: Vec<InjectedFile>,
+}
+
+/// How `/output` is provided and collected.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputSpec {
+    /// Size of the `/output` tmpfs in bytes.
+    pub tmpfs_bytes: u64,
+    /// Per-file artifact limit; larger files are skipped.
+    pub max_file_bytes: u64,
+    /// Cumulative limit; collection stops at the first file that would exceed it.
+    pub max_total_bytes: u64,
+}
+
+/// Everything the inside of a sandbox needs for one run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxSpec {
+    /// Root filesystem directory on the host (mounted read-only).
+    pub rootfs: PathBuf,
+    /// argv of the payload; `argv[0]` is resolved against `PATH` from `env`.
+    pub argv: Vec<String>,
+    /// The complete environment of the payload (nothing is inherited from the host).
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: String,
+    /// Hostname inside the sandbox (own UTS namespace).
+    pub hostname: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Read-only injected directories (`/code`, `/input`).
+    pub injected: Vec<InjectedDir>,
+    /// `/output` collection, when the run follows the execution contract.
+    pub output: Option<OutputSpec>,
+    /// Execution-phase timeout in milliseconds (SIGTERM, then SIGKILL after `kill_grace_ms`).
+    pub timeout_ms: u64,
+    /// Grace between SIGTERM and SIGKILL on timeout.
+    pub kill_grace_ms: u64,
+    /// Directories created in `/tmp` (owned by the sandbox user) before the payload starts.
+    pub tmp_dirs: Vec<String>,
+}

@@ -1,0 +1,587 @@
+//! Host side of one run: cgroup, helper process, id maps, bounded capture, host deadline,
+//! artifact intake and clean-up on every path.
+//!
+//! The helper is started with `std::process::Command` (fork/exec done by std); the only code
+//! run between fork and exec is one `dup2`, which is async-signal-safe. So a multi-threaded
+//! caller (the server) is safe.
+
+use std::fs::{self, File};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+
+use super::cgroup::{Cgroups, RunCgroup, Usage};
+use super::child::{CTL_FD, HELPER_ARG};
+use super::idmap::IdMap;
+use super::spec::SandboxSpec;
+use super::wire::{self, ArtifactHeader, ExitReport, Failure, FrameDecoder, InitPid, Kind, Mapped};
+use crate::exec::truncate::CappedBuffer;
+
+/// Errors that keep a run from producing an outcome at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The helper could not be started.
+    #[error("cannot start the sandbox helper {path}: {source}")]
+    Spawn {
+        /// Helper binary.
+        path: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// cgroup setup failed.
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroup::CgroupError),
+    /// id maps failed.
+    #[error(transparent)]
+    IdMap(#[from] super::idmap::IdMapError),
+    /// Local I/O failure (pipes, artifact files).
+    #[error("sandbox i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// How runs are performed on this host (shared by many runs).
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// Our own binary, re-executed as the helper.
+    pub helper_exe: PathBuf,
+    /// Id-map strategy.
+    pub idmap: IdMap,
+    /// cgroups for limits; `None` only when running without limits was allowed explicitly.
+    pub cgroups: Option<Cgroups>,
+}
+
+/// Per-run options on the host side.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Unique id of the run (cgroup name).
+    pub run_id: String,
+    /// Hard host deadline for the whole run (setup + execution + grace).
+    pub host_deadline: Duration,
+    /// Keep at least this many leading bytes of stdout.
+    pub stdout_keep: usize,
+    /// Keep at least this many leading bytes of stderr.
+    pub stderr_keep: usize,
+    /// Copy the payload's stdout/stderr to ours as it arrives (CLI).
+    pub tee: bool,
+    /// Where collected artifacts are written (`None`: hashed, not kept).
+    pub artifacts_dir: Option<PathBuf>,
+}
+
+/// One collected artifact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectedArtifact {
+    /// File name.
+    pub name: String,
+    /// Bytes received.
+    pub size: u64,
+    /// sha256 hex computed on the host.
+    pub sha256: String,
+}
+
+/// What one run produced, before any interpretation.
+#[derive(Debug)]
+pub struct Outcome {
+    /// How the payload ended, when the init reported it.
+    pub exit: Option<ExitReport>,
+    /// The host deadline fired.
+    pub host_timeout: bool,
+    /// Setup failure reported by the inside.
+    pub setup_error: Option<String>,
+    /// stdout capture.
+    pub stdout: CappedBuffer,
+    /// stderr capture.
+    pub stderr: CappedBuffer,
+    /// Artifacts in collection order.
+    pub artifacts: Vec<CollectedArtifact>,
+    /// `result.json` contents when it was collected.
+    pub result_json: Option<Vec<u8>>,
+    /// cgroup usage and OOM verdict.
+    pub usage: Usage,
+    /// Milliseconds from spawn until the payload started (None if it never did).
+    pub startup_ms: Option<u64>,
+    /// Milliseconds of the whole run.
+    pub total_ms: u64,
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) with a pid of our own child; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn pipe() -> io::Result<(File, File)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    Ok((File::from(r), File::from(w)))
+}
+
+fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// A valid artifact name: top-level, not hidden, no separators.
+pub fn valid_artifact_name(n: &str) -> bool {
+    !n.is_empty()
+        && !n.starts_with('.')
+        && !n.contains('/')
+        && !n.contains('\\')
+        && !n.contains('\0')
+}
+
+struct Intake<'a> {
+    opts: &'a RunOptions,
+    max_file: u64,
+    max_total: u64,
+    total: u64,
+    current: Option<(ArtifactHeader, Sha256, u64, Option<File>, Option<Vec<u8>>)>,
+    done: Vec<CollectedArtifact>,
+    result_json: Option<Vec<u8>>,
+}
+
+impl Intake<'_> {
+    fn begin(&mut self, h: ArtifactHeader) -> io::Result<()> {
+        self.end_current(false);
+        if !valid_artifact_name(&h.name) || self.done.iter().any(|a| a.name == h.name) {
+            return Err(io::Error::other(format!(
+                "invalid artifact name {:?}",
+                h.name
+            )));
+        }
+        let file = match &self.opts.artifacts_dir {
+            Some(d) => Some(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(d.join(&h.name))?,
+            ),
+            None => None,
+        };
+        let keep = (h.name == "result.json").then(Vec::new);
+        self.current = Some((h, Sha256::new(), 0, file, keep));
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some((_, hasher, n, file, keep)) = self.current.as_mut() else {
+            return Err(io::Error::other("artifact data without a header"));
+        };
+        *n += bytes.len() as u64;
+        self.total += bytes.len() as u64;
+        if *n > self.max_file || self.total > self.max_total {
+            return Err(io::Error::other("artifact limits exceeded"));
+        }
+        hasher.update(bytes);
+        if let Some(f) = file {
+            f.write_all(bytes)?;
+        }
+        if let Some(k) = keep {
+            k.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn end_current(&mut self, complete: bool) {
+        if let Some((h, hasher, n, _, keep)) = self.current.take() {
+            if complete {
+                if let Some(k) = keep {
+                    self.result_json = Some(k);
+                }
+                self.done.push(CollectedArtifact {
+                    name: h.name,
+                    size: n,
+                    sha256: hex::encode(hasher.finalize()),
+                });
+            } else if let Some(d) = &self.opts.artifacts_dir {
+                let _ = fs::remove_file(d.join(&h.name));
+            }
+        }
+    }
+}
+
+impl Runner {
+    /// Runs one sandbox to completion. Cleans up its cgroup on every path.
+    pub fn run(&self, spec: &SandboxSpec, opts: &RunOptions) -> Result<Outcome, SandboxError> {
+        let t0 = Instant::now();
+        let cgroup = match &self.cgroups {
+            Some(c) => Some(c.create(&opts.run_id)?),
+            None => None,
+        };
+        let result = self.run_in(spec, opts, cgroup.as_ref(), t0);
+        let usage = cgroup.as_ref().map(|c| c.usage()).unwrap_or_default();
+        if let Some(c) = cgroup {
+            let _ = c.remove();
+        }
+        result.map(|mut o| {
+            o.usage = usage;
+            o.total_ms = t0.elapsed().as_millis() as u64;
+            o
+        })
+    }
+
+    fn run_in(
+        &self,
+        spec: &SandboxSpec,
+        opts: &RunOptions,
+        cgroup: Option<&RunCgroup>,
+        t0: Instant,
+    ) -> Result<Outcome, SandboxError> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let theirs_fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(&self.helper_exe);
+        cmd.arg(HELPER_ARG)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        // SAFETY: the closure runs between fork and exec and only calls dup2(2), which is
+        // async-signal-safe; dup2 also clears FD_CLOEXEC on the new descriptor.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(theirs_fd, CTL_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            path: self.helper_exe.display().to_string(),
+            source,
+        })?;
+        drop(cmd); // closes our copies of the child's stdout/stderr write ends
+        drop(theirs);
+        let helper_pid = child.id() as i32;
+        let mut child = HelperGuard {
+            child,
+            reaped: false,
+        };
+
+        let mut ctl = ours;
+        let setup = (|| -> Result<(), SandboxError> {
+            if let Some(c) = cgroup {
+                // The helper waits for the spec, so it runs nothing before the limits hold.
+                c.add(helper_pid)?;
+                c.apply(&spec.limits)?;
+            }
+            let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
+            wire::write_frame(&mut ctl, Kind::Spec, &body)?;
+            Ok(())
+        })();
+        setup?;
+
+        let mut out = Outcome {
+            exit: None,
+            host_timeout: false,
+            setup_error: None,
+            stdout: CappedBuffer::new(opts.stdout_keep),
+            stderr: CappedBuffer::new(opts.stderr_keep),
+            artifacts: Vec::new(),
+            result_json: None,
+            usage: Usage::default(),
+            startup_ms: None,
+            total_ms: 0,
+        };
+        let (max_file, max_total) = spec
+            .output
+            .as_ref()
+            .map(|o| (o.max_file_bytes, o.max_total_bytes))
+            .unwrap_or((0, 0));
+        let mut intake = Intake {
+            opts,
+            max_file,
+            max_total,
+            total: 0,
+            current: None,
+            done: Vec::new(),
+            result_json: None,
+        };
+        set_nonblocking(&ctl)?;
+        set_nonblocking(&out_r)?;
+        set_nonblocking(&err_r)?;
+        let pidfd = pidfd_open(helper_pid)?;
+        let deadline = t0 + opts.host_deadline;
+        let mut init_pid: Option<i32> = None;
+        let mut decoder = FrameDecoder::default();
+        let (mut ctl_open, mut out_open, mut err_open, mut helper_alive) = (true, true, true, true);
+        let mut out_r = out_r;
+        let mut err_r = err_r;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut drain_until: Option<Instant> = None;
+        let mut protocol_error = false;
+
+        while ctl_open || out_open || err_open || helper_alive {
+            let now = Instant::now();
+            if !out.host_timeout && now >= deadline {
+                out.host_timeout = true;
+                kill_tree(init_pid, helper_pid, cgroup);
+                drain_until = Some(now + Duration::from_secs(2));
+            }
+            if let Some(d) = drain_until {
+                if now >= d {
+                    break;
+                }
+            }
+            let until = drain_until.unwrap_or(deadline);
+            let ms = until.saturating_duration_since(now).as_millis().min(60_000) as u16;
+            let mut fds = Vec::with_capacity(4);
+            let mut which = Vec::with_capacity(4);
+            if ctl_open {
+                fds.push(PollFd::new(ctl.as_fd(), PollFlags::POLLIN));
+                which.push(0);
+            }
+            if out_open {
+                fds.push(PollFd::new(out_r.as_fd(), PollFlags::POLLIN));
+                which.push(1);
+            }
+            if err_open {
+                fds.push(PollFd::new(err_r.as_fd(), PollFlags::POLLIN));
+                which.push(2);
+            }
+            if helper_alive {
+                fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+                which.push(3);
+            }
+            match poll(&mut fds, PollTimeout::from(ms.max(1))) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e).into()),
+            }
+            let ready: Vec<usize> = fds
+                .iter()
+                .zip(&which)
+                .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, w)| *w)
+                .collect();
+            drop(fds);
+            for w in ready {
+                match w {
+                    0 => match read_some(&mut ctl, &mut buf) {
+                        Some(0) => ctl_open = false,
+                        Some(n) => {
+                            decoder.feed(&buf[..n]);
+                            loop {
+                                let frame = match decoder.next_frame() {
+                                    Ok(Some(f)) => f,
+                                    Ok(None) => break,
+                                    Err(_) => {
+                                        protocol_error = true;
+                                        ctl_open = false;
+                                        break;
+                                    }
+                                };
+                                let r = self.handle_frame(
+                                    frame,
+                                    &mut ctl,
+                                    helper_pid,
+                                    &mut init_pid,
+                                    &mut out,
+                                    &mut intake,
+                                    t0,
+                                );
+                                if r.is_err() {
+                                    protocol_error = true;
+                                    ctl_open = false;
+                                    break;
+                                }
+                            }
+                            if protocol_error {
+                                kill_tree(init_pid, helper_pid, cgroup);
+                            }
+                        }
+                        None => {}
+                    },
+                    1 => match read_some(&mut out_r, &mut buf) {
+                        Some(0) => out_open = false,
+                        Some(n) => {
+                            out.stdout.push(&buf[..n]);
+                            if opts.tee {
+                                let _ = io::stdout().write_all(&buf[..n]);
+                            }
+                        }
+                        None => {}
+                    },
+                    2 => match read_some(&mut err_r, &mut buf) {
+                        Some(0) => err_open = false,
+                        Some(n) => {
+                            out.stderr.push(&buf[..n]);
+                            if opts.tee {
+                                let _ = io::stderr().write_all(&buf[..n]);
+                            }
+                        }
+                        None => {}
+                    },
+                    _ => {
+                        helper_alive = false;
+                        child.wait();
+                        // Give the pipes a moment to deliver what is buffered.
+                        if drain_until.is_none() {
+                            drain_until = Some(Instant::now() + Duration::from_secs(2));
+                        }
+                    }
+                }
+            }
+        }
+        if opts.tee {
+            let _ = io::stdout().flush();
+        }
+        if helper_alive {
+            kill_tree(init_pid, helper_pid, cgroup);
+        }
+        child.wait();
+        intake.end_current(false);
+        out.artifacts = intake.done;
+        out.result_json = intake.result_json;
+        if protocol_error && out.setup_error.is_none() && out.exit.is_none() {
+            out.setup_error = Some("the sandbox broke the control protocol".into());
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_frame(
+        &self,
+        (kind, body): (Kind, Vec<u8>),
+        ctl: &mut UnixStream,
+        helper_pid: i32,
+        init_pid: &mut Option<i32>,
+        out: &mut Outcome,
+        intake: &mut Intake,
+        t0: Instant,
+    ) -> io::Result<()> {
+        match kind {
+            Kind::Unshared => {
+                if let Err(e) = self.idmap.apply(helper_pid) {
+                    out.setup_error = Some(e.to_string());
+                    return Err(io::Error::other("id map"));
+                }
+                // The control socket is non-blocking: this small frame fits its buffer.
+                let body = serde_json::to_vec(&Mapped {
+                    init_uid: self.idmap.init_uid(),
+                })
+                .map_err(io::Error::other)?;
+                let mut frame = Vec::new();
+                wire::write_frame(&mut frame, Kind::Mapped, &body)?;
+                write_all_retry(ctl, &frame)
+            }
+            Kind::InitPid => {
+                let p: InitPid = serde_json::from_slice(&body).map_err(io::Error::other)?;
+                *init_pid = Some(p.pid);
+                Ok(())
+            }
+            Kind::SetupError => {
+                let f: Failure = serde_json::from_slice(&body).map_err(io::Error::other)?;
+                out.setup_error = Some(f.message);
+                Ok(())
+            }
+            Kind::Started => {
+                out.startup_ms = Some(t0.elapsed().as_millis() as u64);
+                Ok(())
+            }
+            Kind::ArtifactBegin => {
+                let h: ArtifactHeader = serde_json::from_slice(&body).map_err(io::Error::other)?;
+                intake.begin(h)
+            }
+            Kind::ArtifactData => intake.data(&body),
+            Kind::ArtifactEnd => {
+                intake.end_current(true);
+                Ok(())
+            }
+            Kind::Exit => {
+                let r: ExitReport = serde_json::from_slice(&body).map_err(io::Error::other)?;
+                out.exit = Some(r);
+                Ok(())
+            }
+            Kind::Spec | Kind::Mapped => Err(io::Error::other("unexpected frame")),
+        }
+    }
+}
+
+fn write_all_retry(w: &mut UnixStream, mut data: &[u8]) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !data.is_empty() {
+        match w.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what is available: Some(0) on EOF, None when nothing was ready.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> Option<usize> {
+    match r.read(buf) {
+        Ok(n) => Some(n),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => None,
+        Err(_) => Some(0),
+    }
+}
+
+/// Kills the whole sandbox: the pid-namespace init (the kernel then kills every process
+/// of the namespace), the helper, and whatever the cgroup still holds.
+fn kill_tree(init_pid: Option<i32>, helper_pid: i32, cgroup: Option<&RunCgroup>) {
+    if let Some(p) = init_pid {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+    let _ = kill(Pid::from_raw(helper_pid), Signal::SIGKILL);
+    if let Some(c) = cgroup {
+        c.kill_all();
+    }
+}
+
+/// The helper process; killed and reaped on every path that leaves it behind.
+struct HelperGuard {
+    child: std::process::Child,
+    reaped: bool,
+}
+
+impl HelperGuard {
+    fn wait(&mut self) {
+        if !self.reaped {
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for HelperGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // Not reaped yet, so the pid cannot have been reused.
+            let _ = self.child.kill();
+            self.wait();
+        }
+    }
+}
+
+/// Creates a private directory for the artifacts of a run.
+pub fn artifacts_dir(base: &Path, run_id: &str) -> io::Result<PathBuf> {
+    let d = base.join(run_id).join("artifacts");
+    fs::create_dir_all(&d)?;
+    Ok(d)
+}
