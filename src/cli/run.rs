@@ -125,7 +125,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         run.limits = lim;
         run.artifacts_dir = a.artifacts_dir.clone();
         let result = runner::execute(&runner, &run);
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        use std::io::Write;
+        let text = serde_json::to_string_pretty(&result)?;
+        // A closed stdout (e.g. `| head`) is not an error of the run.
+        let _ = writeln!(std::io::stdout(), "{text}");
         return Ok(if result.status == Status::Succeeded {
             0
         } else {

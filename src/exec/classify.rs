@@ -5,6 +5,7 @@
 //! The rows decided by callers before or around a run have constructors here:
 //! [`config_error`] (a, b, h), [`service_unavailable`] (g) and [`internal_error`] (j).
 
+use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -287,14 +288,14 @@ pub fn decide(f: &RunFacts<'_>) -> (Status, Option<ExecError>) {
                     f.startup_timeout_s
                 );
                 if let Some(ms) = nonzero(f.startup_ms) {
-                    m.push_str(&format!(" (startup took {ms}ms)"));
+                    let _ = write!(m, " (startup took {ms}ms)");
                 }
                 (ErrorType::StartupTimeout, m)
             }
             Some(Phase::Execution) => {
                 let mut m = format!("Code execution exceeded time limit ({}s)", f.timeout_s);
                 if let (Some(s), Some(e)) = (nonzero(f.startup_ms), nonzero(f.execution_ms)) {
-                    m.push_str(&format!(" (startup: {s}ms, execution: {e}ms)"));
+                    let _ = write!(m, " (startup: {s}ms, execution: {e}ms)");
                 }
                 (ErrorType::ExecutionTimeout, m)
             }

@@ -1,0 +1,101 @@
+//! `tako-vm run` from the command line.
+
+mod common;
+
+#[test]
+fn command_mode_passes_output_and_exit_codes() {
+    let r = need_rootfs!();
+    let root = r.to_str().unwrap();
+    let (code, out, _) =
+        common::cli(&["run", "--rootfs", root, "--", "python3", "-c", "print(1+1)"]);
+    assert_eq!((code, out.as_str()), (0, "2\n"));
+    let (code, _, err) = common::cli(&[
+        "run",
+        "--rootfs",
+        root,
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 7",
+    ]);
+    assert_eq!(code, 7);
+    assert_eq!(err, "oops\n");
+    let (code, _, _) = common::cli(&[
+        "run",
+        "--rootfs",
+        root,
+        "--timeout",
+        "1",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code, 124);
+    let (code, _, _) = common::cli(&["run", "--rootfs", root, "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(code, 137);
+    let (code, _, err) = common::cli(&["run", "--rootfs", root, "--", "no-such-binary"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("no-such-binary"), "{err}");
+}
+
+#[test]
+fn code_mode_prints_the_execution_record() {
+    let r = need_rootfs!();
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("main.py");
+    let input = dir.path().join("in.json");
+    std::fs::write(&code, "import json\nd = json.load(open('/input/data.json'))\njson.dump({'n': d['n'] * 2}, open('/output/result.json', 'w'))\nprint('ok')").unwrap();
+    std::fs::write(&input, r#"{"n": 21}"#).unwrap();
+    let (status, out, err) = common::cli(&[
+        "run",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--memory",
+        "256m",
+        "--cpus",
+        "0.5",
+        "--pids",
+        "50",
+        "--code",
+        code.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(status, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "status",
+            "exit_code",
+            "stdout",
+            "stderr",
+            "stdout_truncated",
+            "stderr_truncated",
+            "output",
+            "artifacts",
+            "error",
+            "timing",
+            "resource_usage"
+        ]
+    );
+    assert_eq!(v["status"], "succeeded");
+    assert_eq!(v["output"]["n"], 42);
+    assert_eq!(v["stdout"], "ok\n");
+    assert_eq!(v["artifacts"][0]["name"], "result.json");
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let (code, _, err) = common::cli(&["run", "--rootfs", "/nonexistent-rootfs", "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a directory"), "{err}");
+    let (code, _, err) = common::cli(&["run", "--rootfs", "/", "--memory", "lots", "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid size"), "{err}");
+    let (code, out, _) = common::cli(&["version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("tako-vm "));
+}

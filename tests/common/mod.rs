@@ -1,0 +1,113 @@
+//! Shared set-up of the integration tests: real namespaces, real cgroups, a real rootfs.
+//!
+//! Tests that need root and the Python rootfs fixture skip with a message when either is
+//! missing, unless `TAKO_TEST_REQUIRE=1` (set by CI), where a missing piece is a failure.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tako_vm::exec::record::ExecutionResult;
+use tako_vm::exec::runner::{self, CodeRun};
+use tako_vm::sandbox::{host, HostConfig, Runner};
+
+/// The tako-vm binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tako-vm"))
+}
+
+/// The Python rootfs, or None (with a message) when the test must be skipped.
+pub fn rootfs() -> Option<PathBuf> {
+    let required = std::env::var("TAKO_TEST_REQUIRE").as_deref() == Ok("1");
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            !required,
+            "TAKO_TEST_REQUIRE=1 but the tests do not run as root"
+        );
+        eprintln!("SKIP: this test needs root (run the README's test command as root)");
+        return None;
+    }
+    let p = std::env::var("TAKO_TEST_ROOTFS")
+        .unwrap_or_else(|_| "/var/cache/tako-vm/fixtures/rootfs-py311".into());
+    let p = PathBuf::from(p);
+    if !p.join(".tako-rootfs-ready").exists() {
+        assert!(
+            !required,
+            "TAKO_TEST_REQUIRE=1 but the rootfs fixture {} is missing (scripts/build-rootfs)",
+            p.display()
+        );
+        eprintln!(
+            "SKIP: no rootfs fixture at {} (run scripts/build-rootfs)",
+            p.display()
+        );
+        return None;
+    }
+    Some(p)
+}
+
+/// Skips the test (returns) when root or the fixture is missing.
+#[macro_export]
+macro_rules! need_rootfs {
+    () => {
+        match common::rootfs() {
+            Some(r) => r,
+            None => return,
+        }
+    };
+}
+
+/// A runner whose run cgroups live under `parent`.
+pub fn runner_in(parent: &str) -> Runner {
+    Runner::detect(&HostConfig {
+        cgroup_parent: parent.into(),
+        allow_unlimited: false,
+        helper_exe: Some(bin()),
+    })
+    .expect("sandbox runner")
+}
+
+/// Runs code under the contract with defaults changed by `tweak`.
+pub fn exec_with(
+    rootfs: &PathBuf,
+    code: &str,
+    tweak: impl FnOnce(&mut CodeRun),
+) -> ExecutionResult {
+    let mut run = CodeRun::new(host::new_run_id(), rootfs.clone(), code);
+    run.timeout_s = 20;
+    tweak(&mut run);
+    runner::execute(&runner_in("tako-vm-test"), &run)
+}
+
+/// Runs code under the contract with the defaults.
+pub fn exec(rootfs: &PathBuf, code: &str) -> ExecutionResult {
+    exec_with(rootfs, code, |_| {})
+}
+
+/// `tako-vm run` with arguments; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run tako-vm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Host processes whose command line contains `marker`.
+pub fn host_processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&c).contains(marker) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
