@@ -90,6 +90,13 @@ impl Cgroups {
         } else {
             Vec::new()
         };
+        if version == Version::V1 && !nix::unistd::geteuid().is_root() {
+            // libcgroups' v1 manager writes devices.allow for every cgroup, which needs
+            // CAP_SYS_ADMIN: v1 limits are for root servers only.
+            return Err(CgroupError::Unavailable(
+                "cgroup v1 limits need a root server; an unprivileged server needs cgroup v2 with a delegated subtree".into(),
+            ));
+        }
         let cg = Cgroups {
             version,
             parent,

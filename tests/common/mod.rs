@@ -111,3 +111,9 @@ pub fn host_processes_with(marker: &str) -> Vec<i32> {
     }
     found
 }
+
+/// True on a host whose resource controllers are cgroup v1.
+pub fn cgroup_v1() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+        || std::path::Path::new("/sys/fs/cgroup/memory").is_dir()
+}
