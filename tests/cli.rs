@@ -92,7 +92,32 @@ fn bad_arguments_are_clear_errors() {
     let (code, _, err) = common::cli(&["run", "--rootfs", "/nonexistent-rootfs", "--", "true"]);
     assert_eq!(code, 1);
     assert!(err.contains("is not a directory"), "{err}");
-    let (code, _, err) = common::cli(&["run", "--rootfs", "/", "--memory", "lots", "--", "true"]);
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = common::cli(&[
+        "run",
+        "--rootfs",
+        empty.path().to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not prepared for tako-vm") && err.contains("/code"),
+        "{err}"
+    );
+    let r = match common::rootfs() {
+        Some(r) => r,
+        None => return,
+    };
+    let (code, _, err) = common::cli(&[
+        "run",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--memory",
+        "lots",
+        "--",
+        "true",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid size"), "{err}");
     let (code, out, _) = common::cli(&["version"]);

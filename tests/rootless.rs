@@ -10,10 +10,19 @@ fn ensure_user(name: &str, subids: Option<u32>) {
     // Tests of this file run in parallel threads: edit the shared files one at a time.
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _g = LOCK.lock().unwrap();
-    if Command::new("id").arg(name).output().unwrap().status.success() {
+    if Command::new("id")
+        .arg(name)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
         // exists
     } else {
-        let st = Command::new("useradd").args(["-M", "-s", "/bin/sh", name]).status().unwrap();
+        let st = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", name])
+            .status()
+            .unwrap();
         assert!(st.success(), "useradd {name}");
     }
     for f in ["/etc/subuid", "/etc/subgid"] {
@@ -57,19 +66,45 @@ fn unprivileged_user_with_subordinate_ids() {
     ensure_user(user, Some(300000));
     let root = r.to_str().unwrap();
     // No usable cgroup (v1 needs root): a clear refusal, not an unlimited sandbox.
-    let (code, _, err) = run_as(user, &["run", "--rootfs", root, "--", "python3", "-c", PROBE]);
+    let (code, _, err) = run_as(
+        user,
+        &["run", "--rootfs", root, "--", "python3", "-c", PROBE],
+    );
     if common::cgroup_v1() {
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("allow_unlimited_sandboxes"), "{err}");
     }
     // With the explicit opt-in the run works and maps onto the subordinate range.
-    let (code, out, err) =
-        run_as(user, &["run", "--allow-unlimited", "--rootfs", root, "--", "python3", "-c", PROBE]);
+    let (code, out, err) = run_as(
+        user,
+        &[
+            "run",
+            "--allow-unlimited",
+            "--rootfs",
+            root,
+            "--",
+            "python3",
+            "-c",
+            PROBE,
+        ],
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("uid 1000 capeff 0000000000000000 nnp 1 seccomp 2"), "{out}");
-    let uid = String::from_utf8(Command::new("id").args(["-u", user]).output().unwrap().stdout)
-        .unwrap();
-    assert!(out.contains(&format!("map 0 {} 1 1 300000 65535", uid.trim())), "{out}");
+    assert!(
+        out.contains("uid 1000 capeff 0000000000000000 nnp 1 seccomp 2"),
+        "{out}"
+    );
+    let uid = String::from_utf8(
+        Command::new("id")
+            .args(["-u", user])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        out.contains(&format!("map 0 {} 1 1 300000 65535", uid.trim())),
+        "{out}"
+    );
 }
 
 #[test]
@@ -79,11 +114,29 @@ fn unprivileged_user_without_subordinate_ids_gets_a_single_mapping() {
     ensure_user(user, None);
     let (code, out, err) = run_as(
         user,
-        &["run", "--allow-unlimited", "--rootfs", r.to_str().unwrap(), "--", "python3", "-c", PROBE],
+        &[
+            "run",
+            "--allow-unlimited",
+            "--rootfs",
+            r.to_str().unwrap(),
+            "--",
+            "python3",
+            "-c",
+            PROBE,
+        ],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("uid 1000 capeff 0000000000000000 nnp 1 seccomp 2"), "{out}");
-    let uid = String::from_utf8(Command::new("id").args(["-u", user]).output().unwrap().stdout)
-        .unwrap();
+    assert!(
+        out.contains("uid 1000 capeff 0000000000000000 nnp 1 seccomp 2"),
+        "{out}"
+    );
+    let uid = String::from_utf8(
+        Command::new("id")
+            .args(["-u", user])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert!(out.contains(&format!("map 1000 {} 1", uid.trim())), "{out}");
 }

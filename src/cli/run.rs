@@ -93,6 +93,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         bail!("rootfs {} is not a directory", a.rootfs.display());
     }
     let rootfs = a.rootfs.canonicalize()?;
+    let missing = rootfs_builder::check(&rootfs);
+    if !missing.is_empty() {
+        bail!(
+            "rootfs {} is not prepared for tako-vm, it lacks: {} (scripts/build-rootfs prepares one)",
+            rootfs.display(),
+            missing.join(", ")
+        );
+    }
     let lim = limits(&a)?;
     let runner = Runner::detect(&HostConfig {
         cgroup_parent: a.cgroup_parent.clone(),
