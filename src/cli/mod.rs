@@ -15,7 +15,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command, or Python code under the tako-vm execution contract, in a sandbox.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print the version.
     Version,
 }
@@ -33,7 +33,7 @@ pub fn main() -> i32 {
             println!("tako-vm {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Some(Command::Run(args)) => match run::run(args) {
+        Some(Command::Run(args)) => match run::run(*args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("Error: {e:#}");

@@ -148,12 +148,22 @@ pub fn valid_artifact_name(n: &str) -> bool {
         && !n.contains('\0')
 }
 
+/// The artifact being received: header, running hash, bytes so far, its file, and the
+/// kept contents when it is `result.json`.
+struct Receiving {
+    header: ArtifactHeader,
+    hasher: Sha256,
+    received: u64,
+    file: Option<File>,
+    keep: Option<Vec<u8>>,
+}
+
 struct Intake<'a> {
     opts: &'a RunOptions,
     max_file: u64,
     max_total: u64,
     total: u64,
-    current: Option<(ArtifactHeader, Sha256, u64, Option<File>, Option<Vec<u8>>)>,
+    current: Option<Receiving>,
     done: Vec<CollectedArtifact>,
     result_json: Option<Vec<u8>>,
 }
@@ -178,42 +188,48 @@ impl Intake<'_> {
             None => None,
         };
         let keep = (h.name == "result.json").then(Vec::new);
-        self.current = Some((h, Sha256::new(), 0, file, keep));
+        self.current = Some(Receiving {
+            header: h,
+            hasher: Sha256::new(),
+            received: 0,
+            file,
+            keep,
+        });
         Ok(())
     }
 
     fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let Some((_, hasher, n, file, keep)) = self.current.as_mut() else {
+        let Some(r) = self.current.as_mut() else {
             return Err(io::Error::other("artifact data without a header"));
         };
-        *n += bytes.len() as u64;
+        r.received += bytes.len() as u64;
         self.total += bytes.len() as u64;
-        if *n > self.max_file || self.total > self.max_total {
+        if r.received > self.max_file || self.total > self.max_total {
             return Err(io::Error::other("artifact limits exceeded"));
         }
-        hasher.update(bytes);
-        if let Some(f) = file {
+        r.hasher.update(bytes);
+        if let Some(f) = &mut r.file {
             f.write_all(bytes)?;
         }
-        if let Some(k) = keep {
+        if let Some(k) = &mut r.keep {
             k.extend_from_slice(bytes);
         }
         Ok(())
     }
 
     fn end_current(&mut self, complete: bool) {
-        if let Some((h, hasher, n, _, keep)) = self.current.take() {
+        if let Some(r) = self.current.take() {
             if complete {
-                if let Some(k) = keep {
+                if let Some(k) = r.keep {
                     self.result_json = Some(k);
                 }
                 self.done.push(CollectedArtifact {
-                    name: h.name,
-                    size: n,
-                    sha256: hex::encode(hasher.finalize()),
+                    name: r.header.name,
+                    size: r.received,
+                    sha256: hex::encode(r.hasher.finalize()),
                 });
             } else if let Some(d) = &self.opts.artifacts_dir {
-                let _ = fs::remove_file(d.join(&h.name));
+                let _ = fs::remove_file(d.join(&r.header.name));
             }
         }
     }

@@ -68,18 +68,18 @@ pub fn runner_in(parent: &str) -> Runner {
 
 /// Runs code under the contract with defaults changed by `tweak`.
 pub fn exec_with(
-    rootfs: &PathBuf,
+    rootfs: &std::path::Path,
     code: &str,
     tweak: impl FnOnce(&mut CodeRun),
 ) -> ExecutionResult {
-    let mut run = CodeRun::new(host::new_run_id(), rootfs.clone(), code);
+    let mut run = CodeRun::new(host::new_run_id(), rootfs.to_path_buf(), code);
     run.timeout_s = 20;
     tweak(&mut run);
     runner::execute(&runner_in("tako-vm-test"), &run)
 }
 
 /// Runs code under the contract with the defaults.
-pub fn exec(rootfs: &PathBuf, code: &str) -> ExecutionResult {
+pub fn exec(rootfs: &std::path::Path, code: &str) -> ExecutionResult {
     exec_with(rootfs, code, |_| {})
 }
 
