@@ -165,6 +165,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         timeout_ms: a.timeout * 1000,
         kill_grace_ms: 1000,
         tmp_dirs: vec![],
+        network: None,
     };
     let opts = RunOptions {
         run_id: id,

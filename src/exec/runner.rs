@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::classify::{self, RunFacts};
 use super::pyjson;
 use super::record::{Artifact, ExecutionResult, Phase, ResourceUsage, Timing};
-use crate::sandbox::spec::{InjectedDir, InjectedFile, Limits, OutputSpec, SandboxSpec};
+use crate::sandbox::spec::{InjectedDir, InjectedFile, Limits, NetworkSpec, OutputSpec, SandboxSpec};
 use crate::sandbox::{Outcome, RunOptions, Runner, SandboxError};
 
 /// Extra seconds the host waits beyond startup + timeout before killing the sandbox (§6.1).
@@ -47,6 +47,8 @@ pub struct CodeRun {
     pub artifacts_dir: Option<PathBuf>,
     /// Echo stdout/stderr live (CLI).
     pub tee: bool,
+    /// Outbound network (job type `network_enabled`); `None`: loopback only.
+    pub network: Option<NetworkSpec>,
 }
 
 impl CodeRun {
@@ -67,6 +69,7 @@ impl CodeRun {
             max_total_artifacts: 52_428_800,
             artifacts_dir: None,
             tee: false,
+            network: None,
         }
     }
 }
@@ -135,6 +138,7 @@ pub fn sandbox_spec(run: &CodeRun) -> SandboxSpec {
         timeout_ms: run.timeout_s * 1000,
         kill_grace_ms: 1000,
         tmp_dirs: vec!["/tmp/.cache/matplotlib".into()],
+        network: run.network.clone(),
     }
 }
 

@@ -17,5 +17,5 @@ pub mod supervisor;
 pub mod wire;
 
 pub use host::HostConfig;
-pub use spec::{InjectedDir, InjectedFile, Limits, OutputSpec, SandboxSpec};
+pub use spec::{InjectedDir, InjectedFile, Limits, NetworkSpec, OutputSpec, SandboxSpec};
 pub use supervisor::{Outcome, RunOptions, Runner, SandboxError};

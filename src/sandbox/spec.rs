@@ -74,6 +74,13 @@ pub struct OutputSpec {
     pub max_total_bytes: u64,
 }
 
+/// Outbound network of a run. Absent: an empty network namespace (loopback only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NetworkSpec {
+    /// When non-empty, only these destinations (domain names or CIDRs) are reachable.
+    pub allowed_hosts: Vec<String>,
+}
+
 /// Everything the inside of a sandbox needs for one run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SandboxSpec {
@@ -99,4 +106,7 @@ pub struct SandboxSpec {
     pub kill_grace_ms: u64,
     /// Directories created in `/tmp` (owned by the sandbox user) before the payload starts.
     pub tmp_dirs: Vec<String>,
+    /// Outbound network (`network_enabled`); `None` means loopback only.
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
 }
