@@ -10,7 +10,7 @@ use std::io;
 use std::path::Path;
 
 /// Directories the sandbox mounts over; they must exist in the (read-only) rootfs.
-pub const MOUNT_POINTS: [&str; 8] = [
+pub const MOUNT_POINTS: [&str; 9] = [
     "proc",
     "dev",
     "tmp",
@@ -19,7 +19,15 @@ pub const MOUNT_POINTS: [&str; 8] = [
     "output",
     "app",
     "home/sandbox",
+    "tako",
 ];
+
+/// `/etc/hosts` of a prepared rootfs (the sandbox's hostname is `tako-sandbox`).
+pub const HOSTS: &str =
+    "127.0.0.1\tlocalhost tako-sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+
+/// Files the sandbox may bind over (network runs get their own resolver and hosts files).
+pub const MOUNT_FILES: [&str; 2] = ["etc/resolv.conf", "etc/hosts"];
 
 /// The execution contract's user.
 pub const SANDBOX_USER: (&str, u32) = ("sandbox", 1000);
@@ -31,6 +39,12 @@ pub fn check(rootfs: &Path) -> Vec<String> {
         .filter(|d| !rootfs.join(d).is_dir())
         .map(|d| format!("/{d}"))
         .collect();
+    for f in MOUNT_FILES {
+        let is_file = fs::symlink_metadata(rootfs.join(f)).is_ok_and(|m| m.file_type().is_file());
+        if !is_file {
+            missing.push(format!("/{f} (a regular file)"));
+        }
+    }
     if !has_sandbox_user(rootfs) {
         missing.push("user sandbox (uid 1000) in /etc/passwd".into());
     }
@@ -49,6 +63,21 @@ pub fn prepare(rootfs: &Path) -> io::Result<()> {
         fs::create_dir_all(rootfs.join(d))?;
     }
     fs::create_dir_all(rootfs.join("etc"))?;
+    for f in MOUNT_FILES {
+        let p = rootfs.join(f);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_file() => {}
+            Ok(_) => {
+                fs::remove_file(&p)?;
+                fs::write(&p, "")?;
+            }
+            Err(_) => fs::write(&p, "")?,
+        }
+    }
+    let hosts = rootfs.join("etc/hosts");
+    if fs::metadata(&hosts)?.len() == 0 {
+        fs::write(&hosts, HOSTS)?;
+    }
     if !has_sandbox_user(rootfs) {
         append_line(
             &rootfs.join("etc/passwd"),
@@ -88,7 +117,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rootfs-builder-test-{}", std::process::id()));
         fs::create_dir_all(dir.join("etc")).unwrap();
         fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh").unwrap();
-        assert_eq!(check(&dir).len(), MOUNT_POINTS.len() + 1);
+        assert_eq!(check(&dir).len(), MOUNT_POINTS.len() + MOUNT_FILES.len() + 1);
         prepare(&dir).unwrap();
         prepare(&dir).unwrap();
         assert!(check(&dir).is_empty(), "{:?}", check(&dir));
