@@ -8,7 +8,7 @@ use clap::Args;
 use crate::exec::classify;
 use crate::exec::record::Status;
 use crate::exec::runner::{self, CodeRun};
-use crate::sandbox::spec::{Limits, SandboxSpec};
+use crate::sandbox::spec::{Limits, NetworkSpec, SandboxSpec};
 use crate::sandbox::{host, HostConfig, RunOptions, Runner};
 
 /// Arguments of `tako-vm run`.
@@ -50,6 +50,12 @@ pub struct RunArgs {
     /// Parent cgroup of the runs.
     #[arg(long, default_value = "tako-vm", env = "TAKO_VM_CGROUP_PARENT")]
     cgroup_parent: String,
+    /// Give the run an outbound network (veth + NAT; private ranges and the host stay unreachable).
+    #[arg(long)]
+    network: bool,
+    /// With --network: only these destinations (domain names or CIDRs) are reachable.
+    #[arg(long = "allow-host", requires = "network")]
+    allow_hosts: Vec<String>,
     /// The command to run (after --).
     #[arg(last = true)]
     cmd: Vec<String>,
@@ -106,8 +112,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         cgroup_parent: a.cgroup_parent.clone(),
         allow_unlimited: a.allow_unlimited,
         helper_exe: None,
+        ..HostConfig::default()
     })?;
     let id = host::new_run_id();
+    let network = a.network.then(|| NetworkSpec {
+        allowed_hosts: a.allow_hosts.clone(),
+    });
     if let Some(code_path) = &a.code {
         let code = std::fs::read_to_string(code_path)
             .with_context(|| format!("cannot read {}", code_path.display()))?;
@@ -132,6 +142,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         run.timeout_s = a.timeout;
         run.limits = lim;
         run.artifacts_dir = a.artifacts_dir.clone();
+        run.network = network;
         let result = runner::execute(&runner, &run);
         use std::io::Write;
         let text = serde_json::to_string_pretty(&result)?;
@@ -165,7 +176,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         timeout_ms: a.timeout * 1000,
         kill_grace_ms: 1000,
         tmp_dirs: vec![],
-        network: None,
+        network,
+        binds: vec![],
     };
     let opts = RunOptions {
         run_id: id,
@@ -174,6 +186,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         stderr_keep: 0,
         tee: true,
         artifacts_dir: None,
+        cancel: None,
     };
     let o = runner.run(&spec, &opts)?;
     if let Some(e) = &o.setup_error {

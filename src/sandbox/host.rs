@@ -15,6 +15,10 @@ pub struct HostConfig {
     pub allow_unlimited: bool,
     /// Our binary, re-executed as the sandbox helper (default: the current executable).
     pub helper_exe: Option<PathBuf>,
+    /// Address pool of network-enabled runs (one /30 each).
+    pub net_pool: (std::net::Ipv4Addr, u8),
+    /// Keep the nftables table for the process lifetime (servers); else removed when idle.
+    pub keep_net_table: bool,
 }
 
 impl Default for HostConfig {
@@ -23,6 +27,8 @@ impl Default for HostConfig {
             cgroup_parent: "tako-vm".into(),
             allow_unlimited: false,
             helper_exe: None,
+            net_pool: super::net::DEFAULT_POOL,
+            keep_net_table: false,
         }
     }
 }
@@ -71,10 +77,16 @@ impl Runner {
             Some(p) => p.clone(),
             None => std::env::current_exe()?,
         };
+        if nix::unistd::geteuid().is_root() {
+            let _ = super::net::sweep();
+            let _ = super::net::remove_table_if_idle();
+        }
         Ok(Runner {
             helper_exe,
             idmap,
             cgroups,
+            net_pool: cfg.net_pool,
+            keep_net_table: cfg.keep_net_table,
         })
     }
 }

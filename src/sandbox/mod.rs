@@ -11,11 +11,12 @@ pub mod child;
 pub mod host;
 pub mod idmap;
 pub mod mounts;
+pub mod net;
 pub mod privs;
 pub mod spec;
 pub mod supervisor;
 pub mod wire;
 
 pub use host::HostConfig;
-pub use spec::{InjectedDir, InjectedFile, Limits, NetworkSpec, OutputSpec, SandboxSpec};
+pub use spec::{Bind, InjectedDir, InjectedFile, Limits, NetworkSpec, OutputSpec, SandboxSpec};
 pub use supervisor::{Outcome, RunOptions, Runner, SandboxError};

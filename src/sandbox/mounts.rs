@@ -14,7 +14,7 @@ use std::path::Path;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
-use super::spec::{SandboxSpec, SANDBOX_GID, SANDBOX_UID};
+use super::spec::{Bind, SandboxSpec, SANDBOX_GID, SANDBOX_UID};
 
 /// Device nodes bound from the host into the sandbox's `/dev`.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -180,6 +180,21 @@ pub fn enter_rootfs(spec: &SandboxSpec) -> R<()> {
         )?;
     }
 
+    // A network-enabled run sees the host's resolvers and its pinned hosts.
+    if spec.injected.iter().any(|d| d.path == super::net::META_DIR) {
+        let meta = need_dir(root, super::net::META_DIR)?;
+        for f in ["resolv.conf", "hosts"] {
+            let target = root.join("etc").join(f);
+            if meta.join(f).is_file() && target.is_file() {
+                bind_readonly(&meta.join(f), &target, SAFE_NOEXEC)?;
+            }
+        }
+    }
+
+    for b in &spec.binds {
+        apply_bind(root, b)?;
+    }
+
     // Root read-only last (submounts keep their own flags).
     let flags =
         MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | SAFE | locked_flags(root);
@@ -190,6 +205,39 @@ pub fn enter_rootfs(spec: &SandboxSpec) -> R<()> {
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach old root: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
     Ok(())
+}
+
+/// Bind-mounts `b.host` onto `b.target` (which must exist in the rootfs, reached without
+/// symlinks), read-only unless `b.writable`, always `nosuid,nodev`.
+fn apply_bind(root: &Path, b: &Bind) -> R<()> {
+    let rel = b.target.trim_start_matches('/');
+    let mut target = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        match c {
+            std::path::Component::Normal(n) => target.push(n),
+            _ => return Err(format!("invalid bind target {:?}", b.target)),
+        }
+        let md =
+            fs::symlink_metadata(&target).map_err(|e| format!("bind target {}: {e}", b.target))?;
+        if md.file_type().is_symlink() {
+            return Err(format!("bind target {} goes through a symlink", b.target));
+        }
+    }
+    if target == root {
+        return Err(format!("invalid bind target {:?}", b.target));
+    }
+    m(
+        b.host.to_str(),
+        &target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | SAFE | locked_flags(&target);
+    if !b.writable {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    m(None, &target, None, flags, None)
 }
 
 fn setup_dev(root: &Path) -> R<()> {

@@ -81,6 +81,21 @@ pub struct NetworkSpec {
     pub allowed_hosts: Vec<String>,
 }
 
+/// A host directory or file bind-mounted into the sandbox (e.g. the builder sandbox's
+/// install target, uv cache and uv binary). Applied before the rootfs is remounted
+/// read-only; the target must already exist in the rootfs and is never reached through a
+/// symlink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Bind {
+    /// Source on the host (trusted: chosen by tako-vm, never by user code).
+    pub host: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+    /// Read-write when true (the host side must be writable for the sandbox user's host
+    /// uid, `IdMap::host_sandbox_uid`); read-only otherwise. Always `nosuid,nodev`.
+    pub writable: bool,
+}
+
 /// Everything the inside of a sandbox needs for one run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SandboxSpec {
@@ -109,4 +124,7 @@ pub struct SandboxSpec {
     /// Outbound network (`network_enabled`); `None` means loopback only.
     #[serde(default)]
     pub network: Option<NetworkSpec>,
+    /// Host paths bind-mounted into the sandbox (empty for user code runs).
+    #[serde(default)]
+    pub binds: Vec<Bind>,
 }

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::cgroup::{Cgroups, RunCgroup, Usage};
 use super::child::{CTL_FD, HELPER_ARG};
 use super::idmap::IdMap;
+use super::net;
 use super::spec::SandboxSpec;
 use super::wire::{self, ArtifactHeader, ExitReport, Failure, FrameDecoder, InitPid, Kind, Mapped};
 use crate::exec::truncate::CappedBuffer;
@@ -44,6 +45,9 @@ pub enum SandboxError {
     /// id maps failed.
     #[error(transparent)]
     IdMap(#[from] super::idmap::IdMapError),
+    /// The network could not be set up (the run is refused, never run with an open network).
+    #[error(transparent)]
+    Net(#[from] super::net::NetError),
     /// Local I/O failure (pipes, artifact files).
     #[error("sandbox i/o: {0}")]
     Io(#[from] io::Error),
@@ -58,6 +62,10 @@ pub struct Runner {
     pub idmap: IdMap,
     /// cgroups for limits; `None` only when running without limits was allowed explicitly.
     pub cgroups: Option<Cgroups>,
+    /// Address pool of network-enabled runs.
+    pub net_pool: (std::net::Ipv4Addr, u8),
+    /// Keep the nftables table between runs (a server); a CLI run removes it when idle.
+    pub keep_net_table: bool,
 }
 
 /// Per-run options on the host side.
@@ -75,6 +83,8 @@ pub struct RunOptions {
     pub tee: bool,
     /// Where collected artifacts are written (`None`: hashed, not kept).
     pub artifacts_dir: Option<PathBuf>,
+    /// Cancellation: once set, the whole sandbox is killed (checked at least every 100 ms).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One collected artifact.
@@ -239,11 +249,23 @@ impl Runner {
     /// Runs one sandbox to completion. Cleans up its cgroup on every path.
     pub fn run(&self, spec: &SandboxSpec, opts: &RunOptions) -> Result<Outcome, SandboxError> {
         let t0 = Instant::now();
+        let mut spec = std::borrow::Cow::Borrowed(spec);
+        let mut allowed = None;
+        if let Some(n) = &spec.network {
+            if !n.allowed_hosts.is_empty() {
+                match net::resolve_allowed(&n.allowed_hosts) {
+                    Ok(a) => allowed = Some(a),
+                    Err(e) => return Err(SandboxError::Net(e)),
+                }
+            }
+            net::add_network_files(spec.to_mut(), allowed.as_ref());
+        }
+        let spec = spec.as_ref();
         let cgroup = match &self.cgroups {
             Some(c) => Some(c.create(&opts.run_id)?),
             None => None,
         };
-        let result = self.run_in(spec, opts, cgroup.as_ref(), t0);
+        let result = self.run_in(spec, opts, cgroup.as_ref(), t0, allowed.as_ref());
         let usage = cgroup.as_ref().map(|c| c.usage()).unwrap_or_default();
         if let Some(c) = cgroup {
             let _ = c.remove();
@@ -261,7 +283,13 @@ impl Runner {
         opts: &RunOptions,
         cgroup: Option<&RunCgroup>,
         t0: Instant,
+        allowed: Option<&net::Allowed>,
     ) -> Result<Outcome, SandboxError> {
+        let mut net_state = NetState {
+            wanted: spec.network.is_some(),
+            allowed,
+            lease: None,
+        };
         let (ours, theirs) = UnixStream::pair()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -354,13 +382,22 @@ impl Runner {
                 kill_tree(init_pid, helper_pid, cgroup);
                 drain_until = Some(now + Duration::from_secs(2));
             }
+            let cancelled = opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+            if cancelled && drain_until.is_none() {
+                kill_tree(init_pid, helper_pid, cgroup);
+                drain_until = Some(now + Duration::from_secs(2));
+            }
             if let Some(d) = drain_until {
                 if now >= d {
                     break;
                 }
             }
             let until = drain_until.unwrap_or(deadline);
-            let ms = until.saturating_duration_since(now).as_millis().min(60_000) as u16;
+            let cap_ms = if opts.cancel.is_some() { 100 } else { 60_000 };
+            let ms = until.saturating_duration_since(now).as_millis().min(cap_ms) as u16;
             let mut fds = Vec::with_capacity(4);
             let mut which = Vec::with_capacity(4);
             if ctl_open {
@@ -415,6 +452,7 @@ impl Runner {
                                     &mut out,
                                     &mut intake,
                                     t0,
+                                    &mut net_state,
                                 );
                                 if r.is_err() {
                                     protocol_error = true;
@@ -485,12 +523,28 @@ impl Runner {
         out: &mut Outcome,
         intake: &mut Intake,
         t0: Instant,
+        net_state: &mut NetState,
     ) -> io::Result<()> {
         match kind {
             Kind::Unshared => {
                 if let Err(e) = self.idmap.apply(helper_pid) {
                     out.setup_error = Some(e.to_string());
                     return Err(io::Error::other("id map"));
+                }
+                if net_state.wanted {
+                    // Fail closed: without a working, filtered network the run does not start.
+                    match net::NetLease::create(
+                        helper_pid,
+                        self.net_pool,
+                        net_state.allowed,
+                        self.keep_net_table,
+                    ) {
+                        Ok(l) => net_state.lease = Some(l),
+                        Err(e) => {
+                            out.setup_error = Some(e.to_string());
+                            return Err(io::Error::other("network"));
+                        }
+                    }
                 }
                 // The control socket is non-blocking: this small frame fits its buffer.
                 let body = serde_json::to_vec(&Mapped {
@@ -568,6 +622,13 @@ fn kill_tree(init_pid: Option<i32>, helper_pid: i32, cgroup: Option<&RunCgroup>)
     if let Some(c) = cgroup {
         c.kill_all();
     }
+}
+
+/// The network of a run being set up.
+struct NetState<'a> {
+    wanted: bool,
+    allowed: Option<&'a net::Allowed>,
+    lease: Option<net::NetLease>,
 }
 
 /// The helper process; killed and reaped on every path that leaves it behind.

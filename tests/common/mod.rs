@@ -62,6 +62,7 @@ pub fn runner_in(parent: &str) -> Runner {
         cgroup_parent: parent.into(),
         allow_unlimited: false,
         helper_exe: Some(bin()),
+        ..HostConfig::default()
     })
     .expect("sandbox runner")
 }

@@ -1,0 +1,597 @@
+//! Outbound network for `network_enabled` runs (root server): one veth pair per run, NAT and
+//! a fail-closed egress policy in our own nftables table `inet tako_vm`.
+//!
+//! Policy (in this order, for packets from a sandbox interface `tako-*`):
+//! 1. nothing reaches the host itself (input hook: drop, except replies);
+//! 2. nothing reaches another sandbox, and nothing new enters a sandbox;
+//! 3. DNS (port 53) to the host's own resolvers is allowed (they may be private addresses);
+//! 4. a run with `allowed_hosts` jumps to its own chain: only those addresses, else drop;
+//! 5. private, loopback, link-local/metadata, CGNAT, multicast and reserved IPv4 ranges and
+//!    the sandbox pool are dropped; IPv6 is dropped (sandboxes get no IPv6 address);
+//! 6. the rest (the public internet) is accepted and masqueraded.
+//!
+//! The table is created on first use under a host-wide lock and removed when the last
+//! sandbox interface is gone (unless a server keeps it for its lifetime). If the host did
+//! not forward packets before, the table also drops every forwarded packet that is not
+//! ours, so enabling `ip_forward` opens nothing else. Creating an interface and removing the
+//! table happen under the same lock, so a sandbox interface never exists without the rules.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+
+use super::spec::{InjectedDir, InjectedFile, SandboxSpec};
+
+/// Our nftables table.
+pub const TABLE: &str = "tako_vm";
+/// Prefix of the host side of every sandbox veth.
+pub const IF_PREFIX: &str = "tako-";
+const RUN_DIR: &str = "/run/tako-vm";
+const FORWARD_FLAG: &str = "/run/tako-vm/ip_forward.was0";
+/// Default address pool: one /30 per run.
+pub const DEFAULT_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
+/// Where the sandbox sees the host CA bundle, resolver and hosts files.
+pub const META_DIR: &str = "/tako";
+/// Host CA bundle (Debian/Ubuntu).
+pub const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Blocked IPv4 destinations (RFC 1918, loopback, link-local/metadata, CGNAT, multicast…).
+pub const BLOCKED_V4: [&str; 10] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// Errors of the network path. Every one of them fails the run: never an open network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A tool failed.
+    #[error("network setup: {what} failed: {detail}")]
+    Tool {
+        /// The step.
+        what: String,
+        /// stderr of the tool.
+        detail: String,
+    },
+    /// The server is not root.
+    #[error("network-enabled runs need a root server (veth + nftables); an unprivileged server has no network path yet, so the run is refused")]
+    Unprivileged,
+    /// No free address.
+    #[error("network setup: no free address in the sandbox pool")]
+    PoolExhausted,
+    /// An allowed host did not resolve.
+    #[error("network setup: allowed host {0:?} does not resolve")]
+    Resolve(String),
+    /// Local I/O.
+    #[error("network setup: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn run_tool(what: &str, cmd: &mut Command, stdin: Option<&str>) -> Result<String, NetError> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| NetError::Tool {
+        what: what.into(),
+        detail: format!("{e} (are iproute2, nftables and util-linux installed?)"),
+    })?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(NetError::Tool {
+            what: what.into(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nft(what: &str, script: &str) -> Result<String, NetError> {
+    run_tool(what, Command::new("nft").arg("-f").arg("-"), Some(script))
+}
+
+/// A host-wide exclusive lock (flock on a file in /run/tako-vm).
+struct HostLock {
+    _file: File,
+}
+
+impl HostLock {
+    fn take() -> Result<HostLock, NetError> {
+        fs::create_dir_all(RUN_DIR)?;
+        let f = File::create(format!("{RUN_DIR}/net.lock"))?;
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(HostLock { _file: f })
+    }
+}
+
+/// IPv4 nameservers of the host's `/etc/resolv.conf`.
+pub fn host_resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next()? == "nameserver").then(|| it.next()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// The table definition (created once).
+pub fn table_script(
+    pool: (Ipv4Addr, u8),
+    resolvers: &[Ipv4Addr],
+    drop_foreign_forward: bool,
+) -> String {
+    let dns = if resolvers.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = resolvers.iter().map(|r| r.to_string()).collect();
+        format!("elements = {{ {} }}", list.join(", "))
+    };
+    let pool = format!("{}/{}", pool.0, pool.1);
+    let foreign = if drop_foreign_forward {
+        "        drop comment \"the host did not forward before tako-vm\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"table inet {TABLE} {{
+    set blocked4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked}, {pool} }} }}
+    set dns4 {{ type ipv4_addr; {dns} }}
+    map egress {{ type ipv4_addr : verdict; }}
+    chain input {{
+        type filter hook input priority filter - 5; policy accept;
+        iifname "{IF_PREFIX}*" ct state established,related accept
+        iifname "{IF_PREFIX}*" drop
+    }}
+    chain forward {{
+        type filter hook forward priority filter - 5; policy accept;
+        iifname "{IF_PREFIX}*" oifname "{IF_PREFIX}*" drop
+        oifname "{IF_PREFIX}*" ct state established,related accept
+        oifname "{IF_PREFIX}*" drop
+        iifname "{IF_PREFIX}*" meta nfproto ipv6 drop
+        iifname "{IF_PREFIX}*" ip daddr @dns4 meta l4proto {{ tcp, udp }} th dport 53 accept
+        iifname "{IF_PREFIX}*" ip saddr vmap @egress
+        iifname "{IF_PREFIX}*" ip daddr @blocked4 drop
+        iifname "{IF_PREFIX}*" accept
+{foreign}    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr {pool} oifname != "{IF_PREFIX}*" masquerade
+    }}
+}}
+"#,
+        blocked = BLOCKED_V4.join(", "),
+    )
+}
+
+fn table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", TABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn our_interfaces() -> Vec<String> {
+    let Ok(rd) = fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(IF_PREFIX))
+        .collect()
+}
+
+fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
+    if table_exists() {
+        return Ok(());
+    }
+    let was = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+    let was_off = was.trim() == "0";
+    let resolvers = host_resolvers(&fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    nft("create table", &table_script(pool, &resolvers, was_off))?;
+    if was_off {
+        fs::write(FORWARD_FLAG, "")?;
+        fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    }
+    Ok(())
+}
+
+/// Removes the table (and restores `ip_forward`) when no sandbox interface is left.
+/// Returns true when it removed it.
+pub fn remove_table_if_idle() -> Result<bool, NetError> {
+    let _lock = HostLock::take()?;
+    if !our_interfaces().is_empty() || !table_exists() {
+        return Ok(false);
+    }
+    nft("delete table", &format!("delete table inet {TABLE}\n"))?;
+    if fs::remove_file(FORWARD_FLAG).is_ok() {
+        let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "0");
+    }
+    Ok(true)
+}
+
+/// Deletes per-run chains whose interface is gone (left by a crashed process).
+pub fn sweep() -> Result<(), NetError> {
+    let _lock = HostLock::take()?;
+    if !table_exists() {
+        return Ok(());
+    }
+    let live = our_interfaces();
+    let listing = run_tool(
+        "list table",
+        Command::new("nft").args(["list", "table", "inet", TABLE]),
+        None,
+    )?;
+    let mut script = String::new();
+    for line in listing.lines() {
+        let Some(rest) = line.trim().strip_prefix("chain run_") else {
+            continue;
+        };
+        let slot: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        if !live.iter().any(|i| *i == ifname(&slot)) {
+            script.push_str(&format!(
+                "flush chain inet {TABLE} run_{slot}\ndelete chain inet {TABLE} run_{slot}\n"
+            ));
+        }
+    }
+    if !script.is_empty() {
+        // Map elements pointing at these chains go first.
+        let map = run_tool(
+            "list map",
+            Command::new("nft").args(["list", "map", "inet", TABLE, "egress"]),
+            None,
+        )?;
+        let mut pre = String::new();
+        for part in map.split([',', '{', '}', '\n']) {
+            if let Some((addr, verdict)) = part.trim().split_once(" : jump run_") {
+                if !live.iter().any(|i| *i == ifname(verdict.trim())) {
+                    pre.push_str(&format!(
+                        "delete element inet {TABLE} egress {{ {} }}\n",
+                        addr.trim()
+                    ));
+                }
+            }
+        }
+        nft("sweep", &(pre + &script))?;
+    }
+    Ok(())
+}
+
+fn ifname(slot: &str) -> String {
+    format!("{IF_PREFIX}{slot}")
+}
+
+/// The addresses of one run's /30.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Index in the pool.
+    pub index: u32,
+    /// Host side (the sandbox's gateway).
+    pub host: Ipv4Addr,
+    /// Sandbox side.
+    pub sandbox: Ipv4Addr,
+}
+
+impl Slot {
+    /// Slot `index` of `pool` (None past the pool's end).
+    pub fn of(pool: (Ipv4Addr, u8), index: u32) -> Option<Slot> {
+        let size = 1u64 << (32 - pool.1 as u32);
+        if (index as u64 + 1) * 4 > size {
+            return None;
+        }
+        let base = u32::from(pool.0) + index * 4;
+        Some(Slot {
+            index,
+            host: Ipv4Addr::from(base + 1),
+            sandbox: Ipv4Addr::from(base + 2),
+        })
+    }
+
+    fn name(&self) -> String {
+        format!("{:x}", self.index)
+    }
+}
+
+/// Destinations a run may reach when `allowed_hosts` is set: CIDRs as given, domain names
+/// resolved now with the host resolver (and pinned in the sandbox's `/etc/hosts`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Allowed {
+    /// nftables address elements.
+    pub elements: Vec<String>,
+    /// `/etc/hosts` lines for resolved names.
+    pub hosts_lines: Vec<String>,
+}
+
+/// Resolves `allowed_hosts`.
+pub fn resolve_allowed(hosts: &[String]) -> Result<Allowed, NetError> {
+    let mut a = Allowed::default();
+    for h in hosts {
+        let h = h.trim();
+        if let Some((ip, len)) = h.split_once('/') {
+            let ip: Ipv4Addr = ip.parse().map_err(|_| NetError::Resolve(h.into()))?;
+            let len: u8 = len.parse().map_err(|_| NetError::Resolve(h.into()))?;
+            if len > 32 {
+                return Err(NetError::Resolve(h.into()));
+            }
+            a.elements.push(format!("{ip}/{len}"));
+            continue;
+        }
+        if let Ok(ip) = h.parse::<Ipv4Addr>() {
+            a.elements.push(ip.to_string());
+            continue;
+        }
+        let addrs: Vec<Ipv4Addr> = (h, 443)
+            .to_socket_addrs()
+            .map_err(|_| NetError::Resolve(h.into()))?
+            .filter_map(|s| match s.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                _ => None,
+            })
+            .collect();
+        if addrs.is_empty() {
+            return Err(NetError::Resolve(h.into()));
+        }
+        for ip in addrs {
+            a.elements.push(ip.to_string());
+            a.hosts_lines.push(format!("{ip}\t{h}"));
+        }
+    }
+    a.elements.sort();
+    a.elements.dedup();
+    Ok(a)
+}
+
+/// The network of one run; dropping it removes the interface, the run's chain and, when
+/// idle and not kept, the table.
+pub struct NetLease {
+    slot: Slot,
+    restricted: bool,
+    keep_table: bool,
+}
+
+impl NetLease {
+    /// Creates the veth pair for the network namespace of `pid` and configures both ends.
+    pub fn create(
+        pid: i32,
+        pool: (Ipv4Addr, u8),
+        allowed: Option<&Allowed>,
+        keep_table: bool,
+    ) -> Result<NetLease, NetError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(NetError::Unprivileged);
+        }
+        let slots = (1u64 << (32 - pool.1 as u32)) / 4;
+        let start = (uuid::Uuid::new_v4().as_u128() % slots as u128) as u32;
+        let lock = HostLock::take()?;
+        ensure_table(pool)?;
+        let mut chosen = None;
+        for i in 0..slots.min(4096) as u32 {
+            let slot = Slot::of(pool, (start + i) % slots as u32).ok_or(NetError::PoolExhausted)?;
+            let name = ifname(&slot.name());
+            let r = run_tool(
+                "create veth",
+                Command::new("ip").args([
+                    "link",
+                    "add",
+                    &name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &pid.to_string(),
+                ]),
+                None,
+            );
+            match r {
+                Ok(_) => {
+                    chosen = Some(slot);
+                    break;
+                }
+                Err(NetError::Tool { detail, .. }) if detail.contains("exists") => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let slot = chosen.ok_or(NetError::PoolExhausted)?;
+        let lease = NetLease {
+            slot,
+            restricted: allowed.is_some(),
+            keep_table,
+        };
+        drop(lock);
+        lease.configure(pid, allowed)?;
+        Ok(lease)
+    }
+
+    fn configure(&self, pid: i32, allowed: Option<&Allowed>) -> Result<(), NetError> {
+        let s = self.slot;
+        let name = ifname(&s.name());
+        if let Some(a) = allowed {
+            let body = if a.elements.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "add rule inet {TABLE} run_{n} ip daddr {{ {} }} accept\n",
+                    a.elements.join(", "),
+                    n = s.name()
+                )
+            };
+            nft(
+                "allowlist",
+                &format!(
+                    "add chain inet {TABLE} run_{n}\n{body}add rule inet {TABLE} run_{n} drop\nadd element inet {TABLE} egress {{ {ip} : jump run_{n} }}\n",
+                    n = s.name(),
+                    ip = s.sandbox
+                ),
+            )?;
+        }
+        run_tool(
+            "host side of the veth",
+            Command::new("ip").args(["-batch", "-"]),
+            Some(&format!(
+                "addr add {}/30 dev {name}\nlink set {name} up\n",
+                s.host
+            )),
+        )?;
+        // Make the host side of the pair strict: no IPv6 on it, no redirects.
+        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        run_tool(
+            "sandbox side of the veth",
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{pid}/ns/net"))
+                .args(["--", "ip", "-batch", "-"]),
+            Some(&format!(
+                "addr add {}/30 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}\n",
+                s.sandbox, s.host
+            )),
+        )?;
+        Ok(())
+    }
+
+    /// The run's addresses.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+}
+
+impl Drop for NetLease {
+    fn drop(&mut self) {
+        let name = ifname(&self.slot.name());
+        let _ = Command::new("ip")
+            .args(["link", "del", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if self.restricted {
+            let _ = nft(
+                "remove allowlist",
+                &format!(
+                    "delete element inet {TABLE} egress {{ {} }}\nflush chain inet {TABLE} run_{n}\ndelete chain inet {TABLE} run_{n}\n",
+                    self.slot.sandbox,
+                    n = self.slot.name()
+                ),
+            );
+        }
+        if !self.keep_table {
+            let _ = remove_table_if_idle();
+        }
+    }
+}
+
+/// Adds what a network-enabled sandbox needs to see: `/tako/resolv.conf` (the host's
+/// resolvers), `/tako/hosts` (localhost plus pinned allowed names), the host CA bundle at
+/// `/tako/ca-certificates.crt`, and the TLS variables pointing at it.
+pub fn add_network_files(spec: &mut SandboxSpec, allowed: Option<&Allowed>) {
+    let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<String> = host_resolvers(&resolv)
+        .iter()
+        .map(|r| format!("nameserver {r}\n"))
+        .collect();
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost tako-sandbox\n::1\tlocalhost ip6-localhost\n");
+    if let Some(a) = allowed {
+        for l in &a.hosts_lines {
+            hosts.push_str(l);
+            hosts.push('\n');
+        }
+    }
+    let mut files = vec![
+        InjectedFile {
+            name: "resolv.conf".into(),
+            contents: servers.concat().into_bytes(),
+        },
+        InjectedFile {
+            name: "hosts".into(),
+            contents: hosts.into_bytes(),
+        },
+    ];
+    if let Ok(ca) = fs::read(HOST_CA) {
+        files.push(InjectedFile {
+            name: "ca-certificates.crt".into(),
+            contents: ca,
+        });
+        for k in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT"] {
+            spec.env.retain(|(ek, _)| ek != k);
+            spec.env
+                .push((k.into(), format!("{META_DIR}/ca-certificates.crt")));
+        }
+    }
+    spec.injected.retain(|d| d.path != META_DIR);
+    spec.injected.push(InjectedDir {
+        path: META_DIR.into(),
+        files,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_disjoint_slash_30s_inside_the_pool() {
+        let p = DEFAULT_POOL;
+        let a = Slot::of(p, 0).unwrap();
+        assert_eq!(
+            (a.host, a.sandbox),
+            ("10.200.0.1".parse().unwrap(), "10.200.0.2".parse().unwrap())
+        );
+        let b = Slot::of(p, 1).unwrap();
+        assert_eq!(b.host, "10.200.0.5".parse::<Ipv4Addr>().unwrap());
+        assert!(Slot::of(p, 16383).is_some());
+        assert!(Slot::of(p, 16384).is_none());
+        assert_eq!(Slot::of(p, 255).unwrap().name(), "ff");
+    }
+
+    #[test]
+    fn resolvers_and_cidrs_parse() {
+        let r = host_resolvers("# x\nnameserver 10.255.255.53\nnameserver ::1\nsearch a\n");
+        assert_eq!(r, vec!["10.255.255.53".parse::<Ipv4Addr>().unwrap()]);
+        let a = resolve_allowed(&["198.51.100.0/24".into(), "203.0.113.7".into()]).unwrap();
+        assert_eq!(a.elements, ["198.51.100.0/24", "203.0.113.7"]);
+        assert!(resolve_allowed(&["10.0.0.0/40".into()]).is_err());
+        assert!(resolve_allowed(&["no-such-host.invalid".into()]).is_err());
+    }
+
+    #[test]
+    fn the_table_blocks_private_ranges_and_the_pool() {
+        let t = table_script(DEFAULT_POOL, &["10.255.255.53".parse().unwrap()], true);
+        for r in [
+            "10.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "10.200.0.0/16",
+        ] {
+            assert!(t.contains(r), "{r}");
+        }
+        assert!(t.contains("elements = { 10.255.255.53 }"));
+        assert!(t.contains("the host did not forward before"));
+        assert!(!table_script(DEFAULT_POOL, &[], false).contains("did not forward"));
+    }
+}

@@ -1,0 +1,254 @@
+//! Network-enabled sandboxes: egress to the public internet (PyPI) only, fail closed.
+//! Traffic goes only to PyPI, loopback and namespaces this test creates.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+
+use tako_vm::exec::record::{ExecutionResult, Status};
+use tako_vm::exec::runner::{self, CodeRun};
+use tako_vm::sandbox::{host, HostConfig, NetworkSpec, Runner};
+
+/// Network tests run one at a time: they share the host's nftables table and interfaces.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn runner_with_pool(pool: (std::net::Ipv4Addr, u8)) -> Runner {
+    Runner::detect(&HostConfig {
+        cgroup_parent: "tako-vm-test-net".into(),
+        helper_exe: Some(common::bin()),
+        net_pool: pool,
+        ..HostConfig::default()
+    })
+    .unwrap()
+}
+
+fn net_run(runner: &Runner, r: &std::path::Path, code: &str, allowed: &[&str]) -> ExecutionResult {
+    let mut run = CodeRun::new(host::new_run_id(), r.to_path_buf(), code);
+    run.timeout_s = 30;
+    run.network = Some(NetworkSpec {
+        allowed_hosts: allowed.iter().map(|s| s.to_string()).collect(),
+    });
+    runner::execute(runner, &run)
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn nothing_of_ours_left() {
+    let links = sh("ip -o link show");
+    assert!(!links.contains("tako-"), "leftover interfaces:\n{links}");
+    let rules = sh("nft list ruleset");
+    assert!(
+        !rules.contains("tako_vm"),
+        "leftover nftables table:\n{rules}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+}
+
+const FETCH_PYPI: &str = r#"
+import urllib.request, socket, ssl
+print("ifaces", sorted(n for _, n in socket.if_nameindex()))
+r = urllib.request.urlopen("https://pypi.org/simple/six/", timeout=20)
+print("pypi", r.status, b"six" in r.read())
+try:
+    urllib.request.urlopen("https://pypi.org/simple/six/", timeout=20, context=ssl._create_unverified_context())
+except Exception as e:
+    print("unexpected", e)
+"#;
+
+#[test]
+fn network_enabled_reaches_pypi_with_tls_verification() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let res = net_run(&runner, &r, FETCH_PYPI, &[]);
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert!(
+        res.stdout.contains("ifaces ['eth0', 'lo']"),
+        "{}",
+        res.stdout
+    );
+    assert!(res.stdout.contains("pypi 200 True"), "{}", res.stdout);
+    // TLS is verified against the host CA bundle: a bogus bundle must fail verification.
+    let res = net_run(
+        &runner,
+        &r,
+        "import ssl, urllib.request\nctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, but trusts no CA\ntry:\n    urllib.request.urlopen('https://pypi.org/simple/six/', timeout=20, context=ctx); print('NOVERIFY')\nexcept Exception as e:\n    print('verify failed', type(e).__name__)",
+        &[],
+    );
+    assert!(res.stdout.contains("verify failed"), "{res:?}");
+    nothing_of_ours_left();
+}
+
+#[test]
+fn network_enabled_cannot_reach_the_host() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let host_addrs: Vec<String> = sh("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1")
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(!host_addrs.is_empty());
+    let code = format!(
+        r#"
+import socket
+gw = [l.split()[2] for l in open("/proc/net/route").read().splitlines()[1:] if l.split()[1] == "00000000"][0]
+gw = socket.inet_ntoa(bytes.fromhex(gw)[::-1])
+for addr in [gw, "127.0.0.1"] + {host_addrs:?}:
+    try:
+        socket.create_connection((addr, {port}), timeout=2); print("REACHED", addr)
+    except OSError as e:
+        print("blocked", addr)
+"#
+    );
+    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let res = net_run(&runner, &r, &code, &[]);
+    drop(listener);
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert!(!res.stdout.contains("REACHED"), "{}", res.stdout);
+    assert_eq!(
+        res.stdout.matches("blocked").count(),
+        host_addrs.len() + 2,
+        "{}",
+        res.stdout
+    );
+    nothing_of_ours_left();
+}
+
+#[test]
+fn concurrent_sandboxes_cannot_reach_each_other() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // A pool of exactly two /30s: the two sandboxes are 10.201.0.2 and 10.201.0.6.
+    let runner = runner_with_pool(("10.201.0.0".parse().unwrap(), 29));
+    let server = r#"
+import socket
+s = socket.socket(); s.bind(("0.0.0.0", 5555)); s.listen(); s.settimeout(8)
+try:
+    s.accept(); print("ACCEPTED")
+except OSError:
+    print("nobody came")
+"#;
+    let client = r#"
+import socket, time
+time.sleep(2)
+for ip in ["10.201.0.2", "10.201.0.6"]:
+    try:
+        socket.create_connection((ip, 5555), timeout=2); print("REACHED", ip)
+    except OSError:
+        print("blocked", ip)
+"#;
+    std::thread::scope(|s| {
+        let a = s.spawn(|| net_run(&runner, &r, server, &[]));
+        let b = s.spawn(|| net_run(&runner, &r, client, &[]));
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        assert_eq!(a.status, Status::Succeeded, "{a:?}");
+        assert_eq!(b.status, Status::Succeeded, "{b:?}");
+        assert!(a.stdout.contains("nobody came"), "{}", a.stdout);
+        assert!(!b.stdout.contains("REACHED"), "{}", b.stdout);
+    });
+    nothing_of_ours_left();
+}
+
+/// A "public internet" host of our own: a network namespace with 198.51.100.2 serving TCP.
+struct PeerHost {
+    server: std::process::Child,
+}
+
+impl PeerHost {
+    fn start() -> PeerHost {
+        let _ = sh("ip netns del tako-test-peer 2>/dev/null; ip link del tkt-peer0 2>/dev/null");
+        let setup = "set -e
+ip netns add tako-test-peer
+ip link add tkt-peer0 type veth peer name eth0 netns tako-test-peer
+ip addr add 198.51.100.1/24 dev tkt-peer0
+ip link set tkt-peer0 up
+ip -n tako-test-peer addr add 198.51.100.2/24 dev eth0
+ip -n tako-test-peer link set eth0 up
+ip -n tako-test-peer link set lo up
+ip -n tako-test-peer route add default via 198.51.100.1";
+        let st = Command::new("sh").arg("-c").arg(setup).status().unwrap();
+        assert!(st.success());
+        let server = Command::new("ip")
+            .args(["netns", "exec", "tako-test-peer", "python3", "-c"])
+            .arg("import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8080)); s.listen()\nwhile True:\n    c,_=s.accept(); c.sendall(b'peer-hello'); c.close()")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        PeerHost { server }
+    }
+}
+
+impl Drop for PeerHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = sh("ip netns del tako-test-peer; ip link del tkt-peer0 2>/dev/null");
+    }
+}
+
+const TO_PEER: &str = r#"
+import socket
+try:
+    c = socket.create_connection(("198.51.100.2", 8080), timeout=3); print("peer", c.recv(20).decode())
+except OSError as e:
+    print("peer blocked")
+"#;
+
+#[test]
+fn allowed_hosts_limit_egress_to_the_listed_destinations() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    {
+        let _peer = PeerHost::start();
+        // Without allowed_hosts, a public destination is reachable…
+        let open = net_run(&runner, &r, TO_PEER, &[]);
+        assert!(open.stdout.contains("peer peer-hello"), "{open:?}");
+        // …with allowed_hosts [pypi.org] only PyPI is.
+        let code = format!("{TO_PEER}\n{FETCH_PYPI}");
+        let restricted = net_run(&runner, &r, &code, &["pypi.org"]);
+        assert_eq!(restricted.status, Status::Succeeded, "{restricted:?}");
+        assert!(
+            restricted.stdout.contains("peer blocked"),
+            "{}",
+            restricted.stdout
+        );
+        assert!(
+            restricted.stdout.contains("pypi 200 True"),
+            "{}",
+            restricted.stdout
+        );
+        // A CIDR entry allows the peer again.
+        let cidr = net_run(&runner, &r, TO_PEER, &["198.51.100.0/24"]);
+        assert!(cidr.stdout.contains("peer peer-hello"), "{cidr:?}");
+    }
+    let list = sh("nft list ruleset");
+    assert!(!list.contains("run_"), "{list}");
+    nothing_of_ours_left();
+}
+
+#[test]
+fn hundred_network_runs_leave_nothing_behind() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let netns_before = sh("ip netns list");
+    for i in 0..100 {
+        let allowed: &[&str] = if i % 2 == 0 { &[] } else { &["198.51.100.7"] };
+        let res = net_run(&runner, &r, "print(1)", allowed);
+        assert_eq!(res.status, Status::Succeeded, "run {i}: {res:?}");
+    }
+    nothing_of_ours_left();
+    assert_eq!(sh("ip netns list"), netns_before);
+}
