@@ -1,6 +1,11 @@
 //! Command line: `tako-vm run`, `tako-vm version`.
 
+mod config;
 mod run;
+mod server;
+mod setup;
+mod status;
+mod validate;
 
 use clap::{Parser, Subcommand};
 
@@ -8,6 +13,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tako-vm", disable_version_flag = true)]
 pub struct Cli {
+    /// Configuration file (must exist).
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -18,6 +26,19 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Print the version.
     Version,
+    /// Serve the REST API.
+    Server(server::ServerArgs),
+    /// Print the effective configuration.
+    Config(config::ConfigArgs),
+    /// Validate a configuration file.
+    Validate {
+        /// The file (default: --config or the searched file).
+        file: Option<std::path::PathBuf>,
+    },
+    /// Ask a running server for its health.
+    Status(status::StatusArgs),
+    /// Check the host (and optionally install the systemd unit).
+    Setup(setup::SetupArgs),
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -33,12 +54,23 @@ pub fn main() -> i32 {
             println!("tako-vm {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Some(Command::Run(args)) => match run::run(*args) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                1
-            }
-        },
+        Some(Command::Run(args)) => report(run::run(*args)),
+        Some(Command::Server(a)) => report(server::run(cli.config.as_deref(), a)),
+        Some(Command::Config(a)) => report(config::run(cli.config.as_deref(), a)),
+        Some(Command::Validate { file }) => {
+            report(validate::run(cli.config.as_deref(), file.as_deref()))
+        }
+        Some(Command::Status(a)) => report(status::run(a)),
+        Some(Command::Setup(a)) => report(setup::run(a)),
+    }
+}
+
+fn report(r: anyhow::Result<i32>) -> i32 {
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            1
+        }
     }
 }

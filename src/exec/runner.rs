@@ -49,6 +49,8 @@ pub struct CodeRun {
     pub tee: bool,
     /// Outbound network (job type `network_enabled`); `None`: loopback only.
     pub network: Option<NetworkSpec>,
+    /// Cancellation flag: setting it kills the running sandbox (see `RunOptions::cancel`).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl CodeRun {
@@ -70,6 +72,7 @@ impl CodeRun {
             artifacts_dir: None,
             tee: false,
             network: None,
+            cancel: None,
         }
     }
 }
@@ -151,6 +154,7 @@ pub fn run_options(run: &CodeRun) -> RunOptions {
         stderr_keep: run.max_stderr,
         tee: run.tee,
         artifacts_dir: run.artifacts_dir.clone(),
+        cancel: run.cancel.clone(),
     }
 }
 

@@ -1,0 +1,159 @@
+//! `tako-vm setup`: checks the host for running sandboxes as a service and says how to fix
+//! each failed check. `--systemd` also installs the unit (see `scripts/install`).
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Arguments of `tako-vm setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The service user whose subuid range is checked.
+    #[arg(long, default_value = "tako-vm")]
+    user: String,
+    /// Install the systemd unit, the service user and its subuid range (runs scripts/install).
+    #[arg(long)]
+    systemd: bool,
+}
+
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+    advice: &'static str,
+}
+
+fn read(p: &str) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn has_range(file: &str, user: &str) -> bool {
+    let uid = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.to_string());
+    read(file).is_some_and(|t| {
+        t.lines().any(|l| {
+            let first = l.split(':').next().unwrap_or("");
+            first == user || Some(first.to_string()) == uid
+        })
+    })
+}
+
+fn which(bin: &str) -> Option<String> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+}
+
+fn checks(user: &str) -> Vec<Check> {
+    let mut v = Vec::new();
+    let max_ns = read("/proc/sys/user/max_user_namespaces").and_then(|s| s.parse::<u64>().ok());
+    let clone = read("/proc/sys/kernel/unprivileged_userns_clone");
+    v.push(Check {
+        name: "user namespaces",
+        ok: max_ns.unwrap_or(0) > 0 && clone.as_deref() != Some("0"),
+        detail: format!("max_user_namespaces={max_ns:?} unprivileged_userns_clone={clone:?}"),
+        advice: "sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1 (Ubuntu 24.04+: kernel.apparmor_restrict_unprivileged_userns=0)",
+    });
+    let sub = has_range("/etc/subuid", user) && has_range("/etc/subgid", user);
+    v.push(Check {
+        name: "subuid/subgid range",
+        ok: sub,
+        detail: format!("user {user}"),
+        advice: "usermod --add-subuids 100000-165535 --add-subgids 100000-165535 tako-vm (scripts/install does it)",
+    });
+    v.push(Check {
+        name: "newuidmap/newgidmap",
+        ok: which("newuidmap").is_some() && which("newgidmap").is_some(),
+        detail: which("newuidmap").unwrap_or_else(|| "not found".into()),
+        advice: "apt-get install uidmap",
+    });
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let controllers = read("/sys/fs/cgroup/cgroup.subtree_control").unwrap_or_default();
+    let delegated = if v2 {
+        ["memory", "cpu", "pids"]
+            .iter()
+            .all(|c| controllers.split_whitespace().any(|x| x == *c))
+    } else {
+        Path::new("/sys/fs/cgroup/memory").is_dir() && nix::unistd::geteuid().is_root()
+    };
+    v.push(Check {
+        name: "cgroups",
+        ok: delegated,
+        detail: if v2 {
+            format!("v2, subtree_control: {controllers}")
+        } else {
+            "v1 (limits need a root server)".into()
+        },
+        advice: "cgroup v2 with a delegated subtree: run the systemd unit (Delegate=yes), or run as root on cgroup v1",
+    });
+    v.push(Check {
+        name: "uv",
+        ok: which("uv").is_some(),
+        detail: which("uv").unwrap_or_else(|| "not found".into()),
+        advice: "pip install uv (needed to bake job-type requirements into snapshots)",
+    });
+    let reach = "registry-1.docker.io:443"
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok());
+    v.push(Check {
+        name: "registry reachability",
+        ok: reach,
+        detail: "registry-1.docker.io:443".into(),
+        advice: "allow outbound HTTPS to the registry, or use a local OCI registry / layout (air-gapped hosts)",
+    });
+    let cfg = crate::config::Config::default();
+    let base = cfg.base_rootfs();
+    v.push(Check {
+        name: "base rootfs",
+        ok: base.as_ref().is_some_and(|b| b.is_dir()),
+        detail: base.map_or("none".into(), |b| b.display().to_string()),
+        advice: "pull the default base image (python:3.11-slim) or build the fixture: scripts/build-rootfs; set base_rootfs",
+    });
+    v
+}
+
+/// Runs `tako-vm setup`.
+pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
+    if a.systemd {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install");
+        let status = std::process::Command::new(&script).status();
+        match status {
+            Ok(s) if s.success() => println!("systemd unit installed"),
+            Ok(s) => {
+                eprintln!("{} failed: {s}", script.display());
+                return Ok(1);
+            }
+            Err(e) => {
+                eprintln!("cannot run {}: {e}", script.display());
+                return Ok(1);
+            }
+        }
+    }
+    let mut failed = 0;
+    for c in checks(&a.user) {
+        println!(
+            "[{}] {}: {}",
+            if c.ok { " ok " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+        if !c.ok {
+            println!("       fix: {}", c.advice);
+            failed += 1;
+        }
+    }
+    println!(
+        "\nBase image pre-pull: the OCI puller (`tako-vm pull python:3.11-slim`) comes with the images work; until then the base rootfs check above covers it."
+    );
+    Ok(if failed == 0 { 0 } else { 1 })
+}

@@ -1,0 +1,111 @@
+//! Environment overrides (spec §5.3), applied on top of the file before validation.
+
+use std::path::PathBuf;
+
+use super::{Config, ConfigError};
+
+fn env_bool(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+}
+
+fn env_int(var: &str, v: &str) -> Result<i64, ConfigError> {
+    v.trim().parse::<i64>().map_err(|_| ConfigError::EnvInt {
+        var: var.into(),
+        value: v.into(),
+    })
+}
+
+/// Applies the `TAKO_VM_*` overrides read through `get` (the process environment in
+/// production, a map in tests).
+pub fn apply_env(
+    cfg: &mut Config,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(v) = get("TAKO_VM_DATA_DIR").filter(|v| !v.is_empty()) {
+        cfg.data_dir = Some(PathBuf::from(v));
+    }
+    if let Some(v) = get("TAKO_VM_DATABASE_URL") {
+        cfg.database_url = v;
+    }
+    if let Some(v) = get("TAKO_VM_SECURITY_MODE") {
+        cfg.security_mode = v.to_lowercase();
+    }
+    if let Some(v) = get("TAKO_VM_CONTAINER_RUNTIME") {
+        cfg.container_runtime = v.to_lowercase();
+    }
+    let bools: [(&str, &mut bool); 8] = [
+        ("TAKO_VM_ENABLE_SECCOMP", &mut cfg.enable_seccomp),
+        (
+            "TAKO_VM_ENABLE_CAP_RESTRICTIONS",
+            &mut cfg.enable_cap_restrictions,
+        ),
+        ("TAKO_VM_API_AUTH_ENABLED", &mut cfg.api_auth_enabled),
+        (
+            "TAKO_VM_ALLOW_UNAUTHENTICATED_NETWORK_ACCESS",
+            &mut cfg.allow_unauthenticated_network_access,
+        ),
+        (
+            "TAKO_VM_API_RATE_LIMIT_ENABLED",
+            &mut cfg.api_rate_limit_enabled,
+        ),
+        (
+            "TAKO_VM_ALLOW_RUNTIME_REQUIREMENTS",
+            &mut cfg.allow_runtime_requirements,
+        ),
+        (
+            "TAKO_VM_ENABLE_RUNTIME_DEPENDENCY_CACHE",
+            &mut cfg.enable_runtime_dependency_cache,
+        ),
+        ("TAKO_VM_SESSIONS_ENABLED", &mut cfg.sessions_enabled),
+    ];
+    for (var, slot) in bools {
+        if let Some(v) = get(var) {
+            *slot = env_bool(&v);
+        }
+    }
+    let ints: [(&str, &mut i64); 6] = [
+        (
+            "TAKO_VM_API_MAX_PAYLOAD_BYTES",
+            &mut cfg.api_max_payload_bytes,
+        ),
+        (
+            "TAKO_VM_API_RATE_LIMIT_REQUESTS",
+            &mut cfg.api_rate_limit_requests,
+        ),
+        (
+            "TAKO_VM_API_RATE_LIMIT_WINDOW_SECONDS",
+            &mut cfg.api_rate_limit_window_seconds,
+        ),
+        (
+            "TAKO_VM_SESSION_IDLE_TIMEOUT_SECONDS",
+            &mut cfg.session_idle_timeout_seconds,
+        ),
+        (
+            "TAKO_VM_SESSION_MAX_TTL_SECONDS",
+            &mut cfg.session_max_ttl_seconds,
+        ),
+        (
+            "TAKO_VM_SESSION_MAX_CONCURRENT",
+            &mut cfg.session_max_concurrent,
+        ),
+    ];
+    for (var, slot) in ints {
+        if let Some(v) = get(var) {
+            *slot = env_int(var, &v)?;
+        }
+    }
+    if let Some(v) = get("TAKO_VM_API_KEYS") {
+        cfg.api_keys = v
+            .split(',')
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+    }
+    if let Some(v) = get("TAKO_VM_API_AUTH_HEADER") {
+        cfg.api_auth_header = v;
+    }
+    if let Some(v) = get("TAKO_VM_DEPENDENCY_PROXY_URL") {
+        cfg.dependency_proxy_url = Some(v);
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! Restart reconciliation (§4.7), graceful shutdown, retention, and rerun/fork (§4.6).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::plan;
+use super::service::{Service, SubmitError, SubmitMeta, Submitted};
+use crate::exec::record::{ErrorType, ExecError, Status};
+use crate::store::{time, JobRequest, StoreError};
+
+/// Error message of records interrupted by a restart.
+pub const INTERRUPTED_RESTART: &str = "job interrupted by server restart before completion";
+/// Error message of running jobs killed at shutdown after the grace period.
+pub const INTERRUPTED_SHUTDOWN: &str = "job interrupted by server shutdown before completion";
+/// Error message of queued jobs at shutdown.
+pub const SHUTDOWN_BEFORE_START: &str = "Job cancelled: server shut down before execution started";
+
+/// Why a rerun or fork was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Timeout over the ceiling (422).
+    #[error("{0}")]
+    Ceiling(String),
+    /// No parent (404).
+    #[error("Job not found")]
+    NotFound,
+    /// Parent not terminal (400, rerun only).
+    #[error("Cannot rerun job that hasn't completed")]
+    NotTerminal,
+    /// 400.
+    #[error("Original code not available for replay")]
+    NoCode,
+    /// 400.
+    #[error("Original code file not found")]
+    CodeFileMissing,
+    /// 400.
+    #[error("Original input not available for replay")]
+    NoInput,
+    /// 400.
+    #[error("Original input file not found")]
+    InputFileMissing,
+    /// 400.
+    #[error("Invalid artifact path")]
+    InvalidPath,
+    /// 400.
+    #[error("Failed to retrieve replay data")]
+    Failed,
+    /// Submission failed.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `p` resolved inside `root` (both canonicalised), else `None`.
+pub fn inside(root: &Path, p: &Path) -> Option<std::path::PathBuf> {
+    let root = root.canonicalize().ok()?;
+    let c = p.canonicalize().ok()?;
+    c.starts_with(&root).then_some(c)
+}
+
+impl Service {
+    /// Start-up reconciliation: `running` records of a dead process fail as interrupted;
+    /// `queued` ones are queued again (or fail as interrupted when they cannot be).
+    pub fn reconcile(&self) -> Result<(usize, usize), StoreError> {
+        let (mut requeued, mut failed) = (0, 0);
+        for mut r in self.store.unfinished()? {
+            if r.status == Status::Queued {
+                if let Some(req) = r.request.clone() {
+                    let meta = SubmitMeta {
+                        idempotency_key: r.idempotency_key.clone(),
+                        client_ip: r.client_ip.clone(),
+                        correlation_id: r.correlation_id.clone(),
+                        parent: r.parent_execution_id.clone().zip(r.relationship.clone()),
+                    };
+                    if self.enqueue(&r.execution_id, req, meta, r.created_us) {
+                        requeued += 1;
+                        continue;
+                    }
+                }
+            }
+            r.status = Status::Failed;
+            r.ended_us = Some(time::now_us());
+            if r.error.is_none() {
+                r.error = Some(ExecError::new(
+                    ErrorType::Interrupted,
+                    INTERRUPTED_RESTART,
+                    None,
+                ));
+            }
+            self.store.update(&r)?;
+            failed += 1;
+        }
+        Ok((requeued, failed))
+    }
+
+    /// Graceful shutdown: queued jobs are cancelled; running jobs get `grace` to finish,
+    /// then their sandboxes are killed and they are recorded as interrupted.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        let queued: Vec<String> = {
+            let mut l = self.live();
+            let ids: Vec<String> = l.pending.drain(..).collect();
+            for id in &ids {
+                l.jobs.remove(id);
+            }
+            ids
+        };
+        for id in queued {
+            if let Some(r) = self.cancelled_record(&id, SHUTDOWN_BEFORE_START) {
+                let _ = self.store.update(&r);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.queue_stats().1 > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let running: Vec<String> = {
+            let l = self.live();
+            for j in l.jobs.values() {
+                j.cancel.store(true, Ordering::SeqCst);
+            }
+            l.jobs.keys().cloned().collect()
+        };
+        for id in &running {
+            if let Ok(Some(mut r)) = self.store.get(id) {
+                r.status = Status::Failed;
+                r.ended_us = Some(time::now_us());
+                r.error = Some(ExecError::new(
+                    ErrorType::Interrupted,
+                    INTERRUPTED_SHUTDOWN,
+                    None,
+                ));
+                let _ = self.store.update(&r);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.queue_stats().1 > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One retention pass: records and run directories older than
+    /// `execution_record_ttl_days`, DLQ entries older than `dlq_ttl_days`.
+    pub fn retention_pass(&self) -> Result<(usize, usize), StoreError> {
+        let day = 86_400_000_000i64;
+        let now = time::now_us();
+        let ids = self
+            .store
+            .purge_records(now - self.cfg.execution_record_ttl_days * day)?;
+        for id in &ids {
+            let _ = std::fs::remove_dir_all(self.run_dir(id));
+        }
+        let runs = self.data_dir.join("runs");
+        let max_age = Duration::from_secs(self.cfg.execution_record_ttl_days as u64 * 86_400);
+        if let Ok(rd) = std::fs::read_dir(&runs) {
+            for e in rd.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|a| a > max_age);
+                if old {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dlq = self.store.purge_dlq(now - self.cfg.dlq_ttl_days * day)?;
+        Ok((ids.len(), dlq))
+    }
+
+    /// Runs [`Service::retention_pass`] now and every hour.
+    pub fn start_retention(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = me.retention_pass() {
+                    eprintln!("tako-vm: retention pass failed: {e}");
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        })
+    }
+
+    fn replay_data(
+        &self,
+        parent: &crate::store::ExecutionRecord,
+    ) -> Result<(String, Value), ReplayError> {
+        let dir = self.run_dir(&parent.execution_id);
+        let has = |n: &str| parent.input_artifacts.iter().any(|a| a.name == n);
+        if !has("_code.py") {
+            return Err(ReplayError::NoCode);
+        }
+        let code_path = dir.join("_code.py");
+        if !code_path.exists() {
+            return Err(ReplayError::CodeFileMissing);
+        }
+        if !has("_input.json") {
+            return Err(ReplayError::NoInput);
+        }
+        let input_path = dir.join("_input.json");
+        if !input_path.exists() {
+            return Err(ReplayError::InputFileMissing);
+        }
+        let code_path = inside(&self.data_dir, &code_path).ok_or(ReplayError::InvalidPath)?;
+        let input_path = inside(&self.data_dir, &input_path).ok_or(ReplayError::InvalidPath)?;
+        let code = std::fs::read_to_string(code_path).map_err(|_| ReplayError::Failed)?;
+        let input = std::fs::read(input_path).map_err(|_| ReplayError::Failed)?;
+        let input: Value = serde_json::from_slice(&input).map_err(|_| ReplayError::Failed)?;
+        Ok((code, input))
+    }
+
+    /// `POST /jobs/{id}/rerun` (`code: None`) and `/fork` (`code: Some`): a new async job
+    /// with the parent's input (and code), keeping the parent's timeout, startup timeout
+    /// and requirements unless overridden (0.3.0 dropped them, §10.9).
+    pub async fn replay(
+        &self,
+        parent_id: &str,
+        code: Option<String>,
+        job_type: Option<String>,
+        timeout: Option<u64>,
+        meta: SubmitMeta,
+    ) -> Result<Submitted, ReplayError> {
+        if timeout.is_some() {
+            plan::check_timeout_ceiling(timeout, Some("default"), &self.registry(), &self.cfg)
+                .map_err(ReplayError::Ceiling)?;
+        }
+        let parent = self.store.get(parent_id)?.ok_or(ReplayError::NotFound)?;
+        let fork = code.is_some();
+        if !fork && !parent.status.is_terminal() {
+            return Err(ReplayError::NotTerminal);
+        }
+        let (orig_code, input) = self.replay_data(&parent)?;
+        let orig = parent.request.clone();
+        let job_type = job_type.or_else(|| match &orig {
+            Some(o) => o.job_type.clone(),
+            None => Some(parent.job_type.clone()),
+        });
+        let timeout_given = timeout;
+        let timeout = timeout.or(orig.as_ref().and_then(|o| o.timeout));
+        let eff =
+            plan::effective_timeout(timeout, job_type.as_deref(), &self.registry(), &self.cfg);
+        if let Some(t) = eff {
+            if t > self.cfg.max_timeout as u64 {
+                return Err(ReplayError::Ceiling(format!(
+                    "{}timeout must be less than or equal to the configured max_timeout ({} seconds)",
+                    if timeout_given.is_some() { "" } else { "effective " },
+                    self.cfg.max_timeout
+                )));
+            }
+        }
+        let req = JobRequest {
+            code: code.unwrap_or(orig_code),
+            input,
+            timeout,
+            startup_timeout: orig.as_ref().and_then(|o| o.startup_timeout),
+            job_type,
+            requirements: orig.and_then(|o| o.requirements),
+        };
+        let meta = SubmitMeta {
+            idempotency_key: None,
+            parent: Some((
+                parent_id.to_string(),
+                if fork { "fork" } else { "rerun" }.to_string(),
+            )),
+            ..meta
+        };
+        Ok(self.submit(req, meta).await?)
+    }
+}
