@@ -3,7 +3,17 @@
 //! A rootfs the sandbox can run needs the mount points of the execution contract and the
 //! `sandbox` user. [`check`] says what a directory lacks (the sandbox refuses such a rootfs
 //! with that list); [`prepare`] adds it to a directory we own (image snapshots, fixtures).
-//! Job-type snapshots (base layers + uv layer) are built here in a later step.
+//! [`snapshot`] builds job-type snapshots: a base image rootfs plus the job type's
+//! requirements installed by uv in a builder sandbox, content-addressed and immutable.
+
+pub mod requirements;
+pub mod snapshot;
+mod tree;
+
+pub use snapshot::{
+    BaseImage, BindMount, BuildHost, InstallOutcome, InstallRun, JobTypeSpec, Snapshot,
+    SnapshotError, SnapshotStore,
+};
 
 use std::fs;
 use std::io;
@@ -117,7 +127,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rootfs-builder-test-{}", std::process::id()));
         fs::create_dir_all(dir.join("etc")).unwrap();
         fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh").unwrap();
-        assert_eq!(check(&dir).len(), MOUNT_POINTS.len() + MOUNT_FILES.len() + 1);
+        assert_eq!(
+            check(&dir).len(),
+            MOUNT_POINTS.len() + MOUNT_FILES.len() + 1
+        );
         prepare(&dir).unwrap();
         prepare(&dir).unwrap();
         assert!(check(&dir).is_empty(), "{:?}", check(&dir));

@@ -142,6 +142,7 @@ pub fn sandbox_spec(run: &CodeRun) -> SandboxSpec {
         kill_grace_ms: 1000,
         tmp_dirs: vec!["/tmp/.cache/matplotlib".into()],
         network: run.network.clone(),
+        binds: vec![],
     }
 }
 

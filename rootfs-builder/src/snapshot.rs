@@ -1,0 +1,720 @@
+//! Job-type snapshots: the base image's rootfs (hard links) + the job type's requirements
+//! installed by uv inside a builder sandbox + `shared_code`, content-addressed.
+//!
+//! ```text
+//! <root>/snapshots/<key>/rootfs/          the immutable snapshot (run read-only)
+//! <root>/snapshots/<key>/snapshot.json    what it is (base, requirements, env, uv …)
+//! <root>/snapshots/names/<name>           `tako-vm-<name>:latest` → key
+//! <root>/snapshots/locks/<key>.lock       one build per key (flock, across processes)
+//! <root>/snapshots/.staging-<key>-<pid>/  a build in progress (removed on failure)
+//! ```
+//! The key hashes the base image digest, python version, sorted requirements, uv version,
+//! `shared_code` contents and environment: the same key is reused without any work.
+//! The sandbox and the images are the caller's ([`BuildHost`]), so this crate knows no
+//! namespaces and no registries.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::requirements::{valid_environment, validate_requirements};
+use crate::tree;
+
+/// Where the builder sandbox finds its tools (a directory created in the staging rootfs
+/// and removed before the snapshot is published).
+pub const BUILD_DIR: &str = "/tako-build";
+/// `shared_code` files land here (and on `PYTHONPATH`).
+pub const SHARED_CODE_DIR: &str = "/app/shared_code";
+
+/// What a snapshot is built from: the job-type fields that matter for its contents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobTypeSpec {
+    /// Job-type name (`tako-vm-<name>:latest`).
+    pub name: String,
+    /// Python version; selects `python:<version>-slim` unless `base_image` is set.
+    pub python_version: String,
+    /// Any image reference to build on instead.
+    pub base_image: Option<String>,
+    /// pip requirements installed with uv.
+    pub requirements: Vec<String>,
+    /// Environment baked into the snapshot's metadata, applied at run time.
+    pub environment: BTreeMap<String, String>,
+    /// Host files copied into `/app/shared_code`.
+    pub shared_code: Vec<PathBuf>,
+}
+
+impl JobTypeSpec {
+    /// The base image reference.
+    pub fn base_reference(&self) -> String {
+        match &self.base_image {
+            Some(b) if !b.trim().is_empty() => b.trim().to_string(),
+            _ => format!(
+                "python:{}-slim",
+                if self.python_version.is_empty() {
+                    "3.11"
+                } else {
+                    &self.python_version
+                }
+            ),
+        }
+    }
+}
+
+/// A base image as the host provides it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseImage {
+    /// Manifest digest.
+    pub digest: String,
+    /// Its unpacked, sandbox-ready rootfs.
+    pub rootfs: PathBuf,
+    /// The image config's `Env`.
+    pub env: Vec<(String, String)>,
+}
+
+/// A host path bind-mounted into the builder sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindMount {
+    /// Host path.
+    pub host: PathBuf,
+    /// Path inside the sandbox (exists in the staging rootfs).
+    pub target: String,
+    /// Read-write.
+    pub writable: bool,
+}
+
+/// One run in the builder sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstallRun {
+    /// Rootfs (the staging copy), mounted read-only except for `binds`.
+    pub rootfs: PathBuf,
+    /// Command.
+    pub argv: Vec<String>,
+    /// Complete environment.
+    pub env: Vec<(String, String)>,
+    /// Bind mounts.
+    pub binds: Vec<BindMount>,
+    /// Needs outbound network (PyPI).
+    pub network: bool,
+}
+
+/// How a builder-sandbox run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstallOutcome {
+    /// Exit code 0.
+    pub success: bool,
+    /// Human-readable end (exit code, signal, timeout, OOM).
+    pub status: String,
+    /// Captured stdout.
+    pub stdout: String,
+    /// Captured stderr (uv's error).
+    pub stderr: String,
+}
+
+/// What the snapshot builder needs from its host: images, uv and a sandbox.
+pub trait BuildHost: Sync {
+    /// The base image; pulled when missing if `may_fetch`. Must be quick when local: it is
+    /// called on every resolve.
+    fn base_image(&self, reference: &str, may_fetch: bool) -> Result<BaseImage, String>;
+    /// The uv binary on the host and its version (`0.13.9`).
+    fn uv(&self) -> Result<(PathBuf, String), String>;
+    /// Host uid and gid that the sandbox user (uid 1000) stands for (owner of writable binds).
+    fn sandbox_owner(&self) -> (u32, u32);
+    /// Runs one command in a builder sandbox (limits, startup timeout, network if asked).
+    fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String>;
+    /// Extra uv arguments (e.g. `--find-links DIR --no-index` for offline builds) and the
+    /// host directories they need, bound read-only at the same path.
+    fn uv_extra(&self) -> (Vec<String>, Vec<PathBuf>) {
+        (Vec::new(), Vec::new())
+    }
+    /// Progress messages.
+    fn step(&self, _message: &str) {}
+}
+
+/// A built snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Content key (sha256 hex).
+    pub key: String,
+    /// Job type it was built for (empty for ad-hoc runtime-requirement snapshots).
+    pub job_type: String,
+    /// Base image reference and digest.
+    pub base_reference: String,
+    /// Manifest digest of the base image.
+    pub base_digest: String,
+    /// Python version of the job type.
+    pub python_version: String,
+    /// Installed requirements (sorted).
+    pub requirements: Vec<String>,
+    /// uv version used.
+    pub uv_version: String,
+    /// Environment for runs: image `Env`, then `PYTHONPATH` for shared code, then the job
+    /// type's `environment`.
+    pub env: Vec<(String, String)>,
+    /// Unix time of the build.
+    pub created: u64,
+    /// The rootfs (filled in when loaded).
+    #[serde(skip)]
+    pub rootfs: PathBuf,
+}
+
+impl Snapshot {
+    /// The image name of a job type's snapshot.
+    pub fn image_name(job_type: &str) -> String {
+        format!("tako-vm-{job_type}:latest")
+    }
+
+    /// First 12 hex of the key (like the reference's image digests).
+    pub fn short_digest(&self) -> &str {
+        &self.key[..12]
+    }
+}
+
+/// Errors of snapshot building and resolution.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Production mode and no snapshot.
+    #[error("job type '{0}' is not built and production mode does not build on first use: run `tako-vm build {0}` or POST /job-types/{0}/build")]
+    NotBuilt(String),
+    /// Invalid input (requirements, shared_code).
+    #[error("{0}")]
+    Invalid(String),
+    /// The base image is unavailable.
+    #[error("base image {reference}: {detail}")]
+    Base {
+        /// Reference.
+        reference: String,
+        /// Why.
+        detail: String,
+    },
+    /// uv is missing.
+    #[error("uv not found: {0} (pip install uv, or set uv_path)")]
+    Uv(String),
+    /// The install failed; `stderr` is uv's.
+    #[error("building job type '{name}' failed ({status}): {stderr}")]
+    BuildFailed {
+        /// Job type.
+        name: String,
+        /// How the builder ended.
+        status: String,
+        /// Tail of uv's stderr.
+        stderr: String,
+    },
+    /// The builder sandbox could not run.
+    #[error("builder sandbox: {0}")]
+    Sandbox(String),
+    /// Local I/O.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What.
+        op: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The snapshot store.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    root: PathBuf,
+}
+
+struct Lock(fs::File);
+
+impl Lock {
+    fn acquire(path: &Path) -> Result<Lock, SnapshotError> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err("open", path))?;
+        // SAFETY: flock(2) on a descriptor owned by `f`, which outlives the call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err("lock", path)(std::io::Error::last_os_error()));
+        }
+        Ok(Lock(f))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking the descriptor we own; closing it would unlock as well.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// sha256 hex of a file's contents.
+fn file_sha256(p: &Path) -> Result<String, SnapshotError> {
+    let bytes = fs::read(p).map_err(|e| {
+        SnapshotError::Invalid(format!(
+            "shared_code file {} cannot be read: {e}",
+            p.display()
+        ))
+    })?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// The content key of a snapshot.
+pub fn snapshot_key(
+    spec: &JobTypeSpec,
+    base_digest: &str,
+    uv_version: &str,
+) -> Result<String, SnapshotError> {
+    let mut reqs = spec.requirements.clone();
+    reqs.sort();
+    reqs.dedup();
+    let mut shared = Vec::new();
+    for p in &spec.shared_code {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .ok_or_else(|| {
+                SnapshotError::Invalid(format!("bad shared_code path {}", p.display()))
+            })?;
+        shared.push((name, file_sha256(p)?));
+    }
+    shared.sort();
+    let doc = serde_json::json!({
+        "base_digest": base_digest,
+        "python_version": spec.python_version,
+        "requirements": reqs,
+        "uv_version": uv_version,
+        "shared_code": shared,
+        "environment": valid_environment(&spec.environment),
+    });
+    Ok(hex::encode(Sha256::digest(doc.to_string().as_bytes())))
+}
+
+impl SnapshotStore {
+    /// Opens (creating) the store under `root` (the image store's directory).
+    pub fn open(root: impl Into<PathBuf>) -> Result<SnapshotStore, SnapshotError> {
+        let root = root.into().join("snapshots");
+        for d in ["names", "locks"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        Ok(SnapshotStore { root })
+    }
+
+    fn dir(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Loads the snapshot of `key` when it exists.
+    pub fn by_key(&self, key: &str) -> Option<Snapshot> {
+        let dir = self.dir(key);
+        let bytes = fs::read(dir.join("snapshot.json")).ok()?;
+        let mut s: Snapshot = serde_json::from_slice(&bytes).ok()?;
+        s.rootfs = dir.join("rootfs");
+        s.rootfs.is_dir().then_some(s)
+    }
+
+    /// The snapshot `tako-vm-<job_type>:latest` currently names.
+    pub fn status(&self, job_type: &str) -> Option<Snapshot> {
+        let key = fs::read_to_string(self.root.join("names").join(job_type)).ok()?;
+        self.by_key(key.trim())
+    }
+
+    /// Named snapshots: (job type, snapshot).
+    pub fn list(&self) -> Vec<(String, Snapshot)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.root.join("names")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Some(s) = self.status(&name) {
+                    out.push((name, s));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn set_name(&self, job_type: &str, key: &str) -> Result<(), SnapshotError> {
+        let p = self.root.join("names").join(job_type);
+        if fs::read_to_string(&p).is_ok_and(|k| k.trim() == key) {
+            return Ok(());
+        }
+        let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
+        fs::write(&tmp, key).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &p).map_err(io_err("rename", &p))
+    }
+
+    /// The snapshot to run a job type on. With `may_build` (development mode) a missing or
+    /// outdated snapshot is built now (concurrent callers share the build); without it
+    /// (production mode) only an existing build is used.
+    pub fn resolve(
+        &self,
+        spec: &JobTypeSpec,
+        host: &dyn BuildHost,
+        may_build: bool,
+    ) -> Result<Snapshot, SnapshotError> {
+        if !may_build {
+            return self
+                .status(&spec.name)
+                .ok_or_else(|| SnapshotError::NotBuilt(spec.name.clone()));
+        }
+        self.build(spec, host)
+    }
+
+    /// Builds the job type's snapshot unless one with the same key exists, and names it
+    /// `tako-vm-<name>:latest`.
+    pub fn build(
+        &self,
+        spec: &JobTypeSpec,
+        host: &dyn BuildHost,
+    ) -> Result<Snapshot, SnapshotError> {
+        let s = self.build_keyed(spec, host)?;
+        self.set_name(&spec.name, &s.key)?;
+        Ok(s)
+    }
+
+    /// A snapshot of the job type plus per-request `requirements` (validated as in spec
+    /// §2.7), cached by the same key: a repeated request installs nothing. Not named.
+    pub fn resolve_with_requirements(
+        &self,
+        spec: &JobTypeSpec,
+        extra: &[String],
+        host: &dyn BuildHost,
+    ) -> Result<Snapshot, SnapshotError> {
+        validate_requirements(extra).map_err(SnapshotError::Invalid)?;
+        let mut s = spec.clone();
+        s.requirements.extend(extra.iter().cloned());
+        self.build_keyed(&s, host)
+    }
+
+    fn build_keyed(
+        &self,
+        spec: &JobTypeSpec,
+        host: &dyn BuildHost,
+    ) -> Result<Snapshot, SnapshotError> {
+        validate_requirements(&spec.requirements).map_err(SnapshotError::Invalid)?;
+        let reference = spec.base_reference();
+        let base = host
+            .base_image(&reference, true)
+            .map_err(|detail| SnapshotError::Base {
+                reference: reference.clone(),
+                detail,
+            })?;
+        let (uv, uv_version) = host.uv().map_err(SnapshotError::Uv)?;
+        let key = snapshot_key(spec, &base.digest, &uv_version)?;
+        if let Some(s) = self.by_key(&key) {
+            return Ok(s);
+        }
+        let lock_path = self.root.join("locks").join(format!("{key}.lock"));
+        let _lock = Lock::acquire(&lock_path)?;
+        if let Some(s) = self.by_key(&key) {
+            return Ok(s); // built by whoever held the lock
+        }
+        let staging = self
+            .root
+            .join(format!(".staging-{key}-{}", std::process::id()));
+        let _ = tree::remove(&staging);
+        let res = self.build_into(
+            spec,
+            host,
+            &base,
+            &reference,
+            &uv,
+            &uv_version,
+            &key,
+            &staging,
+        );
+        if res.is_err() {
+            let _ = tree::remove(&staging);
+        }
+        res?;
+        let dest = self.dir(&key);
+        fs::rename(&staging, &dest).map_err(io_err("publish", &dest))?;
+        self.by_key(&key)
+            .ok_or_else(|| SnapshotError::Sandbox("published snapshot unreadable".into()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_into(
+        &self,
+        spec: &JobTypeSpec,
+        host: &dyn BuildHost,
+        base: &BaseImage,
+        reference: &str,
+        uv: &Path,
+        uv_version: &str,
+        key: &str,
+        staging: &Path,
+    ) -> Result<(), SnapshotError> {
+        host.step(&format!(
+            "building {} on {reference}",
+            Snapshot::image_name(&spec.name)
+        ));
+        fs::create_dir_all(staging).map_err(io_err("create", staging))?;
+        let rootfs = staging.join("rootfs");
+        tree::clone_tree(&base.rootfs, &rootfs).map_err(io_err("clone base rootfs", &rootfs))?;
+        let (suid, sgid) = host.sandbox_owner();
+        let euid = nix_euid();
+        let egid = nix_egid();
+
+        let mut env = base.env.clone();
+        let mut reqs = spec.requirements.clone();
+        reqs.sort();
+        reqs.dedup();
+
+        let shared_dir = rootfs.join(SHARED_CODE_DIR.trim_start_matches('/'));
+        if !spec.shared_code.is_empty() {
+            fs::create_dir_all(&shared_dir).map_err(io_err("create", &shared_dir))?;
+            for p in &spec.shared_code {
+                let to = shared_dir.join(p.file_name().unwrap_or_default());
+                tree::copy_file(p, &to).map_err(io_err("copy shared_code", p))?;
+            }
+            let pp = match env.iter().find(|(k, _)| k == "PYTHONPATH") {
+                Some((_, v)) if !v.is_empty() => format!("{SHARED_CODE_DIR}:{v}"),
+                _ => SHARED_CODE_DIR.to_string(),
+            };
+            set_env(&mut env, "PYTHONPATH", &pp);
+        }
+
+        if !reqs.is_empty() || !spec.shared_code.is_empty() {
+            let build = rootfs.join(BUILD_DIR.trim_start_matches('/'));
+            for d in ["cache", "tmp"] {
+                fs::create_dir_all(build.join(d)).map_err(io_err("create", &build))?;
+            }
+            fs::write(build.join("uv"), b"").map_err(io_err("create", &build))?;
+            // The uv cache is shared by builds; the scratch dir is this build's.
+            let cache = self.root.join("uv-cache");
+            fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
+            tree::chown_dirs(&cache, suid, sgid).map_err(io_err("chown", &cache))?;
+            let scratch = staging.join("tmp");
+            fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
+            tree::chown_dirs(&scratch, suid, sgid).map_err(io_err("chown", &scratch))?;
+
+            let paths = self.probe_paths(host, &rootfs, &env)?;
+            let mut binds = vec![
+                bind(uv, "/tako-build/uv", false),
+                bind(&cache, "/tako-build/cache", true),
+                bind(&scratch, "/tako-build/tmp", true),
+            ];
+            let mut writable: Vec<String> = Vec::new();
+            for p in [&paths.data, &paths.purelib, &paths.platlib, &paths.scripts] {
+                if !writable.iter().any(|w| p.starts_with(w.as_str())) {
+                    writable.retain(|w| !w.starts_with(p.as_str()));
+                    writable.push(p.clone());
+                }
+            }
+            for w in &writable {
+                let host_dir = rootfs.join(w.trim_start_matches('/'));
+                fs::create_dir_all(&host_dir).map_err(io_err("create", &host_dir))?;
+                tree::chown_dirs(&host_dir, suid, sgid).map_err(io_err("chown", &host_dir))?;
+                binds.push(bind(&host_dir, w, true));
+            }
+            if !spec.shared_code.is_empty() {
+                tree::chown_dirs(&shared_dir, suid, sgid).map_err(io_err("chown", &shared_dir))?;
+                binds.push(bind(&shared_dir, SHARED_CODE_DIR, true));
+            }
+            let (extra_args, extra_dirs) = host.uv_extra();
+            for d in &extra_dirs {
+                let t = rootfs.join(d.to_string_lossy().trim_start_matches('/'));
+                fs::create_dir_all(&t).map_err(io_err("create", &t))?;
+                binds.push(bind(d, &d.to_string_lossy(), false));
+            }
+            let mut script = String::from("set -e\n");
+            if !reqs.is_empty() {
+                script.push_str(&format!(
+                    "/tako-build/uv pip install --no-config --no-progress --system --break-system-packages --compile-bytecode --python {} {} -- \"$@\"\n",
+                    paths.executable,
+                    extra_args.join(" ")
+                ));
+            }
+            if !spec.shared_code.is_empty() {
+                script.push_str(&format!(
+                    "{} -m compileall -q {SHARED_CODE_DIR}\n",
+                    paths.executable
+                ));
+            }
+            let mut argv = vec!["/bin/sh".to_string(), "-c".into(), script, "sh".into()];
+            argv.extend(reqs.iter().cloned());
+            let mut benv = env.clone();
+            for (k, v) in [
+                ("HOME", "/home/sandbox"),
+                ("UV_CACHE_DIR", "/tako-build/cache"),
+                ("UV_LINK_MODE", "copy"),
+                ("UV_PYTHON_DOWNLOADS", "never"),
+                ("TMPDIR", "/tako-build/tmp"),
+                ("PYTHONDONTWRITEBYTECODE", ""),
+            ] {
+                set_env(&mut benv, k, v);
+            }
+            benv.retain(|(k, v)| !(k == "PYTHONDONTWRITEBYTECODE" && v.is_empty()));
+            host.step(&format!(
+                "installing {} with uv {uv_version}",
+                reqs.join(" ")
+            ));
+            let out = host
+                .run(&InstallRun {
+                    rootfs: rootfs.clone(),
+                    argv,
+                    env: benv,
+                    binds,
+                    network: !reqs.is_empty(),
+                })
+                .map_err(SnapshotError::Sandbox)?;
+            if !out.success {
+                let tail: String = out.stderr.trim().chars().rev().take(4000).collect();
+                return Err(SnapshotError::BuildFailed {
+                    name: spec.name.clone(),
+                    status: out.status,
+                    stderr: tail.chars().rev().collect(),
+                });
+            }
+            tree::remove(&build).map_err(io_err("remove", &build))?;
+            tree::remove(&scratch).map_err(io_err("remove", &scratch))?;
+            for w in &writable {
+                let d = rootfs.join(w.trim_start_matches('/'));
+                tree::reclaim(&d, suid, euid, egid).map_err(io_err("reclaim", &d))?;
+            }
+            if !spec.shared_code.is_empty() {
+                tree::reclaim(&shared_dir, suid, euid, egid)
+                    .map_err(io_err("reclaim", &shared_dir))?;
+            }
+        }
+        for (k, v) in valid_environment(&spec.environment) {
+            set_env(&mut env, &k, &v);
+        }
+        let missing = crate::check(&rootfs);
+        if !missing.is_empty() {
+            return Err(SnapshotError::Invalid(format!(
+                "snapshot rootfs lacks {}",
+                missing.join(", ")
+            )));
+        }
+        let snap = Snapshot {
+            key: key.to_string(),
+            job_type: spec.name.clone(),
+            base_reference: reference.to_string(),
+            base_digest: base.digest.clone(),
+            python_version: spec.python_version.clone(),
+            requirements: reqs,
+            uv_version: uv_version.to_string(),
+            env,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            rootfs: PathBuf::new(),
+        };
+        let meta = staging.join("snapshot.json");
+        fs::write(&meta, serde_json::to_vec_pretty(&snap).expect("serialises"))
+            .map_err(io_err("write", &meta))
+    }
+
+    fn probe_paths(
+        &self,
+        host: &dyn BuildHost,
+        rootfs: &Path,
+        env: &[(String, String)],
+    ) -> Result<PyPaths, SnapshotError> {
+        let code = "import json,sys,sysconfig;p=sysconfig.get_paths();print(json.dumps({'executable':sys.executable,'data':p['data'],'purelib':p['purelib'],'platlib':p['platlib'],'scripts':p['scripts']}))";
+        let out = host
+            .run(&InstallRun {
+                rootfs: rootfs.to_path_buf(),
+                argv: vec!["python3".into(), "-c".into(), code.into()],
+                env: env.to_vec(),
+                binds: vec![],
+                network: false,
+            })
+            .map_err(SnapshotError::Sandbox)?;
+        if !out.success {
+            return Err(SnapshotError::Invalid(format!(
+                "the base image has no usable python3 ({}): {}",
+                out.status,
+                out.stderr.trim()
+            )));
+        }
+        let p: PyPaths = serde_json::from_str(out.stdout.trim())
+            .map_err(|e| SnapshotError::Invalid(format!("python3 paths of the base image: {e}")))?;
+        for d in [&p.data, &p.purelib, &p.platlib, &p.scripts, &p.executable] {
+            if !d.starts_with('/') || d.contains("..") || d == "/" {
+                return Err(SnapshotError::Invalid(format!("unusable python path {d}")));
+            }
+        }
+        Ok(p)
+    }
+
+    /// Removes snapshots no name points at, and stale staging directories. Returns the
+    /// base image digests the remaining snapshots use (keep them in the image store).
+    pub fn gc(&self) -> Result<(usize, Vec<String>), SnapshotError> {
+        let named: Vec<String> = self.list().into_iter().map(|(_, s)| s.key).collect();
+        let mut removed = 0;
+        let mut bases = Vec::new();
+        let rd = fs::read_dir(&self.root).map_err(io_err("read", &self.root))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if matches!(name.as_str(), "names" | "locks" | "uv-cache") {
+                continue;
+            }
+            if named.contains(&name) {
+                if let Some(s) = self.by_key(&name) {
+                    bases.push(s.base_digest);
+                }
+                continue;
+            }
+            if let Some(rest) = name.strip_prefix(".staging-") {
+                // Only builds of dead processes.
+                let pid = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
+                if pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                    continue;
+                }
+            }
+            tree::remove(&e.path()).map_err(io_err("remove", &e.path()))?;
+            removed += 1;
+        }
+        Ok((removed, bases))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PyPaths {
+    executable: String,
+    data: String,
+    purelib: String,
+    platlib: String,
+    scripts: String,
+}
+
+fn bind(host: &Path, target: &str, writable: bool) -> BindMount {
+    BindMount {
+        host: host.to_path_buf(),
+        target: target.to_string(),
+        writable,
+    }
+}
+
+fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    env.retain(|(ek, _)| ek != k);
+    env.push((k.to_string(), v.to_string()));
+}
+
+fn nix_euid() -> u32 {
+    // SAFETY: geteuid(2) cannot fail and has no side effects.
+    unsafe { libc::geteuid() }
+}
+
+fn nix_egid() -> u32 {
+    // SAFETY: getegid(2) cannot fail and has no side effects.
+    unsafe { libc::getegid() }
+}

@@ -1,0 +1,250 @@
+//! The host side of job-type snapshot builds: base images from the [`ImageStore`] (pulled
+//! through the [`Registry`] when missing), uv from the host, and the builder sandbox on the
+//! sandbox core (network on, memory/CPU limits, startup timeout, writable binds).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rootfs_builder::{BaseImage, BuildHost, InstallOutcome, InstallRun};
+
+use super::{client, unpack, ImageStore, Progress, Registry};
+use crate::sandbox::spec::{Bind, Limits, NetworkSpec, SandboxSpec};
+use crate::sandbox::{host, RunOptions, Runner};
+
+/// Limits and sources of builder sandboxes.
+#[derive(Debug, Clone)]
+pub struct BuilderConfig {
+    /// uv binary (`uv_path`); default: `TAKO_VM_UV_PATH`, then `uv` on `PATH`.
+    pub uv_path: Option<PathBuf>,
+    /// Memory limit of a build.
+    pub memory_bytes: u64,
+    /// CPU limit of a build.
+    pub cpus: f64,
+    /// Build timeout (the job type's `startup_timeout` scale; installs can be slow).
+    pub timeout: Duration,
+    /// Offline builds: install only from this directory of wheels (`--find-links DIR
+    /// --no-index`), e.g. on air-gapped hosts and in tests.
+    pub find_links: Option<PathBuf>,
+}
+
+impl Default for BuilderConfig {
+    fn default() -> Self {
+        BuilderConfig {
+            uv_path: std::env::var_os("TAKO_VM_UV_PATH").map(PathBuf::from),
+            memory_bytes: 2 << 30,
+            cpus: 2.0,
+            timeout: Duration::from_secs(600),
+            find_links: std::env::var_os("TAKO_VM_UV_FIND_LINKS").map(PathBuf::from),
+        }
+    }
+}
+
+/// [`BuildHost`] on the sandbox core and the image store.
+pub struct SandboxBuildHost<'a> {
+    /// Sandbox runner.
+    pub runner: &'a Runner,
+    /// Image store (base images).
+    pub store: &'a ImageStore,
+    /// Registry client for missing base images.
+    pub registry: &'a Registry,
+    /// Build settings.
+    pub config: BuilderConfig,
+    /// Progress sink.
+    pub progress: &'a dyn Progress,
+    uv: OnceLock<Result<(PathBuf, String), String>>,
+}
+
+impl<'a> SandboxBuildHost<'a> {
+    /// A build host.
+    pub fn new(
+        runner: &'a Runner,
+        store: &'a ImageStore,
+        registry: &'a Registry,
+        config: BuilderConfig,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        SandboxBuildHost {
+            runner,
+            store,
+            registry,
+            config,
+            progress,
+            uv: OnceLock::new(),
+        }
+    }
+}
+
+fn is_script(p: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    std::fs::File::open(p)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|_| &head == b"#!")
+}
+
+/// Finds the uv binary: the configured path, else `uv` on `PATH`; a wrapper script (pyenv
+/// shims) is resolved through the `uv` Python package that installed it.
+pub fn find_uv(configured: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = configured {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!("uv_path {} does not exist", p.display()))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join("uv"))
+        .find(|p| p.is_file())
+        .ok_or("no uv on PATH")?;
+    if !is_script(&found) {
+        return Ok(found.canonicalize().unwrap_or(found));
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import uv; print(uv.find_uv_bin())"])
+        .output()
+        .map_err(|e| format!("{} is a script and python3 failed: {e}", found.display()))?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if out.status.success() && p.is_file() && !is_script(&p) {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} is a wrapper script; set uv_path to the uv binary",
+            found.display()
+        ))
+    }
+}
+
+impl BuildHost for SandboxBuildHost<'_> {
+    fn base_image(&self, reference: &str, may_fetch: bool) -> Result<BaseImage, String> {
+        let rec = match self.store.lookup(reference).map_err(|e| e.to_string())? {
+            Some(r) => r,
+            None if may_fetch => {
+                self.progress
+                    .step(&format!("pulling base image {reference}"));
+                client::pull(self.registry, self.store, reference, self.progress)
+                    .map_err(|e| e.to_string())?
+            }
+            None => return Err(format!("not present locally (tako-vm pull {reference})")),
+        };
+        let rootfs =
+            unpack::ensure_rootfs(self.store, &rec, self.progress).map_err(|e| e.to_string())?;
+        Ok(BaseImage {
+            digest: rec.digest.clone(),
+            rootfs,
+            env: rec.env_pairs(),
+        })
+    }
+
+    fn uv(&self) -> Result<(PathBuf, String), String> {
+        self.uv
+            .get_or_init(|| {
+                let p = find_uv(self.config.uv_path.as_deref())?;
+                let out = std::process::Command::new(&p)
+                    .arg("--version")
+                    .output()
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                let v = String::from_utf8_lossy(&out.stdout);
+                let version = v
+                    .split_whitespace()
+                    .nth(1)
+                    .ok_or_else(|| format!("{} --version printed {v:?}", p.display()))?
+                    .to_string();
+                Ok((p, version))
+            })
+            .clone()
+    }
+
+    fn sandbox_owner(&self) -> (u32, u32) {
+        let uid = self.runner.idmap.host_sandbox_uid();
+        (uid, uid)
+    }
+
+    fn uv_extra(&self) -> (Vec<String>, Vec<PathBuf>) {
+        match &self.config.find_links {
+            Some(d) => (
+                vec![
+                    "--find-links".into(),
+                    d.display().to_string(),
+                    "--no-index".into(),
+                ],
+                vec![d.clone()],
+            ),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+
+    fn step(&self, message: &str) {
+        self.progress.step(message);
+    }
+
+    fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String> {
+        let spec = SandboxSpec {
+            rootfs: run.rootfs.clone(),
+            argv: run.argv.clone(),
+            env: run.env.clone(),
+            cwd: "/".into(),
+            hostname: "tako-build".into(),
+            limits: Limits {
+                memory_bytes: Some(self.config.memory_bytes),
+                cpus: Some(self.config.cpus),
+                pids: Some(1024),
+                nofile: (8192, 8192),
+                nproc: (4096, 4096),
+                fsize: 4 << 30,
+                tmpfs_bytes: 512 << 20,
+            },
+            injected: vec![],
+            output: None,
+            timeout_ms: self.config.timeout.as_millis() as u64,
+            kill_grace_ms: 2000,
+            tmp_dirs: vec![],
+            network: run.network.then(NetworkSpec::default),
+            binds: run
+                .binds
+                .iter()
+                .map(|b| Bind {
+                    host: b.host.clone(),
+                    target: b.target.clone(),
+                    writable: b.writable,
+                })
+                .collect(),
+        };
+        let opts = RunOptions {
+            run_id: host::new_run_id(),
+            host_deadline: self.config.timeout + Duration::from_secs(60),
+            stdout_keep: 256 << 10,
+            stderr_keep: 256 << 10,
+            tee: false,
+            artifacts_dir: None,
+            ..RunOptions::default()
+        };
+        let o = self.runner.run(&spec, &opts).map_err(|e| e.to_string())?;
+        if let (Some(e), None) = (&o.setup_error, &o.exit) {
+            return Err(format!("setup failed: {e}"));
+        }
+        let status = match &o.exit {
+            Some(x) if x.timed_out => {
+                format!("timed out after {} s", self.config.timeout.as_secs())
+            }
+            _ if o.usage.oom_killed == Some(true) => "out of memory".to_string(),
+            Some(x) => match (x.code, x.signal) {
+                (Some(c), _) => format!("exit code {c}"),
+                (_, Some(s)) => format!("killed by signal {s}"),
+                _ => "ended".into(),
+            },
+            None => "killed by the host deadline".into(),
+        };
+        let success = o
+            .exit
+            .as_ref()
+            .is_some_and(|x| x.code == Some(0) && !x.timed_out);
+        Ok(InstallOutcome {
+            success,
+            status,
+            stdout: o.stdout.finish(256 << 10).text,
+            stderr: o.stderr.finish(256 << 10).text,
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Import of OCI layouts and docker-save archives.
