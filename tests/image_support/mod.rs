@@ -1,0 +1,118 @@
+//! Shared set-up of the image tests: the image fixture (scripts/build-image-fixture) and a
+//! real registry process (scripts/registry: Debian's docker-registry with our config on
+//! 127.0.0.1, token or basic auth), stopped by PID when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Whether missing pieces must fail instead of skipping (CI as root).
+pub fn required() -> bool {
+    std::env::var("TAKO_TEST_REQUIRE").as_deref() == Ok("1")
+}
+
+/// The image fixture directory, or None (with a message) when the test must be skipped.
+pub fn fixture() -> Option<PathBuf> {
+    let base =
+        std::env::var("TAKO_VM_FIXTURES").unwrap_or_else(|_| "/var/cache/tako-vm/fixtures".into());
+    let p = Path::new(&base).join("image-py311");
+    let tools = ["docker-registry", "openssl"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !p.join(".ready").exists() || !tools {
+        assert!(
+            !required(),
+            "TAKO_TEST_REQUIRE=1 but the image fixture {} or docker-registry is missing (scripts/deps, scripts/build-image-fixture)",
+            p.display()
+        );
+        eprintln!(
+            "SKIP: no image fixture at {} or no docker-registry (scripts/build-image-fixture)",
+            p.display()
+        );
+        return None;
+    }
+    Some(p)
+}
+
+/// Skips the test when the fixture is missing.
+#[macro_export]
+macro_rules! need_fixture {
+    () => {
+        match image_support::fixture() {
+            Some(f) => f,
+            None => return,
+        }
+    };
+}
+
+/// A running registry (and token server), killed by PID on drop.
+pub struct RegistryProc {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+}
+
+impl RegistryProc {
+    /// Starts `scripts/registry --auth AUTH` on `storage` (default: the fixture's).
+    pub fn start(fixture: &Path, auth: &str, storage: Option<&Path>) -> RegistryProc {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/registry");
+        let mut cmd = Command::new(script);
+        cmd.args(["--auth", auth, "--fixture"]).arg(fixture);
+        if let Some(s) = storage {
+            cmd.arg("--storage").arg(s);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start scripts/registry");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("registry ready line");
+        let url = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("registry did not start: {line:?}"));
+        RegistryProc {
+            host: url.trim_start_matches("http://").to_string(),
+            child,
+        }
+    }
+}
+
+impl Drop for RegistryProc {
+    fn drop(&mut self) {
+        // Our own child, by PID: SIGTERM lets it stop docker-registry by its PID.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry config that sends docker.io pulls to `host`.
+pub fn mirror_config(host: &str) -> tako_vm::image::RegistryConfig {
+    tako_vm::image::RegistryConfig {
+        mirror: Some(host.to_string()),
+        backoff: std::time::Duration::from_millis(20),
+        ..Default::default()
+    }
+}
+
+/// Copies a directory tree (the registry storage, to corrupt a copy).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
