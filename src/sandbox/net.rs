@@ -30,6 +30,8 @@ pub const TABLE: &str = "tako_vm";
 pub const IF_PREFIX: &str = "tako-";
 const RUN_DIR: &str = "/run/tako-vm";
 const FORWARD_FLAG: &str = "/run/tako-vm/ip_forward.was0";
+/// Present while our table may exist: lets start-up skip the `nft` calls when it cannot.
+const TABLE_FLAG: &str = "/run/tako-vm/nft-table";
 /// Default address pool: one /30 per run.
 pub const DEFAULT_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
 /// Where the sandbox sees the host CA bundle, resolver and hosts files.
@@ -212,6 +214,7 @@ fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
     let was = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     let was_off = was.trim() == "0";
     let resolvers = host_resolvers(&fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    fs::write(TABLE_FLAG, "")?;
     nft("create table", &table_script(pool, &resolvers, was_off))?;
     if was_off {
         fs::write(FORWARD_FLAG, "")?;
@@ -223,11 +226,17 @@ fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
 /// Removes the table (and restores `ip_forward`) when no sandbox interface is left.
 /// Returns true when it removed it.
 pub fn remove_table_if_idle() -> Result<bool, NetError> {
-    let _lock = HostLock::take()?;
-    if !our_interfaces().is_empty() || !table_exists() {
+    if !std::path::Path::new(TABLE_FLAG).exists() {
         return Ok(false);
     }
-    nft("delete table", &format!("delete table inet {TABLE}\n"))?;
+    let _lock = HostLock::take()?;
+    if !our_interfaces().is_empty() {
+        return Ok(false);
+    }
+    if table_exists() {
+        nft("delete table", &format!("delete table inet {TABLE}\n"))?;
+    }
+    let _ = fs::remove_file(TABLE_FLAG);
     if fs::remove_file(FORWARD_FLAG).is_ok() {
         let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "0");
     }
@@ -236,6 +245,9 @@ pub fn remove_table_if_idle() -> Result<bool, NetError> {
 
 /// Deletes per-run chains whose interface is gone (left by a crashed process).
 pub fn sweep() -> Result<(), NetError> {
+    if !std::path::Path::new(TABLE_FLAG).exists() {
+        return Ok(());
+    }
     let _lock = HostLock::take()?;
     if !table_exists() {
         return Ok(());

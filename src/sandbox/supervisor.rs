@@ -28,6 +28,17 @@ use super::spec::SandboxSpec;
 use super::wire::{self, ArtifactHeader, ExitReport, Failure, FrameDecoder, InitPid, Kind, Mapped};
 use crate::exec::truncate::CappedBuffer;
 
+/// Prints `+<ms> <label>` on stderr when `TAKO_VM_TRACE=1` (phase timing for profiling).
+pub fn trace(t0: Instant, label: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var("TAKO_VM_TRACE").as_deref() == Ok("1")) {
+        eprintln!(
+            "tako-vm trace +{:.2}ms {label}",
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
+
 /// Errors that keep a run from producing an outcome at all.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -265,11 +276,14 @@ impl Runner {
             Some(c) => Some(c.create(&opts.run_id)?),
             None => None,
         };
+        trace(t0, "cgroup prepared");
         let result = self.run_in(spec, opts, cgroup.as_ref(), t0, allowed.as_ref());
+        trace(t0, "sandbox gone");
         let usage = cgroup.as_ref().map(|c| c.usage()).unwrap_or_default();
         if let Some(c) = cgroup {
             let _ = c.remove();
         }
+        trace(t0, "cgroup removed");
         result.map(|mut o| {
             o.usage = usage;
             o.total_ms = t0.elapsed().as_millis() as u64;
@@ -334,6 +348,7 @@ impl Runner {
             Ok(())
         })();
         setup?;
+        trace(t0, "helper spawned, in its cgroup, spec sent");
 
         let mut out = Outcome {
             exit: None,
@@ -527,6 +542,7 @@ impl Runner {
     ) -> io::Result<()> {
         match kind {
             Kind::Unshared => {
+                trace(t0, "namespaces created");
                 if let Err(e) = self.idmap.apply(helper_pid) {
                     out.setup_error = Some(e.to_string());
                     return Err(io::Error::other("id map"));
@@ -566,6 +582,7 @@ impl Runner {
                 Ok(())
             }
             Kind::Started => {
+                trace(t0, "payload started");
                 out.startup_ms = Some(t0.elapsed().as_millis() as u64);
                 Ok(())
             }
@@ -579,6 +596,7 @@ impl Runner {
                 Ok(())
             }
             Kind::Exit => {
+                trace(t0, "payload exited");
                 let r: ExitReport = serde_json::from_slice(&body).map_err(io::Error::other)?;
                 out.exit = Some(r);
                 Ok(())
