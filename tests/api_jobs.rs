@@ -1,0 +1,238 @@
+//! Executions through the REST API with real sandboxes (root + the rootfs fixture):
+//! sync and async runs, queue limits, waiting, cancel, rerun/fork, artifacts, the DLQ.
+
+mod api_support;
+#[macro_use]
+mod common;
+
+use api_support::Server;
+use serde_json::{json, Value};
+
+fn submit(s: &Server, body: Value) -> String {
+    let r = s.post("/execute/async", &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["job_id"].as_str().unwrap().to_string()
+}
+
+fn result(s: &Server, id: &str) -> Value {
+    let r = s.get(&format!(
+        "/jobs/{id}/result?wait=true&timeout=120&view=full"
+    ));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+#[test]
+fn sync_execute_runs_and_classifies() {
+    let _rootfs = need_rootfs!();
+    let s = Server::start("");
+    let v = s
+        .post(
+            "/execute",
+            &json!({"code": "import json\nd=json.load(open('/input/data.json'))\nprint(d['n'])\njson.dump({'sq': d['n']**2}, open('/output/result.json','w'))", "input_data": {"n": 7}}),
+        )
+        .json();
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(v["output"], json!({"sq": 49}));
+    assert_eq!(v["stdout"], "7\n");
+    assert!(v["execution_id"].as_str().unwrap().starts_with("api-"));
+    let v = s
+        .post("/execute", &json!({"code": "raise ValueError('bad')"}))
+        .json();
+    assert_eq!(v["success"], false);
+    assert_eq!(v["exit_code"], 1);
+    let rec = s
+        .get(&format!(
+            "/executions/{}",
+            v["execution_id"].as_str().unwrap()
+        ))
+        .json();
+    assert_eq!(rec["error"]["type"], "value_error");
+    let v = s
+        .post(
+            "/execute",
+            &json!({"code": "import time\ntime.sleep(30)", "timeout": 1}),
+        )
+        .json();
+    let rec = s
+        .get(&format!(
+            "/executions/{}",
+            v["execution_id"].as_str().unwrap()
+        ))
+        .json();
+    assert_eq!(rec["status"], "timeout", "{rec}");
+    assert_eq!(rec["error"]["type"], "execution_timeout");
+}
+
+#[test]
+fn queue_full_pending_positions_cancel_and_wait_timeout() {
+    let _rootfs = need_rootfs!();
+    let s = Server::start("max_workers: 1\nmax_queue_size: 2\n");
+    let sleeper = json!({"code": "import time\ntime.sleep(600)"});
+    let running = submit(&s, sleeper.clone());
+    let st = s.poll(&format!("/jobs/{running}"), |v| v["status"] == "running");
+    assert_eq!(st["status"], "running");
+    let q1 = submit(&s, sleeper.clone());
+    let q2 = submit(&s, json!({"code": "print('second')"}));
+    let st = s.get(&format!("/jobs/{q2}")).json();
+    assert_eq!(st["status"], "pending");
+    assert_eq!(st["queue_position"], 2);
+    // The stored record says queued.
+    assert_eq!(
+        s.get(&format!("/jobs/{q2}/result")).json()["status"],
+        "queued"
+    );
+    let r = s.post("/execute/async", &json!({"code": "print(3)"}));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["detail"], "Job queue is full, try again later");
+    let failed = s.get("/executions?status=failed").json();
+    assert_eq!(failed["items"][0]["error"]["type"], "service_unavailable");
+    // A long poll that times out leaves the job alone.
+    let r = s.get(&format!("/jobs/{running}/result?wait=true&timeout=1"));
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["detail"], "Timeout waiting for job");
+    // Cancel a pending job: gone from the queue at once.
+    assert_eq!(
+        s.post(&format!("/jobs/{q1}/cancel"), &json!(null)).status,
+        200
+    );
+    assert_eq!(s.get(&format!("/jobs/{q2}")).json()["queue_position"], 1);
+    let r = s.post(&format!("/jobs/{q1}/cancel"), &json!(null));
+    assert_eq!(r.status, 404, "cancelled twice");
+    // Rerun of an unfinished job, fork of a job that never ran.
+    let r = s.post(&format!("/jobs/{running}/rerun"), &json!({}));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["detail"], "Cannot rerun job that hasn't completed");
+    let r = s.post(&format!("/jobs/{q2}/fork"), &json!({"code": "print(1)"}));
+    assert_eq!(r.json()["detail"], "Original code not available for replay");
+    // Cancel the running job: its sandbox is killed and the queue moves on.
+    let r = s.post(&format!("/jobs/{running}/cancel"), &json!(null));
+    assert_eq!(r.json(), json!({"status": "cancelled", "job_id": running}));
+    let rec = result(&s, &running);
+    assert_eq!(rec["status"], "cancelled");
+    assert_eq!(rec["error"]["message"], "Execution was cancelled by user");
+    let rec = result(&s, &q2);
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert_eq!(rec["stdout"], "second\n");
+    let p = s.poll("/pool/stats", |v| v["running"] == 0);
+    assert_eq!(p["running"], 0);
+}
+
+#[test]
+fn rerun_keeps_timeout_and_fork_changes_code() {
+    let _rootfs = need_rootfs!();
+    let s = Server::start("");
+    let parent = submit(
+        &s,
+        json!({"code": "import time, json\nd=json.load(open('/input/data.json'))\ntime.sleep(d['s'])\nprint('slept')", "input_data": {"s": 5}, "timeout": 1}),
+    );
+    assert_eq!(result(&s, &parent)["status"], "timeout");
+    let child = s.post(&format!("/jobs/{parent}/rerun"), &json!({})).json();
+    let rec = result(&s, child["job_id"].as_str().unwrap());
+    assert_eq!(rec["status"], "timeout", "the rerun kept timeout=1: {rec}");
+    assert_eq!(rec["relationship"], "rerun");
+    assert_eq!(rec["parent_execution_id"], parent.as_str());
+    let longer = s
+        .post(&format!("/jobs/{parent}/rerun"), &json!({"timeout": 30}))
+        .json();
+    assert_eq!(
+        result(&s, longer["job_id"].as_str().unwrap())["status"],
+        "succeeded"
+    );
+    let fork = s
+        .post(
+            &format!("/jobs/{parent}/fork"),
+            &json!({"code": "import json\nprint(json.load(open('/input/data.json'))['s'] * 2)"}),
+        )
+        .json();
+    let rec = result(&s, fork["job_id"].as_str().unwrap());
+    assert_eq!(rec["stdout"], "10\n");
+    assert_eq!(rec["relationship"], "fork");
+    assert_eq!(rec["input_hash"], result(&s, &parent)["input_hash"]);
+}
+
+#[test]
+fn artifacts_download_head_range_and_errors() {
+    let _rootfs = need_rootfs!();
+    let s = Server::start("");
+    let id = submit(
+        &s,
+        json!({"code": "open('/output/data.bin','wb').write(bytes(range(256)))\nopen('/output/.hidden','w').write('x')"}),
+    );
+    let rec = result(&s, &id);
+    assert_eq!(rec["status"], "succeeded");
+    let art = rec["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "data.bin")
+        .cloned()
+        .expect("artifact listed");
+    assert_eq!(
+        rec["artifacts"].as_array().unwrap().len(),
+        1,
+        "hidden files are skipped"
+    );
+    let r = s.get(&format!("/jobs/{id}/artifacts/data.bin"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, (0..=255u8).collect::<Vec<_>>());
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    let etag = format!("\"{}\"", art["sha256"].as_str().unwrap());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        r.header("content-disposition"),
+        Some("attachment; filename=\"data.bin\"")
+    );
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    let h = s.raw("HEAD", &format!("/jobs/{id}/artifacts/data.bin"), &[], None);
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("content-length"), Some("256"));
+    let r = s.raw(
+        "GET",
+        &format!("/jobs/{id}/artifacts/data.bin"),
+        &[("Range", "bytes=10-13")],
+        None,
+    );
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, [10, 11, 12, 13]);
+    assert_eq!(r.header("content-range"), Some("bytes 10-13/256"));
+    let r = s.get(&format!("/jobs/{id}/artifacts/_code.py"));
+    assert_eq!(r.json()["detail"], "Artifact not found");
+    std::fs::remove_file(s.dir.join("data/runs").join(&id).join("artifacts/data.bin")).unwrap();
+    let r = s.get(&format!("/jobs/{id}/artifacts/data.bin"));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["detail"], "Artifact file not found");
+}
+
+#[test]
+fn worker_failures_go_to_the_dead_letter_queue() {
+    let _rootfs = need_rootfs!();
+    let s = Server::start("");
+    // Make the run directory impossible to create: the worker itself fails.
+    let runs = s.dir.join("data/runs");
+    std::fs::remove_dir_all(&runs).unwrap();
+    std::fs::write(&runs, "not a directory").unwrap();
+    let id = submit(
+        &s,
+        json!({"code": "print(1)", "timeout": 5, "idempotency_key": "dlq-key-1"}),
+    );
+    let rec = result(&s, &id);
+    assert_eq!(rec["status"], "failed");
+    assert_eq!(rec["error"]["type"], "internal_error");
+    assert_eq!(
+        s.get("/dlq/stats").json(),
+        json!({"total": 1, "by_error_type": {"internal_error": 1}})
+    );
+    let page = s.get("/dlq?error_type=internal_error").json();
+    let e = &page["items"][0];
+    assert_eq!(e["job_id"], id.as_str());
+    assert_eq!(e["retry_count"], 0);
+    assert!(e["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(e["job_data"]["has_idempotency_key"], true);
+    assert_eq!(e["job_data"]["timeout"], 5);
+    assert!(e["job_data"].get("code").is_none(), "never raw code");
+    let eid = e["id"].as_i64().unwrap();
+    let r = s.raw("DELETE", &format!("/dlq/{eid}"), &[], None);
+    assert_eq!(r.json(), json!({"status": "removed", "entry_id": eid}));
+    assert_eq!(s.get("/dlq/stats").json()["total"], 0);
+}

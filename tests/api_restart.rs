@@ -1,0 +1,88 @@
+//! Records survive the server: kill -9 with running and queued jobs, restart, nothing lost;
+//! SIGTERM cancels queued jobs and interrupts running ones after the grace period.
+//! Real server processes, real SQLite file, real sandboxes (root + rootfs fixture).
+
+mod api_support;
+#[macro_use]
+mod common;
+
+use api_support::Server;
+use serde_json::{json, Value};
+
+fn submit(s: &Server, body: Value) -> String {
+    let r = s.post("/execute/async", &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["job_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn kill_9_with_running_and_queued_jobs_then_restart_loses_nothing() {
+    let _rootfs = need_rootfs!();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = "max_workers: 1\n";
+    let mut s = Server::start_in(tmp.path(), cfg);
+    let running = submit(&s, json!({"code": "import time\ntime.sleep(600)"}));
+    let st = s.poll(&format!("/jobs/{running}"), |v| v["status"] == "running");
+    assert_eq!(st["status"], "running");
+    let queued: Vec<String> = (0..3)
+        .map(|i| submit(&s, json!({"code": format!("print('queued {i}')"), "idempotency_key": format!("restart-key-{i}")})))
+        .collect();
+    assert_eq!(
+        s.get(&format!("/jobs/{}", queued[2])).json()["status"],
+        "pending"
+    );
+    s.kill9();
+
+    let s = Server::start_in(tmp.path(), cfg);
+    let rec = s.get(&format!("/executions/{running}")).json();
+    assert_eq!(rec["status"], "failed", "{rec}");
+    assert_eq!(rec["error"]["type"], "interrupted");
+    assert_eq!(
+        rec["error"]["message"],
+        "job interrupted by server restart before completion"
+    );
+    for (i, id) in queued.iter().enumerate() {
+        let r = s.get(&format!("/jobs/{id}/result?wait=true&timeout=120"));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let rec = r.json();
+        assert_eq!(
+            rec["status"], "succeeded",
+            "queued job {i} ran after the restart: {rec}"
+        );
+        assert_eq!(rec["stdout"], format!("queued {i}\n"));
+    }
+    // The idempotency keys still map to the same jobs.
+    let again = s
+        .post(
+            "/execute/async",
+            &json!({"code": "print('queued 0')", "idempotency_key": "restart-key-0"}),
+        )
+        .json();
+    assert_eq!(again, json!({"job_id": queued[0], "status": "succeeded"}));
+    let all = s.get("/executions?limit=1000").json();
+    assert_eq!(all["count"], 4, "every record is still there: {all}");
+}
+
+#[test]
+fn sigterm_cancels_queued_and_interrupts_running_after_grace() {
+    let _rootfs = need_rootfs!();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = "max_workers: 1\nshutdown_grace_seconds: 1\n";
+    let mut s = Server::start_in(tmp.path(), cfg);
+    let running = submit(&s, json!({"code": "import time\ntime.sleep(600)"}));
+    let st = s.poll(&format!("/jobs/{running}"), |v| v["status"] == "running");
+    assert_eq!(st["status"], "running");
+    let queued = submit(&s, json!({"code": "print(1)"}));
+    assert_eq!(s.terminate(), Some(0), "clean exit: {}", s.log());
+
+    let s = Server::start_in(tmp.path(), cfg);
+    let rec = s.get(&format!("/executions/{queued}")).json();
+    assert_eq!(rec["status"], "cancelled", "{rec}");
+    assert_eq!(
+        rec["error"]["message"],
+        "Job cancelled: server shut down before execution started"
+    );
+    let rec = s.get(&format!("/executions/{running}")).json();
+    assert_eq!(rec["status"], "failed", "{rec}");
+    assert_eq!(rec["error"]["type"], "interrupted");
+}
