@@ -1,7 +1,12 @@
 //! Command line: `tako-vm run`, `tako-vm version`.
 
+mod build;
 mod config;
+mod gc;
+mod images;
+mod pull;
 mod run;
+mod run_image;
 mod server;
 mod setup;
 mod status;
@@ -39,6 +44,14 @@ enum Command {
     Status(status::StatusArgs),
     /// Check the host (and optionally install the systemd unit).
     Setup(setup::SetupArgs),
+    /// Pull an image from a registry (verified, unpacked, named locally).
+    Pull(pull::PullArgs),
+    /// Build job-type snapshots (tako-vm-<name>:latest) with uv.
+    Build(build::BuildArgs),
+    /// List pulled images and job-type snapshots.
+    Images(images::ImagesArgs),
+    /// Remove snapshots, images and blobs nothing references.
+    Gc(gc::GcArgs),
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -54,7 +67,7 @@ pub fn main() -> i32 {
             println!("tako-vm {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Some(Command::Run(args)) => report(run::run(*args)),
+        Some(Command::Run(args)) => report(run::run(cli.config.as_deref(), *args)),
         Some(Command::Server(a)) => report(server::run(cli.config.as_deref(), a)),
         Some(Command::Config(a)) => report(config::run(cli.config.as_deref(), a)),
         Some(Command::Validate { file }) => {
@@ -62,6 +75,10 @@ pub fn main() -> i32 {
         }
         Some(Command::Status(a)) => report(status::run(a)),
         Some(Command::Setup(a)) => report(setup::run(a)),
+        Some(Command::Pull(a)) => report(pull::run(a)),
+        Some(Command::Build(a)) => report(build::run(cli.config.as_deref(), a)),
+        Some(Command::Images(a)) => report(images::run(a)),
+        Some(Command::Gc(a)) => report(gc::run(a)),
     }
 }
 

@@ -15,8 +15,16 @@ use crate::sandbox::{host, HostConfig, RunOptions, Runner};
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Root filesystem to run on (mounted read-only).
+    #[arg(long, required_unless_present_any = ["image", "job_type"], conflicts_with_all = ["image", "job_type"])]
+    rootfs: Option<PathBuf>,
+    /// Run on a pulled image (see `tako-vm pull`); its config `Env` applies.
+    #[arg(long, conflicts_with = "job_type")]
+    image: Option<String>,
+    /// Run on a job type's snapshot (built on first use unless production_mode).
     #[arg(long)]
-    rootfs: PathBuf,
+    job_type: Option<String>,
+    #[command(flatten)]
+    store: super::images::StoreArgs,
     /// Memory limit (e.g. 512m, 1g); also the memory+swap limit.
     #[arg(long, default_value = "512m")]
     memory: String,
@@ -94,11 +102,13 @@ fn limits(a: &RunArgs) -> anyhow::Result<Limits> {
 }
 
 /// Runs `tako-vm run`; returns the exit code.
-pub fn run(a: RunArgs) -> anyhow::Result<i32> {
-    if !a.rootfs.is_dir() {
-        bail!("rootfs {} is not a directory", a.rootfs.display());
+pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> {
+    let (rootfs, image_env) =
+        super::run_image::rootfs_for(config, &a.rootfs, &a.image, &a.job_type, &a.store)?;
+    if !rootfs.is_dir() {
+        bail!("rootfs {} is not a directory", rootfs.display());
     }
-    let rootfs = a.rootfs.canonicalize()?;
+    let rootfs = rootfs.canonicalize()?;
     let missing = rootfs_builder::check(&rootfs);
     if !missing.is_empty() {
         bail!(
@@ -143,6 +153,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         run.limits = lim;
         run.artifacts_dir = a.artifacts_dir.clone();
         run.network = network;
+        run.env = image_env;
         let result = runner::execute(&runner, &run);
         use std::io::Write;
         let text = serde_json::to_string_pretty(&result)?;
@@ -167,7 +178,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
             ),
             ("HOME".into(), "/home/sandbox".into()),
             ("LANG".into(), "C.UTF-8".into()),
-        ],
+        ]
+        .into_iter()
+        .filter(|(k, _)| !image_env.iter().any(|(ik, _)| ik == k))
+        .chain(image_env.iter().cloned())
+        .collect(),
         cwd: "/".into(),
         hostname: "tako-sandbox".into(),
         limits: lim,

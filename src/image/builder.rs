@@ -151,7 +151,24 @@ impl BuildHost for SandboxBuildHost<'_> {
                     .nth(1)
                     .ok_or_else(|| format!("{} --version printed {v:?}", p.display()))?
                     .to_string();
-                Ok((p, version))
+                // The sandbox's (unprivileged) root must be able to reach the bind source:
+                // a copy in the store, not e.g. /root/.local/bin/uv.
+                let copy = self
+                    .store
+                    .root()
+                    .join("tools")
+                    .join(format!("uv-{version}"));
+                if !copy.is_file() {
+                    let dir = copy.parent().expect("has a parent");
+                    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                    let tmp = copy.with_extension(format!("tmp.{}", std::process::id()));
+                    std::fs::copy(&p, &tmp).map_err(|e| format!("copy {}: {e}", p.display()))?;
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                        .and_then(|_| std::fs::rename(&tmp, &copy))
+                        .map_err(|e| format!("{}: {e}", copy.display()))?;
+                }
+                Ok((copy, version))
             })
             .clone()
     }

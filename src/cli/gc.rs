@@ -1,0 +1,28 @@
+//! `tako-vm gc`: removes snapshots, images and blobs that nothing references.
+
+use clap::Args;
+
+use super::images::StoreArgs;
+
+/// Arguments of `tako-vm gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Unnamed snapshots (old builds, ad-hoc runtime-requirement snapshots), then images
+/// neither named nor used by a remaining snapshot, then unreferenced blobs.
+pub fn run(a: GcArgs) -> anyhow::Result<i32> {
+    let images = a.store.images()?;
+    let snaps = a.store.snapshots(&images)?;
+    let (removed_snaps, bases) = snaps.gc()?;
+    let report = images.gc(&bases.into_iter().collect())?;
+    println!(
+        "removed {removed_snaps} snapshots, {} images, {} blobs ({:.1} MB)",
+        report.images,
+        report.blobs,
+        report.bytes as f64 / 1e6
+    );
+    Ok(0)
+}
