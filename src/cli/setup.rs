@@ -16,6 +16,12 @@ pub struct SetupArgs {
     /// Install the systemd unit, the service user and its subuid range (runs scripts/install).
     #[arg(long)]
     systemd: bool,
+    /// Do not pre-pull the default base image.
+    #[arg(long)]
+    no_pull: bool,
+    /// The base image to pre-pull.
+    #[arg(long, default_value = "python:3.11-slim")]
+    image: String,
 }
 
 struct Check {
@@ -152,8 +158,22 @@ pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
             failed += 1;
         }
     }
-    println!(
-        "\nBase image pre-pull: the OCI puller (`tako-vm pull python:3.11-slim`) comes with the images work; until then the base rootfs check above covers it."
-    );
+    if !a.no_pull {
+        println!(
+            "\nPre-pulling the default base image {} (`tako-vm pull`)",
+            a.image
+        );
+        let exe = std::env::current_exe()?;
+        let pulled = std::process::Command::new(exe)
+            .args(["pull", &a.image])
+            .status();
+        if !pulled.is_ok_and(|s| s.success()) {
+            println!(
+                "[FAIL] pre-pull of {}\n       fix: check registry reachability above, or pull from a local registry / OCI layout",
+                a.image
+            );
+            failed += 1;
+        }
+    }
     Ok(if failed == 0 { 0 } else { 1 })
 }

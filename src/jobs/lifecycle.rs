@@ -275,3 +275,111 @@ impl Service {
         Ok(self.submit(req, meta).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::jobs::{BaseRootfsEnvironments, Registry};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{ExecutionRecord, Store};
+
+    fn service(dir: &Path) -> Arc<Service> {
+        let cfg = Config {
+            data_dir: Some(dir.to_path_buf()),
+            ..Config::default()
+        };
+        let store = SqliteStore::open(&dir.join("t.db")).unwrap();
+        Service::new(
+            Arc::new(cfg.clone()),
+            Arc::new(store),
+            Registry::load_from(&dir.join("none.json"), &cfg),
+            Arc::new(BaseRootfsEnvironments::new(None)),
+            Err("no sandbox in unit tests".into()),
+        )
+    }
+
+    fn record(id: &str, status: Status, created_us: i64, with_request: bool) -> ExecutionRecord {
+        let mut r = ExecutionRecord::new(id, status, "default", "default@latest", created_us);
+        if with_request {
+            r.request = Some(JobRequest {
+                code: "print(1)".into(),
+                input: serde_json::json!({}),
+                timeout: None,
+                startup_timeout: None,
+                job_type: None,
+                requirements: None,
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn reconcile_requeues_queued_and_interrupts_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let now = time::now_us();
+        svc.store
+            .insert(&record("q", Status::Queued, now, true))
+            .unwrap();
+        svc.store
+            .insert(&record("old", Status::Queued, now, false))
+            .unwrap();
+        svc.store
+            .insert(&record("r", Status::Running, now, true))
+            .unwrap();
+        svc.store
+            .insert(&record("done", Status::Succeeded, now, true))
+            .unwrap();
+        assert_eq!(svc.reconcile().unwrap(), (1, 2));
+        assert_eq!(svc.queue_stats(), (1, 0));
+        assert_eq!(svc.status("q").unwrap().unwrap().status, "pending");
+        for id in ["old", "r"] {
+            let r = svc.store.get(id).unwrap().unwrap();
+            assert_eq!(r.status, Status::Failed);
+            assert_eq!(r.error.unwrap().message, INTERRUPTED_RESTART);
+        }
+        assert_eq!(
+            svc.store.get("done").unwrap().unwrap().status,
+            Status::Succeeded
+        );
+    }
+
+    #[test]
+    fn retention_removes_old_records_runs_and_dlq_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let now = time::now_us();
+        let day = 86_400_000_000i64;
+        svc.store
+            .insert(&record("old", Status::Succeeded, now - 31 * day, false))
+            .unwrap();
+        svc.store
+            .insert(&record("new", Status::Succeeded, now - day, false))
+            .unwrap();
+        std::fs::create_dir_all(svc.run_dir("old")).unwrap();
+        std::fs::create_dir_all(svc.run_dir("new")).unwrap();
+        let entry = |created_us| crate::store::DlqEntry {
+            id: 0,
+            job_id: "x".into(),
+            job_data: serde_json::json!({}),
+            error_type: "internal_error".into(),
+            error_message: None,
+            retry_count: 0,
+            created_us,
+            client_ip: None,
+            correlation_id: None,
+        };
+        svc.store.dlq_add(&entry(now - 40 * day)).unwrap();
+        svc.store.dlq_add(&entry(now)).unwrap();
+        assert_eq!(svc.retention_pass().unwrap(), (1, 1));
+        assert!(svc.store.get("old").unwrap().is_none());
+        assert!(svc.store.get("new").unwrap().is_some());
+        assert!(!svc.run_dir("old").exists());
+        assert!(svc.run_dir("new").exists());
+        assert_eq!(
+            svc.store.dlq_stats().unwrap(),
+            [("internal_error".to_string(), 1)]
+        );
+    }
+}
