@@ -215,7 +215,18 @@ async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>
         cid: cid.to_string(),
         ip,
     };
-    routes::route(ctx).await
+    // A panicking handler becomes the middleware's 500, never a dropped connection.
+    match tokio::spawn(routes::route(ctx)).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tako-vm: handler failed ({cid}): {e}");
+            http::layer_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error.",
+                cid,
+            )
+        }
+    }
 }
 
 /// Reads the whole body; `Err(true)` when it exceeds `limit`, `Err(false)` on I/O errors.
