@@ -282,7 +282,7 @@ mod tests {
     use crate::config::Config;
     use crate::jobs::{BaseRootfsEnvironments, Registry};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{ExecutionRecord, Store};
+    use crate::store::ExecutionRecord;
 
     fn service(dir: &Path) -> Arc<Service> {
         let cfg = Config {
