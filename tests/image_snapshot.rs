@@ -1,0 +1,235 @@
+//! Job-type snapshots built with uv in a real builder sandbox, on a base image pulled from
+//! the local registry fixture. `data-processing` installs pandas and numpy from PyPI
+//! through the sandbox's network path (root; PyPI reachable, as in CI).
+
+mod common;
+mod image_support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use image_support::{mirror_config, RegistryProc};
+use rootfs_builder::{
+    BaseImage, BuildHost, InstallOutcome, InstallRun, JobTypeSpec, SnapshotError, SnapshotStore,
+};
+use tako_vm::exec::record::Status;
+use tako_vm::image::builder::{BuilderConfig, SandboxBuildHost};
+use tako_vm::image::{ImageStore, NoProgress, Registry};
+
+/// The sandbox build host, counting the uv installs it runs.
+struct Counting<'a> {
+    inner: SandboxBuildHost<'a>,
+    installs: AtomicUsize,
+}
+
+impl BuildHost for Counting<'_> {
+    fn base_image(&self, r: &str, f: bool) -> Result<BaseImage, String> {
+        self.inner.base_image(r, f)
+    }
+    fn uv(&self) -> Result<(PathBuf, String), String> {
+        self.inner.uv()
+    }
+    fn sandbox_owner(&self) -> (u32, u32) {
+        self.inner.sandbox_owner()
+    }
+    fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String> {
+        if run.argv[0] == "/bin/sh" {
+            self.installs.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.run(run)
+    }
+}
+
+fn spec(name: &str, reqs: &[&str]) -> JobTypeSpec {
+    JobTypeSpec {
+        name: name.into(),
+        python_version: "3.11".into(),
+        requirements: reqs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Everything one test needs; the registry stops when it is dropped.
+struct World {
+    _reg: RegistryProc,
+    _dir: tempfile::TempDir,
+    images: ImageStore,
+    snaps: SnapshotStore,
+    registry: Registry,
+    runner: tako_vm::sandbox::Runner,
+}
+
+fn world() -> Option<World> {
+    let fixture = image_support::fixture()?;
+    common::rootfs()?;
+    let reg = RegistryProc::start(&fixture, "token", None);
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImageStore::open(dir.path()).unwrap();
+    Some(World {
+        snaps: SnapshotStore::open(images.root()).unwrap(),
+        registry: Registry::new(mirror_config(&reg.host)).unwrap(),
+        runner: common::runner_in("tako-vm-test-build"),
+        images,
+        _reg: reg,
+        _dir: dir,
+    })
+}
+
+impl World {
+    fn host(&self) -> Counting<'_> {
+        Counting {
+            inner: SandboxBuildHost::new(
+                &self.runner,
+                &self.images,
+                &self.registry,
+                BuilderConfig::default(),
+                &NoProgress,
+            ),
+            installs: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[test]
+fn data_processing_builds_from_pypi_runs_pandas_and_rebuilds_as_a_no_op() {
+    let Some(w) = world() else { return };
+    let host = w.host();
+    let mut dp = spec("data-processing", &["pandas", "numpy"]);
+    dp.environment.insert("OMP_NUM_THREADS".into(), "2".into());
+    let snap = w.snaps.build(&dp, &host).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(host.installs.load(Ordering::SeqCst), 1);
+    assert!(rootfs_builder::check(&snap.rootfs).is_empty());
+    assert_eq!(w.snaps.status("data-processing").unwrap().key, snap.key);
+    // Byte-compiled at build time (the rootfs is read-only at run time).
+    let pycache = std::fs::read_dir(
+        snap.rootfs
+            .join("usr/local/lib/python3.11/dist-packages/pandas/__pycache__"),
+    );
+    assert!(pycache.is_ok_and(|mut d| d.next().is_some()));
+
+    let res = common::exec_with(
+        &snap.rootfs,
+        "import os, pandas, numpy\nprint(numpy.array([1, 2, 3]).sum(), os.environ['OMP_NUM_THREADS'], os.environ['LANG'])",
+        |run| {
+            run.env = snap.env.clone();
+            run.limits.memory_bytes = Some(1 << 30);
+        },
+    );
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert_eq!(res.stdout.trim(), "6 2 C.UTF-8");
+
+    // Same key: reused, nothing installed.
+    let again = w.snaps.build(&dp, &host).unwrap();
+    assert_eq!(again.key, snap.key);
+    assert_eq!(host.installs.load(Ordering::SeqCst), 1);
+    // A changed environment is another key.
+    dp.environment.insert("OMP_NUM_THREADS".into(), "1".into());
+    assert_ne!(
+        rootfs_builder::snapshot::snapshot_key(&dp, &snap.base_digest, &snap.uv_version).unwrap(),
+        snap.key
+    );
+}
+
+#[test]
+fn production_mode_refuses_an_unbuilt_job_type() {
+    let Some(w) = world() else { return };
+    let host = w.host();
+    let err = w
+        .snaps
+        .resolve(&spec("ml-inference", &["numpy"]), &host, false)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, SnapshotError::NotBuilt(_)));
+    assert!(msg.contains("tako-vm build ml-inference"), "{msg}");
+    assert!(msg.contains("POST /job-types/ml-inference/build"), "{msg}");
+    assert_eq!(host.installs.load(Ordering::SeqCst), 0);
+    // Built once (development mode), production mode uses it.
+    let plain = spec("plain", &[]);
+    let built = w.snaps.resolve(&plain, &host, true).unwrap();
+    assert_eq!(
+        w.snaps.resolve(&plain, &host, false).unwrap().key,
+        built.key
+    );
+}
+
+#[test]
+fn runtime_requirements_are_cached_and_failures_leave_nothing() {
+    let Some(w) = world() else { return };
+    let host = w.host();
+    let base = spec("default", &[]);
+    let extra = vec!["six==1.16.0".to_string()];
+    let a = w
+        .snaps
+        .resolve_with_requirements(&base, &extra, &host)
+        .unwrap();
+    assert_eq!(host.installs.load(Ordering::SeqCst), 1);
+    let b = w
+        .snaps
+        .resolve_with_requirements(&base, &extra, &host)
+        .unwrap();
+    assert_eq!(a.key, b.key);
+    assert_eq!(
+        host.installs.load(Ordering::SeqCst),
+        1,
+        "second request installs nothing"
+    );
+
+    let bad = vec!["six; rm -rf /".to_string()];
+    assert!(matches!(
+        w.snaps.resolve_with_requirements(&base, &bad, &host),
+        Err(SnapshotError::Invalid(_))
+    ));
+
+    let missing = spec("broken", &["tako-vm-no-such-package-4d1c"]);
+    let err = w.snaps.build(&missing, &host).unwrap_err();
+    assert!(matches!(err, SnapshotError::BuildFailed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("tako-vm-no-such-package-4d1c"),
+        "uv's error: {err}"
+    );
+    assert!(w.snaps.status("broken").is_none());
+    let leftovers: Vec<_> = std::fs::read_dir(w.images.root().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn shared_code_lands_on_pythonpath_and_concurrent_builds_share_one() {
+    let Some(w) = world() else { return };
+    let host = w.host();
+    let src = tempfile::tempdir().unwrap();
+    let helper = src.path().join("helpers.py");
+    std::fs::write(&helper, "def answer():\n    return 42\n").unwrap();
+    let mut s = spec("with-shared", &[]);
+    s.shared_code = vec![helper];
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for _ in 0..2 {
+            sc.spawn(|| {
+                let r = w.snaps.build(&s, &host).unwrap();
+                results.lock().unwrap().push(r.key);
+            });
+        }
+    });
+    let keys = results.into_inner().unwrap();
+    assert_eq!(keys[0], keys[1]);
+    assert_eq!(
+        host.installs.load(Ordering::SeqCst),
+        1,
+        "one build for both"
+    );
+    let snap = w.snaps.status("with-shared").unwrap();
+    assert!(snap.rootfs.join("app/shared_code/__pycache__").is_dir());
+    let res = common::exec_with(
+        &snap.rootfs,
+        "import helpers\nprint(helpers.answer())",
+        |run| run.env = snap.env.clone(),
+    );
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert_eq!(res.stdout.trim(), "42");
+}
