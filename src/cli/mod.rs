@@ -74,7 +74,7 @@ pub fn main() -> i32 {
             report(validate::run(cli.config.as_deref(), file.as_deref()))
         }
         Some(Command::Status(a)) => report(status::run(a)),
-        Some(Command::Setup(a)) => report(setup::run(a)),
+        Some(Command::Setup(a)) => report(setup::run(cli.config.as_deref(), a)),
         Some(Command::Pull(a)) => report(pull::run(a)),
         Some(Command::Build(a)) => report(build::run(cli.config.as_deref(), a)),
         Some(Command::Images(a)) => report(images::run(a)),

@@ -58,7 +58,7 @@ fn which(bin: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-fn checks(user: &str) -> Vec<Check> {
+fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
     let mut v = Vec::new();
     let max_ns = read("/proc/sys/user/max_user_namespaces").and_then(|s| s.parse::<u64>().ok());
     let clone = read("/proc/sys/kernel/unprivileged_userns_clone");
@@ -73,7 +73,7 @@ fn checks(user: &str) -> Vec<Check> {
         name: "subuid/subgid range",
         ok: sub,
         detail: format!("user {user}"),
-        advice: "usermod --add-subuids 100000-165535 --add-subgids 100000-165535 tako-vm (scripts/install does it)",
+        advice: "usermod --add-subuids 200000-265535 --add-subgids 200000-265535 tako-vm (scripts/install does it)",
     });
     v.push(Check {
         name: "newuidmap/newgidmap",
@@ -117,7 +117,6 @@ fn checks(user: &str) -> Vec<Check> {
         detail: "registry-1.docker.io:443".into(),
         advice: "allow outbound HTTPS to the registry, or use a local OCI registry / layout (air-gapped hosts)",
     });
-    let cfg = crate::config::Config::default();
     let base = cfg.base_rootfs();
     v.push(Check {
         name: "base rootfs",
@@ -129,7 +128,14 @@ fn checks(user: &str) -> Vec<Check> {
 }
 
 /// Runs `tako-vm setup`.
-pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
+pub fn run(config_path: Option<&Path>, a: SetupArgs) -> anyhow::Result<i32> {
+    let cfg = match crate::config::load(config_path) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            println!("[FAIL] configuration: {e}");
+            crate::config::Config::default()
+        }
+    };
     if a.systemd {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install");
         let status = std::process::Command::new(&script).status();
@@ -146,7 +152,7 @@ pub fn run(a: SetupArgs) -> anyhow::Result<i32> {
         }
     }
     let mut failed = 0;
-    for c in checks(&a.user) {
+    for c in checks(&a.user, &cfg) {
         println!(
             "[{}] {}: {}",
             if c.ok { " ok " } else { "FAIL" },
