@@ -6,6 +6,7 @@
 //! [`snapshot`] builds job-type snapshots: a base image rootfs plus the job type's
 //! requirements installed by uv in a builder sandbox, content-addressed and immutable.
 
+mod build;
 pub mod requirements;
 pub mod snapshot;
 mod tree;

@@ -218,7 +218,7 @@ pub enum SnapshotError {
     },
 }
 
-fn io_err<'a>(
+pub(crate) fn io_err<'a>(
     op: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
@@ -232,7 +232,7 @@ fn io_err<'a>(
 /// The snapshot store.
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 struct Lock(fs::File);
@@ -447,214 +447,6 @@ impl SnapshotStore {
             .ok_or_else(|| SnapshotError::Sandbox("published snapshot unreadable".into()))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn build_into(
-        &self,
-        spec: &JobTypeSpec,
-        host: &dyn BuildHost,
-        base: &BaseImage,
-        reference: &str,
-        uv: &Path,
-        uv_version: &str,
-        key: &str,
-        staging: &Path,
-    ) -> Result<(), SnapshotError> {
-        host.step(&format!(
-            "building {} on {reference}",
-            Snapshot::image_name(&spec.name)
-        ));
-        fs::create_dir_all(staging).map_err(io_err("create", staging))?;
-        let rootfs = staging.join("rootfs");
-        tree::clone_tree(&base.rootfs, &rootfs).map_err(io_err("clone base rootfs", &rootfs))?;
-        let (suid, sgid) = host.sandbox_owner();
-        let euid = nix_euid();
-        let egid = nix_egid();
-
-        let mut env = base.env.clone();
-        let mut reqs = spec.requirements.clone();
-        reqs.sort();
-        reqs.dedup();
-
-        let shared_dir = rootfs.join(SHARED_CODE_DIR.trim_start_matches('/'));
-        if !spec.shared_code.is_empty() {
-            fs::create_dir_all(&shared_dir).map_err(io_err("create", &shared_dir))?;
-            for p in &spec.shared_code {
-                let to = shared_dir.join(p.file_name().unwrap_or_default());
-                tree::copy_file(p, &to).map_err(io_err("copy shared_code", p))?;
-            }
-            let pp = match env.iter().find(|(k, _)| k == "PYTHONPATH") {
-                Some((_, v)) if !v.is_empty() => format!("{SHARED_CODE_DIR}:{v}"),
-                _ => SHARED_CODE_DIR.to_string(),
-            };
-            set_env(&mut env, "PYTHONPATH", &pp);
-        }
-
-        if !reqs.is_empty() || !spec.shared_code.is_empty() {
-            let build = rootfs.join(BUILD_DIR.trim_start_matches('/'));
-            for d in ["cache", "tmp"] {
-                fs::create_dir_all(build.join(d)).map_err(io_err("create", &build))?;
-            }
-            fs::write(build.join("uv"), b"").map_err(io_err("create", &build))?;
-            // The uv cache is shared by builds; the scratch dir is this build's.
-            let cache = self.root.join("uv-cache");
-            fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
-            tree::chown_dirs(&cache, suid, sgid).map_err(io_err("chown", &cache))?;
-            let scratch = staging.join("tmp");
-            fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
-            tree::chown_dirs(&scratch, suid, sgid).map_err(io_err("chown", &scratch))?;
-
-            let paths = self.probe_paths(host, &rootfs, &env)?;
-            let mut binds = vec![
-                bind(uv, "/tako-build/uv", false),
-                bind(&cache, "/tako-build/cache", true),
-                bind(&scratch, "/tako-build/tmp", true),
-            ];
-            let mut writable: Vec<String> = Vec::new();
-            for p in [&paths.data, &paths.purelib, &paths.platlib, &paths.scripts] {
-                if !writable.iter().any(|w| p.starts_with(w.as_str())) {
-                    writable.retain(|w| !w.starts_with(p.as_str()));
-                    writable.push(p.clone());
-                }
-            }
-            for w in &writable {
-                let host_dir = rootfs.join(w.trim_start_matches('/'));
-                fs::create_dir_all(&host_dir).map_err(io_err("create", &host_dir))?;
-                tree::chown_dirs(&host_dir, suid, sgid).map_err(io_err("chown", &host_dir))?;
-                binds.push(bind(&host_dir, w, true));
-            }
-            if !spec.shared_code.is_empty() {
-                tree::chown_dirs(&shared_dir, suid, sgid).map_err(io_err("chown", &shared_dir))?;
-                binds.push(bind(&shared_dir, SHARED_CODE_DIR, true));
-            }
-            let (extra_args, extra_dirs) = host.uv_extra();
-            for d in &extra_dirs {
-                let t = rootfs.join(d.to_string_lossy().trim_start_matches('/'));
-                fs::create_dir_all(&t).map_err(io_err("create", &t))?;
-                binds.push(bind(d, &d.to_string_lossy(), false));
-            }
-            let mut script = String::from("set -e\n");
-            if !reqs.is_empty() {
-                script.push_str(&format!(
-                    "/tako-build/uv pip install --no-config --no-progress --system --break-system-packages --compile-bytecode --python {} {} -- \"$@\"\n",
-                    paths.executable,
-                    extra_args.join(" ")
-                ));
-            }
-            if !spec.shared_code.is_empty() {
-                script.push_str(&format!(
-                    "{} -m compileall -q {SHARED_CODE_DIR}\n",
-                    paths.executable
-                ));
-            }
-            let mut argv = vec!["/bin/sh".to_string(), "-c".into(), script, "sh".into()];
-            argv.extend(reqs.iter().cloned());
-            let mut benv = env.clone();
-            for (k, v) in [
-                ("HOME", "/home/sandbox"),
-                ("UV_CACHE_DIR", "/tako-build/cache"),
-                ("UV_LINK_MODE", "copy"),
-                ("UV_PYTHON_DOWNLOADS", "never"),
-                ("TMPDIR", "/tako-build/tmp"),
-                ("PYTHONDONTWRITEBYTECODE", ""),
-            ] {
-                set_env(&mut benv, k, v);
-            }
-            benv.retain(|(k, v)| !(k == "PYTHONDONTWRITEBYTECODE" && v.is_empty()));
-            host.step(&format!(
-                "installing {} with uv {uv_version}",
-                reqs.join(" ")
-            ));
-            let out = host
-                .run(&InstallRun {
-                    rootfs: rootfs.clone(),
-                    argv,
-                    env: benv,
-                    binds,
-                    network: !reqs.is_empty(),
-                })
-                .map_err(SnapshotError::Sandbox)?;
-            if !out.success {
-                let tail: String = out.stderr.trim().chars().rev().take(4000).collect();
-                return Err(SnapshotError::BuildFailed {
-                    name: spec.name.clone(),
-                    status: out.status,
-                    stderr: tail.chars().rev().collect(),
-                });
-            }
-            tree::remove(&build).map_err(io_err("remove", &build))?;
-            tree::remove(&scratch).map_err(io_err("remove", &scratch))?;
-            for w in &writable {
-                let d = rootfs.join(w.trim_start_matches('/'));
-                tree::reclaim(&d, suid, euid, egid).map_err(io_err("reclaim", &d))?;
-            }
-            if !spec.shared_code.is_empty() {
-                tree::reclaim(&shared_dir, suid, euid, egid)
-                    .map_err(io_err("reclaim", &shared_dir))?;
-            }
-        }
-        for (k, v) in valid_environment(&spec.environment) {
-            set_env(&mut env, &k, &v);
-        }
-        let missing = crate::check(&rootfs);
-        if !missing.is_empty() {
-            return Err(SnapshotError::Invalid(format!(
-                "snapshot rootfs lacks {}",
-                missing.join(", ")
-            )));
-        }
-        let snap = Snapshot {
-            key: key.to_string(),
-            job_type: spec.name.clone(),
-            base_reference: reference.to_string(),
-            base_digest: base.digest.clone(),
-            python_version: spec.python_version.clone(),
-            requirements: reqs,
-            uv_version: uv_version.to_string(),
-            env,
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            rootfs: PathBuf::new(),
-        };
-        let meta = staging.join("snapshot.json");
-        fs::write(&meta, serde_json::to_vec_pretty(&snap).expect("serialises"))
-            .map_err(io_err("write", &meta))
-    }
-
-    fn probe_paths(
-        &self,
-        host: &dyn BuildHost,
-        rootfs: &Path,
-        env: &[(String, String)],
-    ) -> Result<PyPaths, SnapshotError> {
-        let code = "import json,sys,sysconfig;p=sysconfig.get_paths();print(json.dumps({'executable':sys.executable,'data':p['data'],'purelib':p['purelib'],'platlib':p['platlib'],'scripts':p['scripts']}))";
-        let out = host
-            .run(&InstallRun {
-                rootfs: rootfs.to_path_buf(),
-                argv: vec!["python3".into(), "-c".into(), code.into()],
-                env: env.to_vec(),
-                binds: vec![],
-                network: false,
-            })
-            .map_err(SnapshotError::Sandbox)?;
-        if !out.success {
-            return Err(SnapshotError::Invalid(format!(
-                "the base image has no usable python3 ({}): {}",
-                out.status,
-                out.stderr.trim()
-            )));
-        }
-        let p: PyPaths = serde_json::from_str(out.stdout.trim())
-            .map_err(|e| SnapshotError::Invalid(format!("python3 paths of the base image: {e}")))?;
-        for d in [&p.data, &p.purelib, &p.platlib, &p.scripts, &p.executable] {
-            if !d.starts_with('/') || d.contains("..") || d == "/" {
-                return Err(SnapshotError::Invalid(format!("unusable python path {d}")));
-            }
-        }
-        Ok(p)
-    }
-
     /// Removes snapshots no name points at, and stale staging directories. Returns the
     /// base image digests the remaining snapshots use (keep them in the image store).
     pub fn gc(&self) -> Result<(usize, Vec<String>), SnapshotError> {
@@ -685,36 +477,4 @@ impl SnapshotStore {
         }
         Ok((removed, bases))
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct PyPaths {
-    executable: String,
-    data: String,
-    purelib: String,
-    platlib: String,
-    scripts: String,
-}
-
-fn bind(host: &Path, target: &str, writable: bool) -> BindMount {
-    BindMount {
-        host: host.to_path_buf(),
-        target: target.to_string(),
-        writable,
-    }
-}
-
-fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
-    env.retain(|(ek, _)| ek != k);
-    env.push((k.to_string(), v.to_string()));
-}
-
-fn nix_euid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail and has no side effects.
-    unsafe { libc::geteuid() }
-}
-
-fn nix_egid() -> u32 {
-    // SAFETY: getegid(2) cannot fail and has no side effects.
-    unsafe { libc::getegid() }
 }

@@ -7,8 +7,7 @@
 //! exponential back-off; blob downloads resume from their partial file with `Range`.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,10 +16,9 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
-use sha2::{Digest, Sha256};
 
 use super::reference::{is_loopback_host, Reference, DOCKER_HUB, DOCKER_HUB_API};
-use super::store::{digest_of, FileLock, ImageRecord, ImageStore, LayerRef};
+use super::store::{digest_of, ImageRecord, ImageStore, LayerRef};
 use super::{host_arch, ImageError, Progress, Result};
 
 /// Media types we accept for manifests, best first.
@@ -141,9 +139,9 @@ pub struct Registry {
     auth: Mutex<HashMap<String, String>>,
 }
 
-struct Endpoint {
-    base: String,
-    host: String,
+pub(super) struct Endpoint {
+    pub(super) base: String,
+    pub(super) host: String,
 }
 
 impl Registry {
@@ -170,7 +168,7 @@ impl Registry {
         &self.cfg
     }
 
-    fn endpoint(&self, r: &Reference) -> Result<Endpoint> {
+    pub(super) fn endpoint(&self, r: &Reference) -> Result<Endpoint> {
         let (explicit, host) = match (&self.cfg.mirror, r.registry.as_str()) {
             (Some(m), DOCKER_HUB) => {
                 let m = m.trim_end_matches('/');
@@ -197,7 +195,7 @@ impl Registry {
     }
 
     /// GET with auth and retries. `range_from` asks for the rest of a partial blob.
-    fn get(
+    pub(super) fn get(
         &self,
         r: &Reference,
         ep: &Endpoint,
@@ -268,7 +266,7 @@ impl Registry {
         }
     }
 
-    fn sleep(&self, attempt: u32) {
+    pub(super) fn sleep(&self, attempt: u32) {
         std::thread::sleep(self.cfg.backoff * 2u32.saturating_pow(attempt.saturating_sub(1)));
     }
 
@@ -414,145 +412,6 @@ impl Registry {
         })
     }
 
-    /// Downloads a blob into the store (streamed to disk, sha256-verified, resumable).
-    pub fn fetch_blob(
-        &self,
-        r: &Reference,
-        digest: &str,
-        size: u64,
-        store: &ImageStore,
-        progress: &dyn Progress,
-    ) -> Result<()> {
-        if store.has_blob(digest) {
-            progress.blob_done(digest);
-            return Ok(());
-        }
-        let ep = self.endpoint(r)?;
-        let part = store.partial_path(digest)?;
-        let _lock = FileLock::acquire(&part.with_extension("lock"))?;
-        if store.has_blob(digest) {
-            progress.blob_done(digest);
-            return Ok(());
-        }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.download_once(r, &ep, digest, size, &part, store, progress) {
-                Ok(()) => break,
-                Err(Retry::Yes(e)) if attempt < self.cfg.attempts => {
-                    let _ = e;
-                    self.sleep(attempt);
-                }
-                Err(Retry::Yes(e) | Retry::No(e)) => return Err(e),
-            }
-        }
-        let _ = fs::remove_file(part.with_extension("lock"));
-        progress.blob_done(digest);
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn download_once(
-        &self,
-        r: &Reference,
-        ep: &Endpoint,
-        digest: &str,
-        size: u64,
-        part: &std::path::Path,
-        store: &ImageStore,
-        progress: &dyn Progress,
-    ) -> std::result::Result<(), Retry> {
-        let no = |e: ImageError| Retry::No(e);
-        let mut have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-        if have > size {
-            let _ = fs::remove_file(part);
-            have = 0;
-        }
-        let resp = self
-            .get(r, ep, &format!("blobs/{digest}"), None, have)
-            .map_err(|e| match e {
-                ImageError::Unreachable { .. } => Retry::Yes(e),
-                e => Retry::No(e),
-            })?;
-        let status = resp.status();
-        let append = match status {
-            StatusCode::PARTIAL_CONTENT if have > 0 => true,
-            StatusCode::OK => false,
-            StatusCode::RANGE_NOT_SATISFIABLE => {
-                let _ = fs::remove_file(part);
-                return Err(Retry::Yes(ImageError::Http {
-                    registry: ep.host.clone(),
-                    status: 416,
-                    what: format!("blob {digest}"),
-                }));
-            }
-            s => {
-                return Err(no(ImageError::Http {
-                    registry: ep.host.clone(),
-                    status: s.as_u16(),
-                    what: format!("blob {digest}"),
-                }))
-            }
-        };
-        let mut hasher = Sha256::new();
-        let mut file = if append {
-            let mut f = File::open(part).map_err(|e| no(ImageError::io("open", part, e)))?;
-            std::io::copy(&mut f, &mut hasher).map_err(|e| no(ImageError::io("read", part, e)))?;
-            fs::OpenOptions::new().append(true).open(part)
-        } else {
-            have = 0;
-            File::create(part)
-        }
-        .map_err(|e| no(ImageError::io("open", part, e)))?;
-        progress.blob_start(digest, size, have);
-        let mut body = resp.take(size - have + 1);
-        let mut buf = vec![0u8; 256 << 10];
-        let mut got = have;
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    // Keep what arrived: the next attempt resumes from it.
-                    let _ = file.flush();
-                    return Err(Retry::Yes(ImageError::Unreachable {
-                        registry: ep.host.clone(),
-                        detail: format!("download of {digest} interrupted: {e}"),
-                    }));
-                }
-            };
-            file.write_all(&buf[..n])
-                .map_err(|e| no(ImageError::io("write", part, e)))?;
-            hasher.update(&buf[..n]);
-            got += n as u64;
-            progress.blob_advance(digest, n as u64);
-        }
-        file.sync_all()
-            .map_err(|e| no(ImageError::io("sync", part, e)))?;
-        drop(file);
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if got < size {
-            return Err(Retry::Yes(ImageError::Unreachable {
-                registry: ep.host.clone(),
-                detail: format!("download of {digest} ended after {got} of {size} bytes"),
-            }));
-        }
-        if got != size || actual != digest {
-            let _ = fs::remove_file(part);
-            return Err(no(ImageError::DigestMismatch {
-                what: "blob",
-                expected: digest.to_string(),
-                actual: if got != size {
-                    format!("{got} bytes instead of {size}")
-                } else {
-                    actual
-                },
-            }));
-        }
-        let dest = store.blob_path(digest).map_err(no)?;
-        fs::rename(part, &dest).map_err(|e| no(ImageError::io("rename", &dest, e)))
-    }
-
     /// Pulls an image into the store: manifest, config and layers (in parallel). Does not
     /// unpack or name it (see [`pull`]).
     pub fn fetch_image(
@@ -627,11 +486,6 @@ impl Registry {
         }
         Ok(rec)
     }
-}
-
-enum Retry {
-    Yes(ImageError),
-    No(ImageError),
 }
 
 /// Pulls `reference`, unpacks it and records its name; returns the record.
@@ -731,77 +585,5 @@ pub fn select_platform(index: &ImageIndex, platform: &(String, Option<String>)) 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn challenges_parse() {
-        let (s, p) = parse_challenge(
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/python:pull""#,
-        );
-        assert_eq!(s, "Bearer");
-        assert_eq!(p["realm"], "https://auth.docker.io/token");
-        assert_eq!(p["service"], "registry.docker.io");
-        assert_eq!(p["scope"], "repository:library/python:pull");
-        let (s, p) = parse_challenge(r#"Basic realm="tako-test""#);
-        assert_eq!(s, "Basic");
-        assert_eq!(p["realm"], "tako-test");
-    }
-
-    #[test]
-    fn platforms_are_selected_from_oci_and_docker_lists() {
-        for mt in [
-            "application/vnd.oci.image.index.v1+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
-        ] {
-            let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-            let json = serde_json::json!({
-                "schemaVersion": 2, "mediaType": mt,
-                "manifests": [
-                    {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": d('a'), "size": 1,
-                     "platform": {"architecture": "arm", "os": "linux", "variant": "v7"}},
-                    {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": d('b'), "size": 1,
-                     "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
-                    {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": d('c'), "size": 1,
-                     "platform": {"architecture": "amd64", "os": "linux"}},
-                    {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": d('e'), "size": 1,
-                     "platform": {"architecture": "amd64", "os": "windows"}}
-                ]
-            });
-            let idx: ImageIndex = serde_json::from_value(json).unwrap();
-            assert_eq!(select_platform(&idx, &("amd64".into(), None)), Some(d('c')));
-            assert_eq!(
-                select_platform(&idx, &("arm64".into(), Some("v8".into()))),
-                Some(d('b'))
-            );
-            assert_eq!(select_platform(&idx, &("s390x".into(), None)), None);
-        }
-    }
-
-    #[test]
-    fn mirrors_and_plain_http() {
-        let mut cfg = RegistryConfig::default();
-        let reg = Registry::new(cfg.clone()).unwrap();
-        let hub = Reference::parse("python:3.11-slim").unwrap();
-        assert_eq!(
-            reg.endpoint(&hub).unwrap().base,
-            "https://registry-1.docker.io/v2/library/python"
-        );
-        let local = Reference::parse("127.0.0.1:5000/x/y:1").unwrap();
-        assert_eq!(
-            reg.endpoint(&local).unwrap().base,
-            "http://127.0.0.1:5000/v2/x/y"
-        );
-        let remote = Reference::parse("registry.example:5000/x:1").unwrap();
-        assert!(reg.endpoint(&remote).unwrap().base.starts_with("https://"));
-        cfg.mirror = Some("http://mirror.example".into());
-        let reg = Registry::new(cfg.clone()).unwrap();
-        assert!(matches!(reg.endpoint(&hub), Err(ImageError::Insecure(_))));
-        cfg.insecure = vec!["mirror.example".into()];
-        let reg = Registry::new(cfg).unwrap();
-        assert_eq!(
-            reg.endpoint(&hub).unwrap().base,
-            "http://mirror.example/v2/library/python"
-        );
-    }
-}
+#[path = "client_tests.rs"]
+mod tests;

@@ -11,6 +11,7 @@
 //! Everything here is blocking (threads for parallel layers); an async server calls it
 //! from `spawn_blocking`.
 
+pub mod blob;
 pub mod builder;
 pub mod client;
 pub mod import;
