@@ -33,6 +33,8 @@ pub struct AppState {
     pub svc: Arc<Service>,
     /// Configuration.
     pub cfg: Arc<Config>,
+    /// False until start-up (reconciliation, workers) is complete: `/health` answers 503.
+    pub ready: std::sync::atomic::AtomicBool,
     limiter: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
@@ -42,6 +44,7 @@ impl AppState {
         Arc::new(AppState {
             cfg: svc.cfg.clone(),
             svc,
+            ready: std::sync::atomic::AtomicBool::new(true),
             limiter: Mutex::new(HashMap::new()),
         })
     }
@@ -156,6 +159,19 @@ pub async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response
 
 async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>) -> Response {
     let path = req.uri().path().to_string();
+    if !st.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        if path == "/health" {
+            return http::json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "starting", "detail": "Server is not ready yet"}),
+            );
+        }
+        return http::layer_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is not ready yet",
+            cid,
+        );
+    }
     if !is_exempt(&path) {
         let key = st.key_index(req.headers());
         if st.cfg.api_rate_limit_enabled {

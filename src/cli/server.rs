@@ -1,5 +1,6 @@
 //! `tako-vm server`: the REST API on 127.0.0.1:8000 by default.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -106,12 +107,6 @@ async fn serve(cfg: Config, host: String, port: u16) -> anyhow::Result<i32> {
     let envs = Arc::new(BaseRootfsEnvironments::new(base));
     let registry = Registry::load(&cfg);
     let svc = Service::new(cfg.clone(), Arc::new(store), registry, envs, runner);
-    let (requeued, failed) = svc.reconcile()?;
-    if requeued + failed > 0 {
-        println!("Reconciled unfinished records: {requeued} queued again, {failed} interrupted");
-    }
-    let workers = svc.start_workers();
-    let retention = svc.start_retention();
     let addr: SocketAddr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
         .await?
         .next()
@@ -120,7 +115,13 @@ async fn serve(cfg: Config, host: String, port: u16) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot bind {addr}"))?;
     println!("Listening on http://{}", listener.local_addr()?);
-    let app = api::app(api::AppState::new(svc.clone()));
+    // Serve at once; until reconciliation and workers are up, `/health` answers 503
+    // "starting" and every other route 503 "Server is not ready yet".
+    let state = api::AppState::new(svc.clone());
+    state
+        .ready
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let app = api::app(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel();
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds as u64);
     let svc2 = svc.clone();
@@ -131,12 +132,22 @@ async fn serve(cfg: Config, host: String, port: u16) -> anyhow::Result<i32> {
         println!("Shutting down: cancelling queued jobs, finishing running ones");
         let _ = tx.send(tokio::spawn(async move { svc2.shutdown(grace).await }));
     };
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(on_signal)
-    .await?;
+    let server = tokio::spawn(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(on_signal)
+        .into_future(),
+    );
+    let (requeued, failed) = svc.reconcile()?;
+    if requeued + failed > 0 {
+        println!("Reconciled unfinished records: {requeued} queued again, {failed} interrupted");
+    }
+    let workers = svc.start_workers();
+    let retention = svc.start_retention();
+    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.await??;
     match rx.await {
         Ok(h) => {
             let _ = h.await;
