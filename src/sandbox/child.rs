@@ -88,11 +88,25 @@ pub fn helper_main() -> ! {
         }
         let _ = nix::unistd::setgroups(&[]);
     }
+    // The helper and the init share the control socket: the init starts writing only after
+    // the helper's last frame (InitPid) is out, signalled through this pipe.
+    let (go_r, go_w) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => fail(&mut ctl, format!("pipe: {e}")),
+    };
     // SAFETY: this process is single-threaded (fresh exec, no threads started).
     match unsafe { fork() } {
         Err(e) => fail(&mut ctl, format!("fork of the sandbox init: {e}")),
-        Ok(ForkResult::Child) => init_main(spec, ctl),
+        Ok(ForkResult::Child) => {
+            drop(go_w);
+            let mut byte = [0u8; 1];
+            if File::from(go_r).read_exact(&mut byte).is_err() {
+                std::process::exit(1);
+            }
+            init_main(spec, ctl)
+        }
         Ok(ForkResult::Parent { child }) => {
+            drop(go_r);
             let _ = wire::write_json(
                 &mut ctl,
                 Kind::InitPid,
@@ -101,6 +115,7 @@ pub fn helper_main() -> ! {
                 },
             );
             drop(ctl);
+            let _ = File::from(go_w).write_all(&[1]);
             loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, c)) => std::process::exit(c),

@@ -105,12 +105,12 @@ pub struct ExitReport {
 /// Writes one frame.
 pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("frame too large"))?;
-    let mut head = [0u8; 5];
-    head[0] = kind as u8;
-    head[1..].copy_from_slice(&len.to_le_bytes());
-    w.write_all(&head)?;
-    w.write_all(payload)?;
-    Ok(())
+    // One buffer, one write: a frame is never split around another writer's bytes.
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.push(kind as u8);
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(payload);
+    w.write_all(&frame)
 }
 
 /// Writes a JSON control frame.
