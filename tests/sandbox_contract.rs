@@ -366,3 +366,40 @@ fn huge_stdout_is_truncated_with_bounded_host_memory() {
         "peak RSS of a child process was {max_rss_mb} MiB"
     );
 }
+
+#[test]
+fn prestarted_helpers_run_with_the_limits_of_their_run() {
+    let r = need_rootfs!();
+    let runner = tako_vm::sandbox::Runner::detect(&tako_vm::sandbox::HostConfig {
+        cgroup_parent: "tako-vm-test-pool".into(),
+        helper_exe: Some(common::bin()),
+        prestart: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let pool = runner.pool.clone().expect("pool");
+    for _ in 0..200 {
+        if pool.ready() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(pool.ready(), 2, "the pool fills up");
+    let run = |code: &str, mem: u64| {
+        let mut run = tako_vm::exec::runner::CodeRun::new(
+            tako_vm::sandbox::host::new_run_id(),
+            r.clone(),
+            code,
+        );
+        run.limits.memory_bytes = Some(mem);
+        tako_vm::exec::runner::execute(&runner, &run)
+    };
+    for i in 0..4 {
+        let res = run(&format!("print({i} * 2)"), 256 << 20);
+        assert_eq!(res.status, Status::Succeeded, "{res:?}");
+        assert_eq!(res.stdout, format!("{}\n", i * 2));
+    }
+    // A pre-started helper gets the limits of the run that takes it.
+    let res = run("x = bytearray(300 * 1024 * 1024)", 64 << 20);
+    assert_eq!(res.status, Status::Oom, "{res:?}");
+}

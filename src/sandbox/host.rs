@@ -19,6 +19,8 @@ pub struct HostConfig {
     pub net_pool: (std::net::Ipv4Addr, u8),
     /// Keep the nftables table for the process lifetime (servers); else removed when idle.
     pub keep_net_table: bool,
+    /// Helpers to keep pre-started (each in its cgroup, waiting for a spec); 0 for a CLI.
+    pub prestart: usize,
 }
 
 impl Default for HostConfig {
@@ -29,6 +31,7 @@ impl Default for HostConfig {
             helper_exe: None,
             net_pool: super::net::DEFAULT_POOL,
             keep_net_table: false,
+            prestart: 0,
         }
     }
 }
@@ -81,13 +84,18 @@ impl Runner {
             let _ = super::net::sweep();
             let _ = super::net::remove_table_if_idle();
         }
-        Ok(Runner {
+        let mut runner = Runner {
             helper_exe,
             idmap,
             cgroups,
             net_pool: cfg.net_pool,
             keep_net_table: cfg.keep_net_table,
-        })
+            pool: None,
+        };
+        if cfg.prestart > 0 {
+            runner.pool = Some(super::supervisor::Pool::start(runner.clone(), cfg.prestart));
+        }
+        Ok(runner)
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Runner {
     pub net_pool: (std::net::Ipv4Addr, u8),
     /// Keep the nftables table between runs (a server); a CLI run removes it when idle.
     pub keep_net_table: bool,
+    /// Pre-started helpers (servers); `None`: every run starts its own.
+    pub pool: Option<std::sync::Arc<Pool>>,
 }
 
 /// Per-run options on the host side.
@@ -272,12 +274,26 @@ impl Runner {
             net::add_network_files(spec.to_mut(), allowed.as_ref());
         }
         let spec = spec.as_ref();
-        let cgroup = match &self.cgroups {
-            Some(c) => Some(c.create(&opts.run_id)?),
-            None => None,
+        let spawned = match self.pool.as_ref().and_then(|p| p.take()) {
+            Some(s) => s,
+            None => self.spawn_helper(&opts.run_id)?,
         };
-        trace(t0, "cgroup prepared");
-        let result = self.run_in(spec, opts, cgroup.as_ref(), t0, allowed.as_ref());
+        trace(t0, "helper ready in its cgroup");
+        let cgroup = spawned.cgroup;
+        let result = self.run_in(
+            spec,
+            opts,
+            cgroup.as_ref(),
+            t0,
+            allowed.as_ref(),
+            Helper {
+                child: spawned.child,
+                ctl: spawned.ctl,
+                out_r: spawned.out_r,
+                err_r: spawned.err_r,
+                pid: spawned.pid,
+            },
+        );
         trace(t0, "sandbox gone");
         let usage = cgroup.as_ref().map(|c| c.usage()).unwrap_or_default();
         if let Some(c) = cgroup {
@@ -291,18 +307,13 @@ impl Runner {
         })
     }
 
-    fn run_in(
-        &self,
-        spec: &SandboxSpec,
-        opts: &RunOptions,
-        cgroup: Option<&RunCgroup>,
-        t0: Instant,
-        allowed: Option<&net::Allowed>,
-    ) -> Result<Outcome, SandboxError> {
-        let mut net_state = NetState {
-            wanted: spec.network.is_some(),
-            allowed,
-            lease: None,
+    /// Starts a helper in a fresh cgroup (limits not applied yet); it waits for its spec.
+    /// Moving a process into a cgroup costs one RCU grace period on current kernels
+    /// (~10-15 ms on cgroup v1), which is why servers keep a few of these ready.
+    pub fn spawn_helper(&self, run_id: &str) -> Result<Spawned, SandboxError> {
+        let cgroup = match &self.cgroups {
+            Some(c) => Some(c.create(run_id)?),
+            None => None,
         };
         let (ours, theirs) = UnixStream::pair()?;
         let (out_r, out_w) = pipe()?;
@@ -330,25 +341,52 @@ impl Runner {
         })?;
         drop(cmd); // closes our copies of the child's stdout/stderr write ends
         drop(theirs);
-        let helper_pid = child.id() as i32;
-        let mut child = HelperGuard {
+        let pid = child.id() as i32;
+        let child = HelperGuard {
             child,
             reaped: false,
         };
+        if let Some(c) = &cgroup {
+            // The helper waits for its spec, so it runs nothing before the limits hold.
+            c.add(pid)?;
+        }
+        Ok(Spawned {
+            child,
+            ctl: ours,
+            out_r,
+            err_r,
+            cgroup,
+            pid,
+        })
+    }
 
-        let mut ctl = ours;
-        let setup = (|| -> Result<(), SandboxError> {
-            if let Some(c) = cgroup {
-                // The helper waits for the spec, so it runs nothing before the limits hold.
-                c.add(helper_pid)?;
-                c.apply(&spec.limits)?;
-            }
-            let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
-            wire::write_frame(&mut ctl, Kind::Spec, &body)?;
-            Ok(())
-        })();
-        setup?;
-        trace(t0, "helper spawned, in its cgroup, spec sent");
+    fn run_in(
+        &self,
+        spec: &SandboxSpec,
+        opts: &RunOptions,
+        cgroup: Option<&RunCgroup>,
+        t0: Instant,
+        allowed: Option<&net::Allowed>,
+        helper: Helper,
+    ) -> Result<Outcome, SandboxError> {
+        let mut net_state = NetState {
+            wanted: spec.network.is_some(),
+            allowed,
+            lease: None,
+        };
+        let Helper {
+            mut child,
+            mut ctl,
+            out_r,
+            err_r,
+            pid: helper_pid,
+        } = helper;
+        if let Some(c) = cgroup {
+            c.apply(&spec.limits)?;
+        }
+        let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
+        wire::write_frame(&mut ctl, Kind::Spec, &body)?;
+        trace(t0, "limits applied, spec sent");
 
         let mut out = Outcome {
             exit: None,
@@ -639,6 +677,86 @@ fn kill_tree(init_pid: Option<i32>, helper_pid: i32, cgroup: Option<&RunCgroup>)
     let _ = kill(Pid::from_raw(helper_pid), Signal::SIGKILL);
     if let Some(c) = cgroup {
         c.kill_all();
+    }
+}
+
+/// A helper started ahead of its run, already inside its (empty-limit) cgroup.
+pub struct Spawned {
+    child: HelperGuard,
+    ctl: UnixStream,
+    out_r: File,
+    err_r: File,
+    cgroup: Option<RunCgroup>,
+    pid: i32,
+}
+
+impl std::fmt::Debug for Spawned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawned").field("pid", &self.pid).finish()
+    }
+}
+
+struct Helper {
+    child: HelperGuard,
+    ctl: UnixStream,
+    out_r: File,
+    err_r: File,
+    pid: i32,
+}
+
+/// Helpers started ahead of time (each single-use), refilled by a background thread.
+pub struct Pool {
+    ready: std::sync::Mutex<Vec<Spawned>>,
+    wake: std::sync::Condvar,
+    size: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("size", &self.size).finish()
+    }
+}
+
+impl Pool {
+    /// Starts a pool of `size` helpers for `runner`, refilled by a dedicated thread (which
+    /// lives as long as the process: the helpers' parent-death signal is tied to it).
+    pub fn start(runner: Runner, size: usize) -> std::sync::Arc<Pool> {
+        let pool = std::sync::Arc::new(Pool {
+            ready: std::sync::Mutex::new(Vec::new()),
+            wake: std::sync::Condvar::new(),
+            size,
+        });
+        let p = pool.clone();
+        let _ = std::thread::Builder::new()
+            .name("tako-prestart".into())
+            .spawn(move || loop {
+                {
+                    let mut ready = p.ready.lock().unwrap_or_else(|e| e.into_inner());
+                    while ready.len() >= p.size {
+                        ready = p.wake.wait(ready).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+                match runner.spawn_helper(&super::host::new_run_id()) {
+                    Ok(s) => p.ready.lock().unwrap_or_else(|e| e.into_inner()).push(s),
+                    Err(e) => {
+                        eprintln!("tako-vm: cannot pre-start a sandbox helper: {e}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            });
+        pool
+    }
+
+    /// Takes a ready helper, if any (the refill thread starts the next one).
+    pub fn take(&self) -> Option<Spawned> {
+        let s = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        self.wake.notify_one();
+        s
+    }
+
+    /// Helpers ready now.
+    pub fn ready(&self) -> usize {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
