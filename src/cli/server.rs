@@ -90,6 +90,8 @@ async fn serve(cfg: Config, host: String, port: u16) -> anyhow::Result<i32> {
     let runner = Runner::detect(&HostConfig {
         cgroup_parent: cfg.cgroup_parent.clone(),
         allow_unlimited: cfg.allow_unlimited_sandboxes,
+        // One pre-started helper per worker keeps the cgroup move off the request path.
+        prestart: cfg.max_workers as usize,
         ..HostConfig::default()
     })
     .map(Arc::new)
