@@ -4,6 +4,7 @@ mod build;
 mod config;
 mod gc;
 mod images;
+mod import;
 mod pull;
 mod run;
 mod run_image;
@@ -46,6 +47,8 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Pull an image from a registry (verified, unpacked, named locally).
     Pull(pull::PullArgs),
+    /// Import an OCI layout, OCI archive or docker save tarball (air-gapped hosts).
+    Import(import::ImportArgs),
     /// Build job-type snapshots (tako-vm-<name>:latest) with uv.
     Build(build::BuildArgs),
     /// List pulled images and job-type snapshots.
@@ -76,6 +79,7 @@ pub fn main() -> i32 {
         Some(Command::Status(a)) => report(status::run(a)),
         Some(Command::Setup(a)) => report(setup::run(cli.config.as_deref(), a)),
         Some(Command::Pull(a)) => report(pull::run(a)),
+        Some(Command::Import(a)) => report(import::run(a)),
         Some(Command::Build(a)) => report(build::run(cli.config.as_deref(), a)),
         Some(Command::Images(a)) => report(images::run(a)),
         Some(Command::Gc(a)) => report(gc::run(a)),
