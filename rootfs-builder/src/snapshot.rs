@@ -352,7 +352,10 @@ impl SnapshotStore {
         if fs::read_to_string(&p).is_ok_and(|k| k.trim() == key) {
             return Ok(());
         }
-        let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
+        // Unique per call: two threads may name the same snapshot at once.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = p.with_extension(format!("tmp.{}.{n}", std::process::id()));
         fs::write(&tmp, key).map_err(io_err("write", &tmp))?;
         fs::rename(&tmp, &p).map_err(io_err("rename", &p))
     }

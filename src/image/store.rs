@@ -95,9 +95,12 @@ impl FileLock {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file + rename).
+/// Writes `bytes` to `path` atomically (temporary file + rename). The temporary name is
+/// unique per call, so threads of one process may write the same path at once.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     fs::write(&tmp, bytes).map_err(|e| ImageError::io("write", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| ImageError::io("rename", path, e))
 }
