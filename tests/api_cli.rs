@@ -61,14 +61,20 @@ fn config_json_masks_the_password_and_server_refuses_open_binds() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(
         d.path().join("tako_vm.yaml"),
-        "database_url: postgresql://u:secret@db:5432/tako\n",
+        "database_url: postgresql://u:secret@db:5432/tako\nregistry_username: u\nregistry_password: hunter2-secret\nregistry_mirror: 127.0.0.1:5000\n",
     )
     .unwrap();
     let (code, out, _) = tako(&["config", "--json"], d.path());
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["database_url"], "postgresql://u:***@db:5432/tako");
+    assert_eq!(v["registry_password"], "***");
+    assert_eq!(v["registry_mirror"], "127.0.0.1:5000");
     assert!(v.get("data_dir_str").is_some());
+    assert!(!out.contains("secret"));
+    let (code, out, _) = tako(&["config"], d.path());
+    assert_eq!(code, 0);
+    assert!(out.contains("registry_password: ***"), "{out}");
     assert!(!out.contains("secret"));
     let (code, _, err) = tako(&["server", "--host", "0.0.0.0", "--port", "1"], d.path());
     assert_eq!(code, 1);

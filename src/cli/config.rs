@@ -50,6 +50,9 @@ pub fn config_json(cfg: &Config) -> Value {
             .unwrap_or(Value::Null);
         m.insert("seccomp_profile_path_str".into(), sp);
         m.insert("database_url".into(), mask_url(&cfg.database_url).into());
+        if cfg.registry_password.is_some() {
+            m.insert("registry_password".into(), "***".into());
+        }
     }
     v
 }
@@ -101,6 +104,16 @@ pub fn run(config_path: Option<&Path>, a: ConfigArgs) -> anyhow::Result<i32> {
     println!("  fsize: {}", l.fsize);
     println!("  tmpfs_size: {}", l.tmpfs_size);
     println!("  pids_limit: {}", l.pids_limit);
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+    println!("\nImages:");
+    println!("  image_store: {}", cfg.image_store_root().display());
+    println!("  registry_mirror: {}", opt(&cfg.registry_mirror));
+    println!("  insecure_registries: {:?}", cfg.insecure_registries);
+    println!("  registry_username: {}", opt(&cfg.registry_username));
+    let password = cfg.registry_password.as_ref().map(|_| "***".to_string());
+    println!("  registry_password: {}", opt(&password));
+    let uv = cfg.uv_path.as_ref().map(|p| p.display().to_string());
+    println!("  uv_path: {}", uv.unwrap_or_else(|| "(uv on PATH)".into()));
     println!("\nDocker (compatibility keys, ignored by the tako-vm sandbox):");
     println!("  docker_image: {}", cfg.docker_image);
     println!("  container_runtime: {}", cfg.container_runtime);

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, Secret};
 
 fn env_bool(v: &str) -> bool {
     matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes")
@@ -107,5 +107,41 @@ pub fn apply_env(
     if let Some(v) = get("TAKO_VM_DEPENDENCY_PROXY_URL") {
         cfg.dependency_proxy_url = Some(v);
     }
+    apply_image_env(cfg, get);
     Ok(())
+}
+
+/// The image settings (our extensions): the variables the image commands always read.
+/// Blank values are ignored.
+fn apply_image_env(cfg: &mut Config, get: &dyn Fn(&str) -> Option<String>) {
+    let set = |var: &str| {
+        get(var)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(v) = set("TAKO_VM_REGISTRY_MIRROR") {
+        cfg.registry_mirror = Some(v);
+    }
+    if let Some(v) = set("TAKO_VM_INSECURE_REGISTRIES") {
+        cfg.insecure_registries = v
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
+    if let Some(v) = set("TAKO_VM_REGISTRY_USERNAME") {
+        cfg.registry_username = Some(v);
+    }
+    if let Some(v) = get("TAKO_VM_REGISTRY_PASSWORD").filter(|v| !v.is_empty()) {
+        cfg.registry_password = Some(Secret(v));
+    }
+    if let Some(v) = set("TAKO_VM_REGISTRY_AUTH_HOST") {
+        cfg.registry_auth_host = Some(v);
+    }
+    if let Some(v) = set("TAKO_VM_UV_PATH") {
+        cfg.uv_path = Some(PathBuf::from(v));
+    }
+    if let Some(v) = set("TAKO_VM_IMAGE_STORE") {
+        cfg.image_store = Some(PathBuf::from(v));
+    }
 }

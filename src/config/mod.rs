@@ -12,12 +12,17 @@
 //! selects the SQLite file, a PostgreSQL URL is accepted and ignored until that backend exists.
 //!
 //! Our extensions (documented, optional): `base_rootfs`, `cgroup_parent`,
-//! `allow_unlimited_sandboxes`, `shutdown_grace_seconds`.
+//! `allow_unlimited_sandboxes`, `shutdown_grace_seconds`, the image settings
+//! (`registry_mirror`, `insecure_registries`, `registry_username`, `registry_password`,
+//! `registry_auth_host`, `uv_path`, `image_store`; see [`images`]) and the job-type key
+//! `allowed_hosts`.
 
 mod env;
+mod images;
 mod validate;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -139,6 +144,10 @@ pub struct JobTypeConfig {
     /// Outbound network.
     #[serde(default)]
     pub network_enabled: bool,
+    /// Extension: with `network_enabled`, only these destinations are reachable (domain
+    /// names, IPv4 addresses or IPv4 CIDRs); empty: the public internet.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Sessions (metadata only).
     #[serde(default)]
     pub session_enabled: bool,
@@ -178,6 +187,7 @@ impl JobTypeConfig {
             timeout: default_jt_timeout(),
             startup_timeout: default_jt_startup(),
             network_enabled: false,
+            allowed_hosts: vec![],
             session_enabled: false,
             gpu: GpuConfig::default(),
         }
@@ -292,6 +302,41 @@ pub struct Config {
     pub allow_unlimited_sandboxes: bool,
     /// Extension: seconds running jobs get on SIGTERM before they are killed.
     pub shutdown_grace_seconds: i64,
+    /// Extension: send docker.io pulls to this registry (`TAKO_VM_REGISTRY_MIRROR`).
+    pub registry_mirror: Option<String>,
+    /// Extension: registries reachable over plain HTTP besides loopback ones
+    /// (`TAKO_VM_INSECURE_REGISTRIES`, comma-separated).
+    pub insecure_registries: Vec<String>,
+    /// Extension: registry user name (`TAKO_VM_REGISTRY_USERNAME`).
+    pub registry_username: Option<String>,
+    /// Extension: registry password or token (`TAKO_VM_REGISTRY_PASSWORD`); never printed.
+    pub registry_password: Option<Secret>,
+    /// Extension: the registry host the credentials are for (`TAKO_VM_REGISTRY_AUTH_HOST`;
+    /// default: every registry).
+    pub registry_auth_host: Option<String>,
+    /// Extension: the uv binary of snapshot builds (`TAKO_VM_UV_PATH`; default: `uv` on `PATH`).
+    pub uv_path: Option<PathBuf>,
+    /// Extension: the image and snapshot store (`TAKO_VM_IMAGE_STORE`; default:
+    /// `/var/lib/tako-vm` as root, else `~/.local/share/tako-vm`).
+    pub image_store: Option<PathBuf>,
+}
+
+/// A secret string (a registry password): read from the config, shown as `***` by `Debug`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret itself (for the registry client only).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 impl Default for Config {
@@ -348,6 +393,13 @@ impl Default for Config {
             cgroup_parent: "tako-vm".into(),
             allow_unlimited_sandboxes: false,
             shutdown_grace_seconds: 30,
+            registry_mirror: None,
+            insecure_registries: vec![],
+            registry_username: None,
+            registry_password: None,
+            registry_auth_host: None,
+            uv_path: None,
+            image_store: None,
         }
     }
 }

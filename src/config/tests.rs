@@ -126,3 +126,25 @@ fn normalisation_and_sizes() {
     assert_eq!(parse_size("100"), Some(100));
     assert_eq!(parse_size("x"), None);
 }
+
+#[test]
+fn image_keys_and_allowed_hosts_are_validated() {
+    let e = load_text(
+        "registry_username: u\ninsecure_registries: ['http://x/y']\njob_types:\n  - name: n\n    allowed_hosts: [pypi.org]\n  - name: m\n    network_enabled: true\n    allowed_hosts: ['10.0.0.0/8', 1.2.3.4, PyPI.org, 'bad host', '-x.org', '1.2.3.4/33']\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "Invalid configuration: field insecure_registries.0: insecure_registries entries must be registry hosts (host[:port]); field registry_username: registry_username and registry_password must be set together; field job_types.0.allowed_hosts: allowed_hosts requires network_enabled: true; field job_types.1.allowed_hosts.3: allowed_hosts entries must be domain names, IPv4 addresses or IPv4 CIDRs; field job_types.1.allowed_hosts.4: allowed_hosts entries must be domain names, IPv4 addresses or IPv4 CIDRs; field job_types.1.allowed_hosts.5: allowed_hosts entries must be domain names, IPv4 addresses or IPv4 CIDRs"
+    );
+    let c = load_text(
+        "registry_mirror: ' '\njob_types:\n  - name: m\n    network_enabled: true\n    allowed_hosts: [' PyPI.org ', 10.0.0.0/8]\n",
+        &[("TAKO_VM_REGISTRY_PASSWORD", "x"), ("TAKO_VM_REGISTRY_USERNAME", "u")],
+    )
+    .unwrap();
+    assert_eq!(c.registry_mirror, None);
+    assert_eq!(c.job_types[0].allowed_hosts, ["pypi.org", "10.0.0.0/8"]);
+    assert_eq!(c.registry_password.as_ref().map(|s| s.expose()), Some("x"));
+}

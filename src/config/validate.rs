@@ -94,7 +94,42 @@ pub fn job_type_errors(jt: &mut JobTypeConfig, prefix: &str) -> Vec<String> {
     if let Some(c) = jt.gpu.count {
         e.range_i(&f("gpu.count"), c, 1, 16);
     }
+    for (i, h) in jt.allowed_hosts.iter_mut().enumerate() {
+        *h = h.trim().to_ascii_lowercase();
+        if !valid_allowed_host(h) {
+            e.add(
+                &f(&format!("allowed_hosts.{i}")),
+                "allowed_hosts entries must be domain names, IPv4 addresses or IPv4 CIDRs",
+            );
+        }
+    }
+    if !jt.allowed_hosts.is_empty() && !jt.network_enabled {
+        e.add(
+            &f("allowed_hosts"),
+            "allowed_hosts requires network_enabled: true",
+        );
+    }
     e.0
+}
+
+/// A domain name, an IPv4 address or an IPv4 CIDR (what the sandbox network resolves).
+pub fn valid_allowed_host(h: &str) -> bool {
+    if let Some((ip, len)) = h.split_once('/') {
+        return ip.parse::<std::net::Ipv4Addr>().is_ok()
+            && len.parse::<u8>().is_ok_and(|l| l <= 32);
+    }
+    if h.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (1..=253).contains(&h.len())
+        && h.split('.').all(label)
+        && h.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 impl Config {
@@ -230,6 +265,7 @@ impl Config {
             0,
             3600,
         );
+        self.validate_images(&mut e);
         let mut too_long = vec![];
         for (i, jt) in self.job_types.iter_mut().enumerate() {
             e.0.extend(job_type_errors(jt, &format!("job_types.{i}")));
@@ -348,6 +384,30 @@ impl Config {
             }
         }
         self.dependency_proxy_url = Some(p);
+    }
+
+    fn validate_images(&mut self, e: &mut Errs) {
+        for v in [&mut self.registry_mirror, &mut self.registry_auth_host] {
+            *v = v
+                .take()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+        }
+        for (i, r) in self.insecure_registries.iter_mut().enumerate() {
+            *r = r.trim().to_string();
+            if r.is_empty() || r.contains(['/', ' ']) {
+                e.add(
+                    &format!("insecure_registries.{i}"),
+                    "insecure_registries entries must be registry hosts (host[:port])",
+                );
+            }
+        }
+        if self.registry_username.is_some() != self.registry_password.is_some() {
+            e.add(
+                "registry_username",
+                "registry_username and registry_password must be set together",
+            );
+        }
     }
 
     fn validate_limits(&mut self, e: &mut Errs) {
