@@ -63,8 +63,8 @@ pub fn execute_response(r: &ExecutionRecord, execution_time: f64) -> Value {
 }
 
 /// `JobTypeResponse`, followed by our additions (the job-types doc's fields and the
-/// snapshot state): `startup_timeout`, `network_enabled`, `base_image`, `environment`,
-/// `shared_code`, `image_digest`.
+/// snapshot state): `startup_timeout`, `network_enabled`, `allowed_hosts`, `base_image`,
+/// `environment`, `shared_code`, `image_digest`.
 pub fn job_type(jt: &JobType, state: &SnapshotState) -> Value {
     let (exists, digest) = match state {
         SnapshotState::Built { digest } => (true, Some(digest.clone())),
@@ -83,6 +83,7 @@ pub fn job_type(jt: &JobType, state: &SnapshotState) -> Value {
         "image_exists": exists,
         "startup_timeout": jt.startup_timeout,
         "network_enabled": jt.network_enabled,
+        "allowed_hosts": jt.allowed_hosts,
         "base_image": jt.base_image,
         "environment": jt.environment,
         "shared_code": jt.shared_code,

@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::api;
 use crate::config::{self, Config};
-use crate::jobs::{BaseRootfsEnvironments, Registry, Service};
+use crate::jobs::{BaseRootfsEnvironments, Environments, Registry, Service, SnapshotEnvironments};
 use crate::sandbox::{HostConfig, Runner};
 use crate::store::sqlite::SqliteStore;
 
@@ -73,25 +73,33 @@ pub fn run(config_path: Option<&Path>, a: ServerArgs) -> anyhow::Result<i32> {
             "DEVELOPMENT"
         }
     );
+    // Built outside the runtime: the registry client is a blocking reqwest client, which
+    // must neither be created nor dropped on an async thread.
+    let (runner, envs) = backends(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tako-vm-server")
         .build()?;
-    rt.block_on(serve(cfg, host, port as u16))
+    let res = rt.block_on(serve(cfg, host, port as u16, runner, envs.clone()));
+    // A build still running on the blocking pool does not hold up the exit.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(envs);
+    res
 }
 
-async fn serve(cfg: Config, host: String, port: u16) -> anyhow::Result<i32> {
-    let cfg = Arc::new(cfg);
-    let data_dir = cfg.data_dir();
-    std::fs::create_dir_all(data_dir.join("runs"))
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let store = SqliteStore::open(&cfg.sqlite_path())
-        .with_context(|| format!("cannot open {}", cfg.sqlite_path().display()))?;
+/// The sandbox runner (or why it is unavailable) and the job-type environments.
+type Backends = (Result<Arc<Runner>, String>, Arc<dyn Environments>);
+
+/// The sandbox runner and the job-type environments (the snapshot store; the base rootfs
+/// alone when the image store cannot be opened).
+fn backends(cfg: &Config) -> anyhow::Result<Backends> {
     let runner = Runner::detect(&HostConfig {
         cgroup_parent: cfg.cgroup_parent.clone(),
         allow_unlimited: cfg.allow_unlimited_sandboxes,
         // One pre-started helper per worker keeps the cgroup move off the request path.
         prestart: cfg.max_workers as usize,
+        // The nftables table of network-enabled runs stays for the server's lifetime.
+        keep_net_table: true,
         ..HostConfig::default()
     })
     .map(Arc::new)
@@ -106,7 +114,33 @@ async fn serve(cfg: Config, host: String, port: u16) -> anyhow::Result<i32> {
             eprintln!("tako-vm: WARNING: no base rootfs (set base_rootfs or TAKO_VM_BASE_ROOTFS)")
         }
     }
-    let envs = Arc::new(BaseRootfsEnvironments::new(base));
+    let envs: Arc<dyn Environments> =
+        match SnapshotEnvironments::open(cfg, runner.clone(), std::env::current_dir()?) {
+            Ok(e) => {
+                println!("Image store: {}", e.root().display());
+                Arc::new(e)
+            }
+            Err(e) => {
+                eprintln!("tako-vm: WARNING: {e}; job types with requirements cannot be built");
+                Arc::new(BaseRootfsEnvironments::new(base))
+            }
+        };
+    Ok((runner, envs))
+}
+
+async fn serve(
+    cfg: Config,
+    host: String,
+    port: u16,
+    runner: Result<Arc<Runner>, String>,
+    envs: Arc<dyn Environments>,
+) -> anyhow::Result<i32> {
+    let cfg = Arc::new(cfg);
+    let data_dir = cfg.data_dir();
+    std::fs::create_dir_all(data_dir.join("runs"))
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let store = SqliteStore::open(&cfg.sqlite_path())
+        .with_context(|| format!("cannot open {}", cfg.sqlite_path().display()))?;
     let registry = Registry::load(&cfg);
     let svc = Service::new(cfg.clone(), Arc::new(store), registry, envs, runner);
     let addr: SocketAddr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
@@ -159,6 +193,11 @@ async fn serve(cfg: Config, host: String, port: u16) -> anyhow::Result<i32> {
     retention.abort();
     for w in workers {
         w.abort();
+    }
+    match tokio::task::spawn_blocking(crate::sandbox::net::remove_table_if_idle).await {
+        Ok(Err(e)) => eprintln!("tako-vm: cannot remove the network table: {e}"),
+        Err(e) => eprintln!("tako-vm: cannot remove the network table: {e}"),
+        Ok(Ok(_)) => {}
     }
     Ok(0)
 }

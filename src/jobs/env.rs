@@ -1,9 +1,10 @@
 //! Where a job type's root filesystem comes from.
 //!
-//! The server only talks to the small [`Environments`] trait. The job-type snapshots
-//! (`python:<version>-slim` plus requirements baked with uv) are built by the images work;
-//! until that store is wired in, [`BaseRootfsEnvironments`] serves every job type **without**
-//! requirements from one base rootfs and reports job types **with** requirements as not built.
+//! The server only talks to the small [`Environments`] trait. [`super::snapshots`] serves it
+//! from the job-type snapshot store (`python:<version>-slim` plus requirements baked with
+//! uv); [`BaseRootfsEnvironments`] is the store-less fallback (unit tests, or a server whose
+//! image store cannot be opened): job types **without** requirements run on one base rootfs,
+//! job types **with** requirements are reported as not built.
 
 use std::path::PathBuf;
 
@@ -38,8 +39,10 @@ pub enum SnapshotState {
 /// The result of a build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildInfo {
-    /// Full sha256 hex of the job type's definition.
+    /// Full sha256 hex of the job type's definition (§1.5.14).
     pub digest: String,
+    /// Content key of the snapshot that serves it, when one was built.
+    pub snapshot: Option<String>,
 }
 
 /// Why a job type cannot run or be built.
@@ -51,9 +54,12 @@ pub enum EnvError {
     /// No base rootfs is configured or present.
     #[error("no base rootfs: set base_rootfs in tako_vm.yaml or TAKO_VM_BASE_ROOTFS (scripts/build-rootfs builds one)")]
     NoBaseRootfs,
-    /// A build failed.
+    /// A build failed (uv's error, invalid requirements or shared code).
     #[error("{0}")]
     Build(String),
+    /// What a build needs is unavailable (base image, registry, uv, builder sandbox).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Source of job-type root filesystems.
@@ -65,6 +71,22 @@ pub trait Environments: Send + Sync {
     fn status(&self, jt: &JobType) -> SnapshotState;
     /// Builds the snapshot (`POST /job-types/{name}/build`). Blocking.
     fn build(&self, jt: &JobType) -> Result<BuildInfo, EnvError>;
+    /// The environment of requests without a (known) job type: the hard-coded default of
+    /// §3.5. Never builds.
+    fn resolve_default(&self, jt: &JobType) -> Result<ResolvedEnv, EnvError> {
+        self.resolve(jt, false)
+    }
+    /// The job type plus per-request `requirements` (already validated, §2.7), from a
+    /// cached ad-hoc snapshot. Blocking (may build).
+    fn resolve_with_requirements(
+        &self,
+        _jt: &JobType,
+        _extra: &[String],
+    ) -> Result<ResolvedEnv, EnvError> {
+        Err(EnvError::Unavailable(
+            "runtime requirements need the image store".into(),
+        ))
+    }
 }
 
 /// The digest of §1.5.14: sha256 of the job type's definition as sorted-key JSON with
@@ -97,7 +119,7 @@ pub fn definition_digest(jt: &JobType) -> String {
     pyjson::sha256_hex(pyjson::dumps_ascii(&Value::Object(m)).as_bytes())
 }
 
-/// Serves job types without requirements from one base rootfs.
+/// Serves job types without requirements from one base rootfs (no image store).
 #[derive(Debug, Clone)]
 pub struct BaseRootfsEnvironments {
     base: Option<PathBuf>,
@@ -141,14 +163,15 @@ impl Environments for BaseRootfsEnvironments {
 
     fn build(&self, jt: &JobType) -> Result<BuildInfo, EnvError> {
         if !jt.requirements.is_empty() || !jt.shared_code.is_empty() {
-            return Err(EnvError::Build(format!(
-                "Failed to build {}: job-type snapshots with requirements are not available in this build yet",
+            return Err(EnvError::Unavailable(format!(
+                "Failed to build {}: job-type snapshots need the image store",
                 jt.name
             )));
         }
         self.base()?;
         Ok(BuildInfo {
             digest: definition_digest(jt),
+            snapshot: None,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod plan;
 pub mod registry;
 pub mod service;
+pub mod snapshots;
 pub mod worker;
 
 pub use env::{
@@ -15,3 +16,4 @@ pub use env::{
 };
 pub use registry::{JobType, Registry};
 pub use service::{Service, SubmitError, SubmitMeta, Submitted};
+pub use snapshots::SnapshotEnvironments;

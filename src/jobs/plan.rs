@@ -4,6 +4,7 @@
 use crate::config::{parse_size, Config};
 use crate::exec::classify;
 use crate::exec::record::{ErrorType, ExecError, ExecutionResult, Status};
+use crate::exec::sanitize::sanitize;
 use crate::sandbox::spec::{Limits, NetworkSpec};
 use crate::store::JobRequest;
 
@@ -11,7 +12,7 @@ use super::env::{EnvError, Environments, ResolvedEnv};
 use super::registry::{self, JobType, Registry};
 
 /// Maximum number of runtime requirements.
-pub const MAX_REQUIREMENTS: usize = 50;
+pub const MAX_REQUIREMENTS: usize = rootfs_builder::requirements::MAX_REQUIREMENTS;
 
 /// The refusal text when runtime requirements are needed but disabled (§2.6).
 pub const RUNTIME_REQS_DISABLED: &str = "Runtime dependency installation is disabled. Use pre-built images or set allow_runtime_requirements=True.";
@@ -115,51 +116,30 @@ pub fn check_timeout_ceiling(
     }
 }
 
-/// A valid pip requirement (§2.7).
+/// A valid pip requirement (§2.7): the grammar the snapshot builder enforces.
 pub fn valid_requirement(r: &str) -> bool {
-    let n = r.chars().count();
-    if n == 0 || n > 256 {
-        return false;
+    rootfs_builder::requirements::validate_requirement(r).is_ok()
+}
+
+/// The §2.6 refusal of per-request `requirements`, if any: disabled, too many, invalid.
+/// They are installed into a cached ad-hoc snapshot, not at run time, so the job type's
+/// own (baked) requirements never count.
+pub fn requirements_refusal(extra: &[String], cfg: &Config) -> Option<String> {
+    if extra.is_empty() {
+        None
+    } else if !cfg.allow_runtime_requirements {
+        Some(RUNTIME_REQS_DISABLED.to_string())
+    } else if extra.len() > MAX_REQUIREMENTS {
+        Some(format!(
+            "Too many requirements ({} > {MAX_REQUIREMENTS})",
+            extra.len()
+        ))
+    } else {
+        extra
+            .iter()
+            .find(|r| !valid_requirement(r))
+            .map(|bad| format!("Invalid pip requirement: {}", python_repr(bad)))
     }
-    for bad in [
-        "\n", "\r", "`", "$", "\\", "#", ";", "&&", "||", "/", "@", " ",
-    ] {
-        if r.contains(bad) {
-            return false;
-        }
-    }
-    let name_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
-    let name_end = r.find(|c: char| !name_char(c)).unwrap_or(r.len());
-    if name_end == 0 {
-        return false;
-    }
-    let mut rest = &r[name_end..];
-    if let Some(x) = rest.strip_prefix('[') {
-        let Some(close) = x.find(']') else {
-            return false;
-        };
-        if !x[..close]
-            .split(',')
-            .all(|e| !e.is_empty() && e.chars().all(name_char))
-        {
-            return false;
-        }
-        rest = &x[close + 1..];
-    }
-    if rest.is_empty() {
-        return true;
-    }
-    rest.split(',').all(|spec| {
-        let op_end = spec
-            .find(|c: char| !"<>=!~".contains(c))
-            .unwrap_or(spec.len());
-        let ver = &spec[op_end..];
-        op_end > 0
-            && !ver.is_empty()
-            && ver
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".*+!-".contains(c))
-    })
 }
 
 fn python_repr(s: &str) -> String {
@@ -195,7 +175,8 @@ fn limits_for(jt: &JobType, cfg: &Config) -> Limits {
     }
 }
 
-/// Plans one job.
+/// Plans one job. Blocking: in development mode the job type's snapshot (or the ad-hoc
+/// snapshot of per-request requirements) may be built first.
 pub fn plan(req: &JobRequest, reg: &Registry, envs: &dyn Environments, cfg: &Config) -> Plan {
     let production = cfg.production_mode;
     let (jt, named) = match &req.job_type {
@@ -233,20 +214,47 @@ pub fn plan(req: &JobRequest, reg: &Registry, envs: &dyn Environments, cfg: &Con
         };
     }
     let startup = req.startup_timeout.unwrap_or(jt.startup_timeout as u64);
-    let resolved = envs.resolve(&jt, !production);
-    let mut effective: Vec<String> = Vec::new();
+    let extra: &[String] = req.requirements.as_deref().unwrap_or_default();
+    if let Some(msg) = requirements_refusal(extra, cfg) {
+        return Plan::Refuse {
+            result: runtime_refusal(&msg),
+            started: true,
+        };
+    }
+    let resolved = if named && production {
+        // Production mode: job types must be pre-built (the job-types doc).
+        envs.resolve(&jt, false).and_then(|env| {
+            if extra.is_empty() {
+                Ok(env)
+            } else {
+                envs.resolve_with_requirements(&jt, extra)
+            }
+        })
+    } else if !extra.is_empty() {
+        envs.resolve_with_requirements(&jt, extra)
+    } else if named {
+        envs.resolve(&jt, true)
+    } else {
+        envs.resolve_default(&jt)
+    };
     let env = match resolved {
-        Ok(env) => Some(env),
-        Err(EnvError::NotBuilt(name)) if production => {
-            let (s, e) = classify::config_error(EnvError::NotBuilt(name).to_string());
+        Ok(env) => env,
+        Err(e @ EnvError::NotBuilt(_)) => {
+            let (s, e) = classify::config_error(e.to_string());
             return Plan::Refuse {
                 result: ExecutionResult::refused(s, e, None),
                 started: false,
             };
         }
-        Err(EnvError::NotBuilt(_)) => {
-            effective.extend(jt.requirements.iter().cloned());
-            None
+        Err(EnvError::Build(msg)) => {
+            let e = ExecError::new(ErrorType::DependencyError, sanitize(&msg), None);
+            let mut result =
+                ExecutionResult::refused(Status::Failed, e, Some(classify::EXIT_REFUSED));
+            result.stderr = msg;
+            return Plan::Refuse {
+                result,
+                started: true,
+            };
         }
         Err(e) => {
             let (s, err) = classify::service_unavailable(&e.to_string());
@@ -256,37 +264,13 @@ pub fn plan(req: &JobRequest, reg: &Registry, envs: &dyn Environments, cfg: &Con
             };
         }
     };
-    effective.extend(req.requirements.iter().flatten().cloned());
-    if !effective.is_empty() {
-        let msg = if !cfg.allow_runtime_requirements {
-            RUNTIME_REQS_DISABLED.to_string()
-        } else if effective.len() > MAX_REQUIREMENTS {
-            format!(
-                "Too many requirements ({} > {MAX_REQUIREMENTS})",
-                effective.len()
-            )
-        } else if let Some(bad) = effective.iter().find(|r| !valid_requirement(r)) {
-            format!("Invalid pip requirement: {}", python_repr(bad))
-        } else {
-            "Runtime dependency installation is not available in this server yet. Pre-build the job type instead.".to_string()
-        };
-        return Plan::Refuse {
-            result: runtime_refusal(&msg),
-            started: true,
-        };
-    }
-    let Some(env) = env else {
-        let e = ExecError::new(ErrorType::InternalError, "no environment resolved", None);
-        return Plan::Refuse {
-            result: ExecutionResult::refused(Status::Failed, e, Some(-1)),
-            started: true,
-        };
-    };
     Plan::Run(Ready {
         timeout_s: timeout,
         startup_timeout_s: startup,
         limits: limits_for(&jt, cfg),
-        network: jt.network_enabled.then(NetworkSpec::default),
+        network: jt.network_enabled.then(|| NetworkSpec {
+            allowed_hosts: jt.allowed_hosts.clone(),
+        }),
         env,
     })
 }
@@ -330,6 +314,158 @@ mod tests {
         }
         assert_eq!(python_repr("a b"), "'a b'");
         assert_eq!(python_repr("it's"), "\"it's\"");
+    }
+
+    /// Environments that record what the plan asked for.
+    #[derive(Default)]
+    struct Fake {
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Environments for Fake {
+        fn resolve(&self, jt: &JobType, may_build: bool) -> Result<ResolvedEnv, EnvError> {
+            self.log(format!("resolve {} {may_build}", jt.name));
+            match jt.name.as_str() {
+                "broken" => Err(EnvError::Build("uv: no solution for nope".into())),
+                "built" => Ok(env()),
+                n if !may_build => Err(EnvError::NotBuilt(n.into())),
+                _ => Ok(env()),
+            }
+        }
+        fn status(&self, _: &JobType) -> super::super::SnapshotState {
+            super::super::SnapshotState::NotBuilt
+        }
+        fn build(&self, _: &JobType) -> Result<super::super::BuildInfo, EnvError> {
+            Err(EnvError::Unavailable("no".into()))
+        }
+        fn resolve_default(&self, jt: &JobType) -> Result<ResolvedEnv, EnvError> {
+            self.log(format!("default {}", jt.name));
+            Ok(env())
+        }
+        fn resolve_with_requirements(
+            &self,
+            jt: &JobType,
+            extra: &[String],
+        ) -> Result<ResolvedEnv, EnvError> {
+            self.log(format!("adhoc {} {}", jt.name, extra.join(",")));
+            Ok(env())
+        }
+    }
+
+    impl Fake {
+        fn log(&self, s: String) {
+            self.calls.lock().unwrap().push(s);
+        }
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+    }
+
+    fn env() -> ResolvedEnv {
+        ResolvedEnv {
+            rootfs: "/r".into(),
+            env: vec![],
+            digest: None,
+        }
+    }
+
+    fn req(job_type: Option<&str>, reqs: Option<&[&str]>) -> JobRequest {
+        JobRequest {
+            code: "print(1)".into(),
+            input: serde_json::json!({}),
+            timeout: None,
+            startup_timeout: None,
+            job_type: job_type.map(Into::into),
+            requirements: reqs.map(|r| r.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn refusal(p: Plan) -> (ExecutionResult, bool) {
+        match p {
+            Plan::Refuse { result, started } => (result, started),
+            Plan::Run(_) => panic!("expected a refusal"),
+        }
+    }
+
+    #[test]
+    fn environments_asked_per_mode_and_requirements() {
+        let mut cfg = Config::default();
+        let mut net = JobType::named("net");
+        net.network_enabled = true;
+        net.allowed_hosts = vec!["pypi.org".into()];
+        cfg.job_types = vec![net, JobType::named("broken"), JobType::named("built")];
+        let reg = Registry::load_from(std::path::Path::new("/nonexistent"), &cfg);
+        let f = Fake::default();
+        assert!(matches!(
+            plan(&req(None, None), &reg, &f, &cfg),
+            Plan::Run(_)
+        ));
+        assert!(matches!(
+            plan(&req(Some("nope"), None), &reg, &f, &cfg),
+            Plan::Run(_)
+        ));
+        let Plan::Run(r) = plan(&req(Some("net"), None), &reg, &f, &cfg) else {
+            panic!()
+        };
+        assert_eq!(r.network.unwrap().allowed_hosts, ["pypi.org"]);
+        assert_eq!(
+            f.take(),
+            ["default default", "default default", "resolve net true"]
+        );
+
+        // Per-request requirements: refused as in 0.3.0 unless allowed, then ad-hoc.
+        let six = Some(&["six"][..]);
+        let (r, started) = refusal(plan(&req(Some("data-processing"), six), &reg, &f, &cfg));
+        assert_eq!(r.error.unwrap().message, RUNTIME_REQS_DISABLED);
+        assert_eq!(
+            (r.exit_code, r.stderr.as_str(), started),
+            (Some(-1), RUNTIME_REQS_DISABLED, true)
+        );
+        assert!(f.take().is_empty());
+        cfg.allow_runtime_requirements = true;
+        assert!(matches!(
+            plan(&req(None, six), &reg, &f, &cfg),
+            Plan::Run(_)
+        ));
+        assert!(matches!(
+            plan(&req(None, Some(&[])), &reg, &f, &cfg),
+            Plan::Run(_)
+        ));
+        let (r, _) = refusal(plan(&req(None, Some(&["a b"])), &reg, &f, &cfg));
+        assert_eq!(r.error.unwrap().message, "Invalid pip requirement: 'a b'");
+        let many: Vec<&str> = vec!["six"; 51];
+        let (r, _) = refusal(plan(&req(None, Some(&many)), &reg, &f, &cfg));
+        assert_eq!(r.error.unwrap().message, "Too many requirements (51 > 50)");
+        assert_eq!(f.take(), ["adhoc default six", "default default"]);
+
+        // A failed build is a dependency error with uv's message.
+        let (r, started) = refusal(plan(&req(Some("broken"), None), &reg, &f, &cfg));
+        let e = r.error.unwrap();
+        assert_eq!(
+            (e.error_type, e.message.as_str(), started),
+            (ErrorType::DependencyError, "uv: no solution for nope", true)
+        );
+
+        // Production mode: only built job types, then the ad-hoc snapshot.
+        cfg.production_mode = true;
+        f.take();
+        let (r, started) = refusal(plan(&req(Some("net"), None), &reg, &f, &cfg));
+        let e = r.error.unwrap();
+        assert_eq!(e.error_type, ErrorType::ConfigError);
+        assert!(e.message.contains("tako-vm build net"), "{}", e.message);
+        assert!(!started && r.exit_code.is_none());
+        assert!(matches!(
+            plan(&req(Some("built"), six), &reg, &f, &cfg),
+            Plan::Run(_)
+        ));
+        assert_eq!(
+            f.take(),
+            [
+                "resolve net false",
+                "resolve built false",
+                "adhoc built six"
+            ]
+        );
     }
 
     #[test]

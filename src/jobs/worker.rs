@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::plan::{self, Plan, Ready};
-use super::service::{Service, SubmitMeta};
+use super::service::{Service, SubmitMeta, CANCELLED_BY_USER};
 use crate::exec::classify;
 use crate::exec::pyjson;
 use crate::exec::record::{Artifact, ErrorType, ExecError, ExecutionResult, Status};
@@ -20,6 +20,13 @@ use crate::store::{time, DlqEntry, ExecutionRecord, JobRequest};
 /// The isolation runtime reported on records (`runtime`): our namespaces sandbox is the
 /// runc-class runtime of the contract; gVisor is never used.
 pub const RUNTIME: &str = "runc";
+
+/// A planned job and when its preparation started (a build on first use counts).
+struct Planned {
+    decided: Plan,
+    start: Instant,
+    started_us: i64,
+}
 
 /// Error message of the watchdog (§4.2).
 pub fn watchdog_message(budget_s: u64) -> String {
@@ -150,12 +157,37 @@ impl Service {
         if base.status.is_terminal() {
             return Some(base);
         }
+        // Running from here on, a build on first use included: a crash now interrupts the
+        // job rather than queueing it again.
+        let mut running = base.clone();
+        running.status = Status::Running;
+        if let Err(e) = self.store.update(&running) {
+            eprintln!("tako-vm: cannot store record {id}: {e}");
+        }
+        // Planning may build the job type's snapshot first (development mode): the
+        // watchdog budget starts with the run.
+        let planned = match self.plan_job(&req).await {
+            Ok(p) => p,
+            Err(msg) => return Some(self.worker_failure(&base, &req, &meta, &msg)),
+        };
+        if cancel.load(Ordering::SeqCst) {
+            // Cancelled (or shut down) while its environment was prepared.
+            let stored = self.store.get(id).ok().flatten();
+            if stored.as_ref().is_some_and(|r| r.status.is_terminal()) {
+                return stored;
+            }
+            let r = self.cancelled_record(id, CANCELLED_BY_USER)?;
+            if let Err(e) = self.store.update(&r) {
+                eprintln!("tako-vm: cannot store record {id}: {e}");
+            }
+            return Some(r);
+        }
         let budget = plan::watchdog_budget_s(&req, &self.registry());
         let me = self.clone();
         let (id2, req2, cancel2) = (id.to_string(), req.clone(), cancel.clone());
         let base2 = base.clone();
         let mut task = tokio::spawn(async move {
-            me.execute_job(&id2, &req2, base2, created_us, cancel2)
+            me.run_planned(&id2, &req2, base2, created_us, cancel2, planned)
                 .await
         });
         let outcome = match tokio::time::timeout(Duration::from_secs(budget), &mut task).await {
@@ -179,20 +211,32 @@ impl Service {
         };
         let rec = match outcome {
             Ok(rec) => rec,
-            Err(msg) => {
-                let mut r = base.clone();
-                let (status, err) = classify::internal_error(&msg);
-                r.status = status;
-                r.error = Some(err);
-                r.ended_us = Some(time::now_us());
-                self.dead_letter(&r, &req, &meta, &msg);
-                r
-            }
+            Err(msg) => return Some(self.worker_failure(&base, &req, &meta, &msg)),
         };
         if let Err(e) = self.store.update(&rec) {
             eprintln!("tako-vm: cannot store record {id}: {e}");
         }
         self.store.get(id).ok().flatten().or(Some(rec))
+    }
+
+    /// A failure of the worker itself: `internal_error` and a DLQ entry (§4.10).
+    fn worker_failure(
+        &self,
+        base: &ExecutionRecord,
+        req: &JobRequest,
+        meta: &SubmitMeta,
+        msg: &str,
+    ) -> ExecutionRecord {
+        let mut r = base.clone();
+        let (status, err) = classify::internal_error(msg);
+        r.status = status;
+        r.error = Some(err);
+        r.ended_us = Some(time::now_us());
+        self.dead_letter(&r, req, meta, msg);
+        if let Err(e) = self.store.update(&r) {
+            eprintln!("tako-vm: cannot store record {}: {e}", r.execution_id);
+        }
+        self.store.get(&r.execution_id).ok().flatten().unwrap_or(r)
     }
 
     fn dead_letter(&self, r: &ExecutionRecord, req: &JobRequest, meta: &SubmitMeta, msg: &str) {
@@ -272,18 +316,54 @@ impl Service {
         self: &Arc<Self>,
         id: &str,
         req: &JobRequest,
-        mut rec: ExecutionRecord,
+        rec: ExecutionRecord,
         created_us: i64,
         cancel: Arc<AtomicBool>,
     ) -> Result<ExecutionRecord, String> {
+        let planned = self.plan_job(req).await?;
+        self.run_planned(id, req, rec, created_us, cancel, planned)
+            .await
+    }
+
+    /// Plans a job on the blocking pool (its environment may be built first).
+    async fn plan_job(self: &Arc<Self>, req: &JobRequest) -> Result<Planned, String> {
+        let me = self.clone();
+        let req = req.clone();
+        let start = Instant::now();
+        let started_us = time::now_us();
+        let decided = tokio::task::spawn_blocking(move || {
+            let registry = me.registry().clone();
+            plan::plan(&req, &registry, me.envs.as_ref(), &me.cfg)
+        })
+        .await
+        .map_err(|e| format!("worker crashed: {e}"))?;
+        Ok(Planned {
+            decided,
+            start,
+            started_us,
+        })
+    }
+
+    /// Runs a planned job; returns its final record (see [`Service::execute_job`]).
+    async fn run_planned(
+        self: &Arc<Self>,
+        id: &str,
+        req: &JobRequest,
+        mut rec: ExecutionRecord,
+        created_us: i64,
+        cancel: Arc<AtomicBool>,
+        planned: Planned,
+    ) -> Result<ExecutionRecord, String> {
         rec.created_us = created_us;
         rec.runtime = Some(RUNTIME.into());
-        let decided = plan::plan(req, &self.registry(), self.envs.as_ref(), &self.cfg);
         let ident = plan::identity(req, &self.registry(), self.cfg.production_mode);
         rec.job_type = ident.job_type;
         rec.job_ref = ident.job_ref;
-        let start = Instant::now();
-        let started_us = time::now_us();
+        let Planned {
+            decided,
+            start,
+            started_us,
+        } = planned;
         let ready = match decided {
             Plan::Refuse { result, started } => {
                 if started {
