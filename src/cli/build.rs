@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rootfs_builder::{JobTypeSpec, Snapshot};
+use rootfs_builder::Snapshot;
 
 use super::images::{CliProgress, StoreArgs};
-use crate::image::builder::{BuilderConfig, SandboxBuildHost};
+use crate::image::builder::SandboxBuildHost;
 use crate::image::Registry;
 use crate::jobs::registry::JobType;
+use crate::jobs::snapshots::spec_of;
 use crate::sandbox::{HostConfig, Runner};
 
 /// Arguments of `tako-vm build`.
@@ -21,7 +22,7 @@ pub struct BuildArgs {
     /// Build every registered job type.
     #[arg(long)]
     all: bool,
-    /// The uv binary (default: TAKO_VM_UV_PATH, then uv on PATH).
+    /// The uv binary (default: TAKO_VM_UV_PATH, then uv_path, then uv on PATH).
     #[arg(long, env = "TAKO_VM_UV_PATH")]
     uv_path: Option<PathBuf>,
     /// Install only from this directory of wheels (offline builds).
@@ -31,27 +32,11 @@ pub struct BuildArgs {
     store: StoreArgs,
 }
 
-/// The snapshot input of a job type; `shared_code` paths are relative to `base_dir`.
-pub fn spec_of(jt: &JobType, base_dir: &Path) -> JobTypeSpec {
-    JobTypeSpec {
-        name: jt.name.clone(),
-        python_version: jt.python_version.clone(),
-        base_image: jt.base_image.clone(),
-        requirements: jt.requirements.clone(),
-        environment: jt.environment.clone(),
-        shared_code: jt.shared_code.iter().map(|p| base_dir.join(p)).collect(),
-    }
-}
-
-/// The job types of the configuration (registry file + config, as the server sees them).
-pub fn job_types(config: Option<&Path>) -> anyhow::Result<Vec<JobType>> {
-    let (cfg, _) = crate::config::load(config)?;
-    Ok(crate::jobs::registry::Registry::load(&cfg).all().to_vec())
-}
-
 /// Builds one or all job types; prints `tako-vm-<name>:latest <digest>` per snapshot.
 pub fn run(config: Option<&Path>, a: BuildArgs) -> anyhow::Result<i32> {
-    let all = job_types(config)?;
+    let (cfg, _) = crate::config::load(config)?;
+    // The job types as the server sees them (registry file + config).
+    let all = crate::jobs::registry::Registry::load(&cfg).all().to_vec();
     let chosen: Vec<&JobType> = match &a.name {
         Some(n) => match all.iter().find(|j| &j.name == n) {
             Some(j) => vec![j],
@@ -65,12 +50,13 @@ pub fn run(config: Option<&Path>, a: BuildArgs) -> anyhow::Result<i32> {
         },
         None => all.iter().collect(),
     };
-    let images = a.store.images()?;
-    let snaps = a.store.snapshots(&images)?;
-    let registry = Registry::new(a.store.registry_config())?;
+    let store = a.store.configured(&cfg);
+    let images = store.images()?;
+    let snaps = store.snapshots(&images)?;
+    let registry = Registry::new(store.registry_config())?;
     let runner = Runner::detect(&HostConfig::default()).context("builder sandbox")?;
     let progress = CliProgress::new();
-    let mut bcfg = BuilderConfig::default();
+    let mut bcfg = cfg.builder_config();
     if a.uv_path.is_some() {
         bcfg.uv_path = a.uv_path.clone();
     }

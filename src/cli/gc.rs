@@ -13,9 +13,10 @@ pub struct GcArgs {
 
 /// Unnamed snapshots (old builds, ad-hoc runtime-requirement snapshots), then images
 /// neither named nor used by a remaining snapshot, then unreferenced blobs.
-pub fn run(a: GcArgs) -> anyhow::Result<i32> {
-    let images = a.store.images()?;
-    let snaps = a.store.snapshots(&images)?;
+pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
+    let store = a.store.load(config)?;
+    let images = store.images()?;
+    let snaps = store.snapshots(&images)?;
     let (removed_snaps, bases) = snaps.gc()?;
     let report = images.gc(&bases.into_iter().collect())?;
     println!(

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rootfs_builder::SnapshotStore;
 
+use crate::config::Config;
 use crate::image::progress::short;
 use crate::image::{ImageStore, Progress, RegistryConfig};
 
@@ -22,9 +23,29 @@ pub struct StoreArgs {
     /// Send docker.io pulls to this registry (host[:port] or http(s)://host[:port]).
     #[arg(long, env = "TAKO_VM_REGISTRY_MIRROR", global = true)]
     pub registry_mirror: Option<String>,
+    /// Registry settings of the configuration (see [`StoreArgs::configured`]).
+    #[arg(skip)]
+    pub registry: Option<RegistryConfig>,
 }
 
 impl StoreArgs {
+    /// These options over the configuration's image settings (`image_store`,
+    /// `registry_mirror`, credentials …): flags and variables first, then the file.
+    pub fn configured(&self, cfg: &Config) -> StoreArgs {
+        StoreArgs {
+            store: self.store.clone().or_else(|| cfg.image_store.clone()),
+            registry_mirror: self.registry_mirror.clone(),
+            registry: Some(cfg.registry_config()),
+        }
+    }
+
+    /// [`StoreArgs::configured`] with the configuration file of `tako-vm --config` (or the
+    /// searched one).
+    pub fn load(&self, config: Option<&Path>) -> anyhow::Result<StoreArgs> {
+        let (cfg, _) = crate::config::load(config)?;
+        Ok(self.configured(&cfg))
+    }
+
     /// Opens the image store.
     pub fn images(&self) -> anyhow::Result<ImageStore> {
         let root = self.store.clone().unwrap_or_else(ImageStore::default_root);
@@ -36,9 +57,12 @@ impl StoreArgs {
         Ok(SnapshotStore::open(images.root())?)
     }
 
-    /// Registry settings: the environment, then our flags.
+    /// Registry settings: the configuration (or the environment), then our flags.
     pub fn registry_config(&self) -> RegistryConfig {
-        let mut c = RegistryConfig::from_env();
+        let mut c = self
+            .registry
+            .clone()
+            .unwrap_or_else(RegistryConfig::from_env);
         if let Some(m) = &self.registry_mirror {
             c.mirror = Some(m.clone());
         }
@@ -146,9 +170,10 @@ fn unix_to_iso(secs: u64) -> String {
 }
 
 /// `tako-vm images`: pulled images and job-type snapshots (name, digest, size, created).
-pub fn run(a: ImagesArgs) -> anyhow::Result<i32> {
-    let images = a.store.images()?;
-    let snaps = a.store.snapshots(&images)?;
+pub fn run(config: Option<&Path>, a: ImagesArgs) -> anyhow::Result<i32> {
+    let store = a.store.load(config)?;
+    let images = store.images()?;
+    let snaps = store.snapshots(&images)?;
     let mut rows: Vec<[String; 4]> = Vec::new();
     for (name, digest) in images.names()? {
         if let Some(rec) = images.record_by_digest(&digest)? {

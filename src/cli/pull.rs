@@ -15,9 +15,10 @@ pub struct PullArgs {
 }
 
 /// Pulls, verifies and unpacks an image; prints its digest.
-pub fn run(a: PullArgs) -> anyhow::Result<i32> {
-    let store = a.store.images()?;
-    let registry = Registry::new(a.store.registry_config())?;
+pub fn run(config: Option<&std::path::Path>, a: PullArgs) -> anyhow::Result<i32> {
+    let opts = a.store.load(config)?;
+    let store = opts.images()?;
+    let registry = Registry::new(opts.registry_config())?;
     let progress = CliProgress::new();
     let rec = client::pull(&registry, &store, &a.image, &progress)?;
     println!("{} {}", rec.source, rec.digest);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::images::{CliProgress, StoreArgs};
-use crate::image::builder::{BuilderConfig, SandboxBuildHost};
+use crate::image::builder::SandboxBuildHost;
 use crate::image::{unpack, Registry};
 use crate::sandbox::{HostConfig, Runner};
 
@@ -22,6 +22,8 @@ pub fn rootfs_for(
     if let Some(r) = rootfs {
         return Ok((r.clone(), Vec::new()));
     }
+    let (cfg, _) = crate::config::load(config)?;
+    let store = store.configured(&cfg);
     let images = store.images()?;
     if let Some(reference) = image {
         let Some(rec) = images.lookup(reference)? else {
@@ -33,17 +35,16 @@ pub fn rootfs_for(
     let Some(name) = job_type else {
         bail!("give --rootfs DIR, --image REF or --job-type NAME");
     };
-    let (cfg, _) = crate::config::load(config)?;
     let registry = crate::jobs::registry::Registry::load(&cfg);
     let Some(jt) = registry.get(name) else {
         bail!("job type '{name}' not found");
     };
     let snaps = store.snapshots(&images)?;
-    let spec = super::build::spec_of(jt, &std::env::current_dir()?);
+    let spec = crate::jobs::snapshots::spec_of(jt, &std::env::current_dir()?);
     let reg = Registry::new(store.registry_config())?;
     let runner = Runner::detect(&HostConfig::default()).context("builder sandbox")?;
     let progress = CliProgress::new();
-    let host = SandboxBuildHost::new(&runner, &images, &reg, BuilderConfig::default(), &progress);
+    let host = SandboxBuildHost::new(&runner, &images, &reg, cfg.builder_config(), &progress);
     let snap = snaps.resolve(&spec, &host, !cfg.production_mode)?;
     Ok((snap.rootfs.clone(), snap.env.clone()))
 }
