@@ -261,9 +261,11 @@ fn auth_rate_limit_and_payload_limit() {
 #[test]
 fn refusals_before_any_sandbox_and_idempotency() {
     let s = Server::start("");
+    // Per-request requirements without allow_runtime_requirements: the 0.3.0 refusal,
+    // before any build or sandbox.
     let r = s.post(
         "/execute",
-        &json!({"code": "print(1)", "job_type": "data-processing"}),
+        &json!({"code": "print(1)", "job_type": "data-processing", "requirements": ["six"]}),
     );
     assert_eq!(r.status, 200);
     let v = r.json();
@@ -299,8 +301,7 @@ fn refusals_before_any_sandbox_and_idempotency() {
     assert_eq!(rec["error"]["type"], "runtime_error");
     assert_eq!(rec["job_version"], "data-processing@latest");
 
-    let body =
-        json!({"code": "print(1)", "job_type": "data-processing", "idempotency_key": "key-000001"});
+    let body = json!({"code": "print(1)", "job_type": "data-processing", "requirements": ["six"], "idempotency_key": "key-000001"});
     let a = s.post("/execute/async", &body).json();
     let b = s.post("/execute/async", &body).json();
     assert_eq!(a["job_id"], b["job_id"]);

@@ -58,16 +58,28 @@ impl Server {
         s
     }
 
-    /// Starts (or restarts) a server whose config and data live in `dir`.
+    /// Starts (or restarts) a server whose config and data live in `dir`. Unless `extra`
+    /// says otherwise, its image store is `dir/images` (empty: requests without a job type
+    /// run on the base rootfs) and docker.io pulls go to a closed loopback port (never to
+    /// Docker Hub).
     pub fn start_in(dir: &Path, extra: &str) -> Server {
         let port = free_port();
         let rootfs = std::env::var("TAKO_TEST_ROOTFS")
             .unwrap_or_else(|_| "/var/cache/tako-vm/fixtures/rootfs-py311".into());
         let cfg = dir.join("tako_vm.yaml");
-        let yaml = format!(
+        let mut yaml = format!(
             "server_port: {port}\ndata_dir: {}\nbase_rootfs: {rootfs}\ncgroup_parent: tako-vm-api-test\n{extra}",
             dir.join("data").display()
         );
+        if !extra.contains("image_store:") {
+            yaml.push_str(&format!(
+                "\nimage_store: {}\n",
+                dir.join("images").display()
+            ));
+        }
+        if !extra.contains("registry_mirror:") {
+            yaml.push_str("\nregistry_mirror: 127.0.0.1:9\n");
+        }
         std::fs::write(&cfg, yaml).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -78,6 +90,8 @@ impl Server {
             .args(["server", "--config"])
             .arg(&cfg)
             .env("TAKO_VM_DATA_DIR", dir.join("data"))
+            .env_remove("TAKO_VM_REGISTRY_MIRROR")
+            .env_remove("TAKO_VM_IMAGE_STORE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
