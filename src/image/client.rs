@@ -496,6 +496,13 @@ pub fn pull(
     progress: &dyn Progress,
 ) -> Result<ImageRecord> {
     let r = Reference::parse(reference)?;
+    // One pull of a reference at a time per store (threads and processes): concurrent
+    // builds of job types on the same base otherwise race on the image's directory.
+    let lock_name = format!(
+        "pull-{}.lock",
+        &super::store::digest_of(r.to_string().as_bytes())[7..23]
+    );
+    let _lock = super::store::FileLock::acquire(&store.root().join(lock_name))?;
     let rec = registry.fetch_image(&r, store, progress)?;
     super::unpack::ensure_rootfs(store, &rec, progress)?;
     store.tag(&r.to_string(), &rec.digest)?;
