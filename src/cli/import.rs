@@ -25,8 +25,8 @@ pub struct ImportArgs {
 }
 
 /// Verifies, stores and unpacks the images of PATH; prints each name and digest.
-pub fn run(a: ImportArgs) -> anyhow::Result<i32> {
-    let store = a.store.images()?;
+pub fn run(config: Option<&std::path::Path>, a: ImportArgs) -> anyhow::Result<i32> {
+    let store = a.store.load(config)?.images()?;
     let opts = ImportOptions {
         name: a.name,
         reference: a.reference,

@@ -79,7 +79,7 @@ pub fn main() -> i32 {
         Some(Command::Status(a)) => report(status::run(a)),
         Some(Command::Setup(a)) => report(setup::run(cli.config.as_deref(), a)),
         Some(Command::Pull(a)) => report(pull::run(cli.config.as_deref(), a)),
-        Some(Command::Import(a)) => report(import::run(a)),
+        Some(Command::Import(a)) => report(import::run(cli.config.as_deref(), a)),
         Some(Command::Build(a)) => report(build::run(cli.config.as_deref(), a)),
         Some(Command::Images(a)) => report(images::run(cli.config.as_deref(), a)),
         Some(Command::Gc(a)) => report(gc::run(cli.config.as_deref(), a)),
