@@ -10,7 +10,9 @@ use serde_json::Value;
 use super::classify::{self, RunFacts};
 use super::pyjson;
 use super::record::{Artifact, ExecutionResult, Phase, ResourceUsage, Timing};
-use crate::sandbox::spec::{InjectedDir, InjectedFile, Limits, NetworkSpec, OutputSpec, SandboxSpec};
+use crate::sandbox::spec::{
+    InjectedDir, InjectedFile, Limits, NetworkSpec, OutputSpec, SandboxSpec,
+};
 use crate::sandbox::{Outcome, RunOptions, Runner, SandboxError};
 
 /// Extra seconds the host waits beyond startup + timeout before killing the sandbox (§6.1).
