@@ -463,19 +463,13 @@ impl Registry {
             return Err(e);
         }
         store.put_bytes(&res.digest, &res.manifest_bytes)?;
-        let rec = ImageRecord {
-            digest: res.digest.clone(),
+        let rec = ImageRecord::new(
+            res.digest.clone(),
             config_digest,
             layers,
-            env: config
-                .config()
-                .as_ref()
-                .and_then(|c| c.env().clone())
-                .unwrap_or_default(),
-            architecture: config.architecture().to_string(),
-            created: config.created().clone(),
-            source: r.to_string(),
-        };
+            &config,
+            r.to_string(),
+        );
         store.save_record(&rec)?;
         if let Some((idx_digest, idx_bytes)) = &res.index {
             store.put_bytes(idx_digest, idx_bytes)?;

@@ -702,17 +702,13 @@ fn commit(store: &ImageStore, p: Plan, source: &str, progress: &dyn Progress) ->
     store.put_bytes(&p.config.0, &p.config.1)?;
     store.put_bytes(&p.manifest.0, &p.manifest.1)?;
     let config: ImageConfiguration = parse_json("image config", &p.config.1)?;
-    let record = ImageRecord {
-        digest: p.manifest.0.clone(),
-        config_digest: p.config.0.clone(),
-        layers: p.layers.into_iter().map(|(l, _)| l).collect(),
-        env: (config.config().as_ref())
-            .and_then(|c| c.env().clone())
-            .unwrap_or_default(),
-        architecture: config.architecture().to_string(),
-        created: config.created().clone(),
-        source: source.to_string(),
-    };
+    let record = ImageRecord::new(
+        p.manifest.0.clone(),
+        p.config.0.clone(),
+        p.layers.into_iter().map(|(l, _)| l).collect(),
+        &config,
+        source.to_string(),
+    );
     store.save_record(&record)?;
     if let Some((digest, bytes)) = &p.index {
         store.put_bytes(digest, bytes)?;

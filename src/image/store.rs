@@ -52,6 +52,29 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
+    /// The record of a manifest whose config is `config` (Env, architecture, created).
+    pub fn new(
+        digest: String,
+        config_digest: String,
+        layers: Vec<LayerRef>,
+        config: &oci_spec::image::ImageConfiguration,
+        source: String,
+    ) -> ImageRecord {
+        ImageRecord {
+            digest,
+            config_digest,
+            layers,
+            env: config
+                .config()
+                .as_ref()
+                .and_then(|c| c.env().clone())
+                .unwrap_or_default(),
+            architecture: config.architecture().to_string(),
+            created: config.created().clone(),
+            source,
+        }
+    }
+
     /// Total size of the layers in bytes (compressed).
     pub fn size(&self) -> u64 {
         self.layers.iter().map(|l| l.size).sum()
