@@ -41,10 +41,39 @@ fn ensure_user(name: &str, subids: Option<u32>) {
     }
 }
 
+/// A copy of the binary that any user can execute: the checkout (and so `target/`) may live
+/// in a directory only root can enter.
+fn shared_bin() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // Copies left by earlier runs.
+        for e in std::fs::read_dir("/var/tmp").unwrap().flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with("tako-rootless-test-")
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = std::path::PathBuf::from(format!(
+            "/var/tmp/tako-rootless-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("tako-vm");
+        std::fs::copy(common::bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    })
+    .clone()
+}
+
 fn run_as(user: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new("runuser")
         .args(["-u", user, "--"])
-        .arg(common::bin())
+        .arg(shared_bin())
         .args(args)
         .current_dir("/")
         .env_remove("TAKO_VM_ALLOW_UNLIMITED_SANDBOXES")
