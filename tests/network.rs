@@ -37,6 +37,19 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn ip_forward() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The host's own `ip_forward`, read while no network-enabled run of ours exists.
+fn host_ip_forward() -> String {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(ip_forward).clone()
+}
+
 fn nothing_of_ours_left() {
     let links = sh("ip -o link show");
     assert!(!links.contains("tako-"), "leftover interfaces:\n{links}");
@@ -68,6 +81,7 @@ except Exception as e:
 fn network_enabled_reaches_pypi_with_tls_verification() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
     let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
     let res = net_run(&runner, &r, FETCH_PYPI, &[]);
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
@@ -92,6 +106,7 @@ fn network_enabled_reaches_pypi_with_tls_verification() {
 fn network_enabled_cannot_reach_the_host() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let host_addrs: Vec<String> = sh("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1")
@@ -129,6 +144,7 @@ for addr in [gw, "127.0.0.1"] + {host_addrs:?}:
 fn concurrent_sandboxes_cannot_reach_each_other() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
     // A pool of exactly two /30s: the two sandboxes are 10.201.0.2 and 10.201.0.6.
     let runner = runner_with_pool(("10.201.0.0".parse().unwrap(), 29));
     let server = r#"
@@ -209,6 +225,7 @@ except OSError as e:
 fn allowed_hosts_limit_egress_to_the_listed_destinations() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
     let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
     {
         let _peer = PeerHost::start();
@@ -242,6 +259,7 @@ fn allowed_hosts_limit_egress_to_the_listed_destinations() {
 fn hundred_network_runs_leave_nothing_behind() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
     let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
     let netns_before = sh("ip netns list");
     for i in 0..100 {
