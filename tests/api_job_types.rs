@@ -29,7 +29,9 @@ fn fixture() -> Option<PathBuf> {
 fn shared_store(fixture: &Path) -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
     STORE.get_or_init(|| {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        // Under /var/tmp, not the checkout: sandboxes mount snapshots from this store as an
+        // unprivileged host uid, which must be able to traverse every parent directory.
+        let base = Path::new("/var/tmp");
         for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if let Some(pid) = name.strip_prefix("job-types-store-") {
@@ -41,6 +43,8 @@ fn shared_store(fixture: &Path) -> &'static Path {
         let dir = base.join(format!("job-types-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let reg = RegistryProc::start(fixture, "none", None);
         let cfg = dir.join("cli.yaml");
         std::fs::write(
