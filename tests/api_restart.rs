@@ -73,7 +73,22 @@ fn sigterm_cancels_queued_and_interrupts_running_after_grace() {
     let st = s.poll(&format!("/jobs/{running}"), |v| v["status"] == "running");
     assert_eq!(st["status"], "running");
     let queued = submit(&s, json!({"code": "print(1)"}));
+    let server_pid = s.child.as_ref().map(|c| c.id()).unwrap();
     assert_eq!(s.terminate(), Some(0), "clean exit: {}", s.log());
+    // Its sandboxes, pre-started helpers included, leave no cgroup behind.
+    let parent = std::path::Path::new("/sys/fs/cgroup/memory/tako-vm-api-test");
+    if parent.is_dir() {
+        let mine: Vec<_> = std::fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{server_pid}."))
+            })
+            .collect();
+        assert!(mine.is_empty(), "leftover cgroups of the server: {mine:?}");
+    }
 
     let s = Server::start_in(tmp.path(), cfg);
     let rec = s.get(&format!("/executions/{queued}")).json();

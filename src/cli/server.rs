@@ -80,7 +80,12 @@ pub fn run(config_path: Option<&Path>, a: ServerArgs) -> anyhow::Result<i32> {
         .enable_all()
         .thread_name("tako-vm-server")
         .build()?;
+    let pool = runner.as_ref().ok().and_then(|r| r.pool.clone());
     let res = rt.block_on(serve(cfg, host, port as u16, runner, envs.clone()));
+    // Pre-started helpers and their cgroups go with the server.
+    if let Some(p) = pool {
+        p.close();
+    }
     // A build still running on the blocking pool does not hold up the exit.
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(envs);

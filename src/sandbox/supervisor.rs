@@ -709,6 +709,7 @@ pub struct Pool {
     ready: std::sync::Mutex<Vec<Spawned>>,
     wake: std::sync::Condvar,
     size: usize,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -725,6 +726,7 @@ impl Pool {
             ready: std::sync::Mutex::new(Vec::new()),
             wake: std::sync::Condvar::new(),
             size,
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let p = pool.clone();
         let _ = std::thread::Builder::new()
@@ -732,11 +734,15 @@ impl Pool {
             .spawn(move || loop {
                 {
                     let mut ready = p.ready.lock().unwrap_or_else(|e| e.into_inner());
-                    while ready.len() >= p.size {
+                    while ready.len() >= p.size && !p.is_closed() {
                         ready = p.wake.wait(ready).unwrap_or_else(|e| e.into_inner());
                     }
                 }
+                if p.is_closed() {
+                    return;
+                }
                 match runner.spawn_helper(&super::host::new_run_id()) {
+                    Ok(s) if p.is_closed() => drop(s),
                     Ok(s) => p.ready.lock().unwrap_or_else(|e| e.into_inner()).push(s),
                     Err(e) => {
                         eprintln!("tako-vm: cannot pre-start a sandbox helper: {e}");
@@ -752,6 +758,19 @@ impl Pool {
         let s = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         self.wake.notify_one();
         s
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops refilling and kills the ready helpers, removing their cgroups (at shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let drained: Vec<Spawned> =
+            std::mem::take(&mut *self.ready.lock().unwrap_or_else(|e| e.into_inner()));
+        self.wake.notify_all();
+        drop(drained); // HelperGuard kills and reaps, RunCgroup removes
     }
 
     /// Helpers ready now.
