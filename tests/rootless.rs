@@ -104,36 +104,38 @@ fn unprivileged_user_with_subordinate_ids() {
         assert!(err.contains("allow_unlimited_sandboxes"), "{err}");
     }
     // With the explicit opt-in the run works and maps onto the subordinate range.
-    let (code, out, err) = run_as(
-        user,
-        &[
-            "run",
-            "--allow-unlimited",
-            "--rootfs",
-            root,
-            "--",
-            "python3",
-            "-c",
-            PROBE,
-        ],
+    let (out, uid) = probe_unlimited(user, root);
+    assert!(
+        out.contains(&format!("map 0 {uid} 1 1 300000 65535")),
+        "{out}"
     );
+}
+
+/// Runs the probe as `user` with `--allow-unlimited`; checks the sandbox posture and returns
+/// the probe's output and the user's host uid.
+fn probe_unlimited(user: &str, rootfs: &str) -> (String, String) {
+    let args = [
+        "run",
+        "--allow-unlimited",
+        "--rootfs",
+        rootfs,
+        "--",
+        "python3",
+        "-c",
+        PROBE,
+    ];
+    let (code, out, err) = run_as(user, &args);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("uid 1000 capeff 0000000000000000 nnp 1 seccomp 2"),
         "{out}"
     );
-    let uid = String::from_utf8(
-        Command::new("id")
-            .args(["-u", user])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert!(
-        out.contains(&format!("map 0 {} 1 1 300000 65535", uid.trim())),
-        "{out}"
-    );
+    let id = Command::new("id")
+        .args(["-u", user])
+        .output()
+        .unwrap()
+        .stdout;
+    (out, String::from_utf8(id).unwrap().trim().to_string())
 }
 
 #[test]
@@ -141,31 +143,6 @@ fn unprivileged_user_without_subordinate_ids_gets_a_single_mapping() {
     let r = need_rootfs!();
     let user = "tako-rootless2";
     ensure_user(user, None);
-    let (code, out, err) = run_as(
-        user,
-        &[
-            "run",
-            "--allow-unlimited",
-            "--rootfs",
-            r.to_str().unwrap(),
-            "--",
-            "python3",
-            "-c",
-            PROBE,
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("uid 1000 capeff 0000000000000000 nnp 1 seccomp 2"),
-        "{out}"
-    );
-    let uid = String::from_utf8(
-        Command::new("id")
-            .args(["-u", user])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert!(out.contains(&format!("map 1000 {} 1", uid.trim())), "{out}");
+    let (out, uid) = probe_unlimited(user, r.to_str().unwrap());
+    assert!(out.contains(&format!("map 1000 {uid} 1")), "{out}");
 }
