@@ -143,22 +143,7 @@ fn an_oci_layout_directory_imports_with_platform_selection_and_runs() {
     assert_eq!(got.len(), 1);
     let rec = &got[0].record;
     assert_eq!(got[0].names, ["docker.io/library/python:3.11-slim"]);
-    assert_eq!(rec.architecture, host_arch());
-    let types: Vec<&str> = rec.layers.iter().map(|l| l.media_type.as_str()).collect();
-    assert_eq!(
-        types,
-        [
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-        ]
-    );
-    for l in &rec.layers {
-        assert!(store.has_blob(&l.digest));
-    }
-    assert!(rec
-        .env
-        .iter()
-        .any(|e| e.starts_with("PATH=/usr/local/bin:")));
+    image_support::assert_fixture_record(&store, rec);
     let idx = fs::read_to_string(store.image_dir(&rec.digest).unwrap().join("index-digest"));
     assert!(
         store.has_blob(idx.unwrap().trim()),

@@ -26,22 +26,7 @@ fn pull_through_the_token_flow_selects_the_platform_and_unpacks_both_layers() {
     let store = ImageStore::open(t.path()).unwrap();
     // `python:3.11-slim` is docker.io/library/python:3.11-slim, sent to the mirror.
     let rec = pull(mirror_config(&reg.host), &store, "python:3.11-slim").unwrap();
-    assert_eq!(rec.architecture, tako_vm::image::host_arch());
-    let types: Vec<&str> = rec.layers.iter().map(|l| l.media_type.as_str()).collect();
-    assert_eq!(
-        types,
-        [
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-        ]
-    );
-    for l in &rec.layers {
-        assert!(store.has_blob(&l.digest));
-    }
-    assert!(rec
-        .env
-        .iter()
-        .any(|e| e.starts_with("PATH=/usr/local/bin:")));
+    image_support::assert_fixture_record(&store, &rec);
     let rootfs = store.rootfs_of(&rec.digest).unwrap();
     assert!(rootfs_builder::check(&rootfs).is_empty());
     assert_eq!(

@@ -378,19 +378,8 @@ impl Registry {
         let (bytes, digest) = self.fetch_manifest(r, r.object())?;
         if is_index(&bytes) {
             let index: ImageIndex = parse_json("image index", &bytes)?;
-            let chosen = select_platform(&index, &self.cfg.platform).ok_or_else(|| {
-                ImageError::NoPlatform {
-                    reference: r.to_string(),
-                    platform: platform_string(&self.cfg.platform),
-                    available: index
-                        .manifests()
-                        .iter()
-                        .filter_map(|m| m.platform().as_ref())
-                        .map(|p| format!("{}/{}", p.os(), p.architecture()))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
-            })?;
+            let chosen = select_platform(&index, &self.cfg.platform)
+                .ok_or_else(|| no_platform(&r.to_string(), &index, &self.cfg.platform))?;
             let (mbytes, mdigest) = self.fetch_manifest(r, &chosen)?;
             if is_index(&mbytes) {
                 return Err(ImageError::Unsupported("nested image index".into()));
@@ -559,6 +548,25 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> R
         what: what.to_string(),
         detail: e.to_string(),
     })
+}
+
+/// The error for an index that has no manifest for `platform` (pull and import).
+pub fn no_platform(
+    reference: &str,
+    index: &ImageIndex,
+    platform: &(String, Option<String>),
+) -> ImageError {
+    ImageError::NoPlatform {
+        reference: reference.to_string(),
+        platform: platform_string(platform),
+        available: index
+            .manifests()
+            .iter()
+            .filter_map(|m| m.platform().as_ref())
+            .map(|p| format!("{}/{}", p.os(), p.architecture()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 fn platform_string(p: &(String, Option<String>)) -> String {

@@ -30,7 +30,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest}
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::client::{parse_json, select_platform, RegistryConfig};
+use super::client::{no_platform, parse_json, select_platform, RegistryConfig};
 use super::reference::{valid_digest, Reference};
 use super::store::{digest_of, remove_any, write_atomic, ImageRecord, ImageStore, LayerRef};
 use super::unpack::{self, Compression};
@@ -540,17 +540,7 @@ fn resolve_oci(
         ));
     }
     let index: ImageIndex = parse_json("image index", &bytes)?;
-    let no_platform = || ImageError::NoPlatform {
-        reference: label.to_string(),
-        platform: format!("linux/{}", platform.0),
-        available: index
-            .manifests()
-            .iter()
-            .filter_map(|m| m.platform().as_ref())
-            .map(|p| format!("{}/{}", p.os(), p.architecture()))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
+    let no_platform = || no_platform(label, &index, platform);
     let chosen = select_platform(&index, platform).ok_or_else(no_platform)?;
     let inner = index
         .manifests()

@@ -116,3 +116,27 @@ pub fn copy_tree(from: &Path, to: &Path) {
         .unwrap();
     assert!(st.success());
 }
+
+/// Checks the record of the fixture's two-platform `3.11-slim` image: the host's
+/// architecture, a gzip and a zstd layer, every layer blob in the store, the image's PATH.
+pub fn assert_fixture_record(
+    store: &tako_vm::image::ImageStore,
+    rec: &tako_vm::image::ImageRecord,
+) {
+    assert_eq!(rec.architecture, tako_vm::image::host_arch());
+    let types: Vec<&str> = rec.layers.iter().map(|l| l.media_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        ]
+    );
+    for l in &rec.layers {
+        assert!(store.has_blob(&l.digest));
+    }
+    assert!(rec
+        .env
+        .iter()
+        .any(|e| e.starts_with("PATH=/usr/local/bin:")));
+}
