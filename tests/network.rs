@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 use std::sync::Mutex;
 
+use common::peer::{PeerHost, FETCH_PYPI, TO_PEER};
 use tako_vm::exec::record::{ExecutionResult, Status};
 use tako_vm::exec::runner::{self, CodeRun};
 use tako_vm::sandbox::{host, HostConfig, NetworkSpec, Runner};
@@ -65,17 +66,6 @@ fn nothing_of_ours_left() {
         "0"
     );
 }
-
-const FETCH_PYPI: &str = r#"
-import urllib.request, socket, ssl
-print("ifaces", sorted(n for _, n in socket.if_nameindex()))
-r = urllib.request.urlopen("https://pypi.org/simple/six/", timeout=20)
-print("pypi", r.status, b"six" in r.read())
-try:
-    urllib.request.urlopen("https://pypi.org/simple/six/", timeout=20, context=ssl._create_unverified_context())
-except Exception as e:
-    print("unexpected", e)
-"#;
 
 #[test]
 fn network_enabled_reaches_pypi_with_tls_verification() {
@@ -175,51 +165,6 @@ for ip in ["10.201.0.2", "10.201.0.6"]:
     });
     nothing_of_ours_left();
 }
-
-/// A "public internet" host of our own: a network namespace with 198.51.100.2 serving TCP.
-struct PeerHost {
-    server: std::process::Child,
-}
-
-impl PeerHost {
-    fn start() -> PeerHost {
-        let _ = sh("ip netns del tako-test-peer 2>/dev/null; ip link del tkt-peer0 2>/dev/null");
-        let setup = "set -e
-ip netns add tako-test-peer
-ip link add tkt-peer0 type veth peer name eth0 netns tako-test-peer
-ip addr add 198.51.100.1/24 dev tkt-peer0
-ip link set tkt-peer0 up
-ip -n tako-test-peer addr add 198.51.100.2/24 dev eth0
-ip -n tako-test-peer link set eth0 up
-ip -n tako-test-peer link set lo up
-ip -n tako-test-peer route add default via 198.51.100.1";
-        let st = Command::new("sh").arg("-c").arg(setup).status().unwrap();
-        assert!(st.success());
-        let server = Command::new("ip")
-            .args(["netns", "exec", "tako-test-peer", "python3", "-c"])
-            .arg("import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8080)); s.listen()\nwhile True:\n    c,_=s.accept(); c.sendall(b'peer-hello'); c.close()")
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        PeerHost { server }
-    }
-}
-
-impl Drop for PeerHost {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let _ = sh("ip netns del tako-test-peer; ip link del tkt-peer0 2>/dev/null");
-    }
-}
-
-const TO_PEER: &str = r#"
-import socket
-try:
-    c = socket.create_connection(("198.51.100.2", 8080), timeout=3); print("peer", c.recv(20).decode())
-except OSError as e:
-    print("peer blocked")
-"#;
 
 #[test]
 fn allowed_hosts_limit_egress_to_the_listed_destinations() {

@@ -146,3 +146,279 @@ fn unprivileged_user_without_subordinate_ids_gets_a_single_mapping() {
     let (out, uid) = probe_unlimited(user, r.to_str().unwrap());
     assert!(out.contains(&format!("map 1000 {uid} 1")), "{out}");
 }
+
+// ------------------------------------------------------------ network through pasta
+
+/// The rootless network tests share the peer namespace.
+static NET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// pasta is installed and /dev/net/tun is usable by unprivileged users (the README's test
+/// command makes it 0666, the default of most distributions; Debian ships 0600).
+fn pasta_usable() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let tun_open =
+        std::fs::metadata("/dev/net/tun").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006);
+    let pasta = std::path::Path::new("/usr/bin/pasta").exists();
+    if tun_open && pasta {
+        return true;
+    }
+    let why = format!("pasta installed: {pasta}, /dev/net/tun open to users: {tun_open}");
+    if std::env::var("TAKO_TEST_REQUIRE").as_deref() == Ok("1") {
+        panic!("rootless network tests need pasta and /dev/net/tun 0666 ({why})");
+    }
+    eprintln!("skipping: rootless network tests need pasta and /dev/net/tun 0666 ({why})");
+    false
+}
+
+/// The common start of the pasta tests: the rootfs, the network lock and the test user with
+/// subordinate ids (`tako-rootless1`); None when the test must be skipped.
+fn pasta_prelude() -> Option<(std::path::PathBuf, std::sync::MutexGuard<'static, ()>)> {
+    let r = common::rootfs()?;
+    if !pasta_usable() {
+        return None;
+    }
+    let g = NET.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_user("tako-rootless1", Some(300000));
+    Some((r, g))
+}
+
+/// Runs `code` as `user` with `--network` (and `--allow-host`s); the execution record.
+fn net_run_as(
+    user: &str,
+    rootfs: &str,
+    code: &str,
+    allowed: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let dir = shared_bin().parent().unwrap().to_path_buf();
+    let file = dir.join(format!("code-{}.py", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, code).unwrap();
+    let mut args = vec!["run", "--allow-unlimited", "--network"];
+    for a in allowed {
+        args.extend(["--allow-host", a]);
+    }
+    let f = file.to_str().unwrap();
+    args.extend(["--rootfs", rootfs, "--timeout", "60", "--code", f]);
+    let out = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(shared_bin())
+        .args(&args)
+        .envs(env.iter().copied())
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no record ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn uid_of(user: &str) -> String {
+    let id = Command::new("id")
+        .args(["-u", user])
+        .output()
+        .unwrap()
+        .stdout;
+    String::from_utf8(id).unwrap().trim().to_string()
+}
+
+/// Status files of the live (not zombie) pasta processes of `uid`.
+fn live_pastas(uid: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|s| {
+            s.contains("Name:\tpas")
+                && !s.contains("State:\tZ")
+                && s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(uid))
+        })
+        .collect()
+}
+
+/// No pasta of `user` is alive and no pid file of ours is left.
+fn no_pasta_left(user: &str) {
+    let uid = uid_of(user);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let alive = live_pastas(&uid);
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pasta left running: {alive:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let dir = format!("/tmp/tako-vm-{uid}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {dir}: {left:?}");
+}
+
+#[test]
+fn rootless_network_reaches_pypi_but_not_the_host_or_private_ranges() {
+    let Some((r, _g)) = pasta_prelude() else {
+        return;
+    };
+    let user = "tako-rootless1";
+    // The peer gives the host one more address (198.51.100.1) outside the private ranges:
+    // pasta's sockets could reach the host's listener there, so the filter must stop it.
+    let peer = common::peer::PeerHost::start();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let targets = [
+        "198.51.100.1",
+        "192.0.2.1",
+        "10.255.255.53",
+        "127.0.0.1",
+        "169.254.169.254",
+        "172.17.0.1",
+        "192.168.1.1",
+    ];
+    let code = format!(
+        r#"{fetch}
+import socket
+print(open("/etc/resolv.conf").read().strip())
+for addr in {targets:?}:
+    try:
+        socket.create_connection((addr, {port}), timeout=2); print("REACHED", addr)
+    except OSError as e:
+        print("blocked", addr)
+try:
+    socket.create_connection(("::1", {port}), timeout=2); print("REACHED v6")
+except OSError:
+    print("blocked v6")
+{to_peer}
+"#,
+        fetch = common::peer::FETCH_PYPI,
+        to_peer = common::peer::TO_PEER,
+    );
+    let rec = net_run_as(user, r.to_str().unwrap(), &code, &[], &[]);
+    drop(listener);
+    let out = rec["stdout"].as_str().unwrap();
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert!(out.contains("ifaces ['eth0', 'lo']"), "{out}");
+    assert!(out.contains("nameserver 169.254.0.53"), "{out}");
+    assert!(out.contains("pypi 200 True"), "{out}");
+    assert!(!out.contains("REACHED"), "{out}");
+    // The peer sits on a subnet the host is attached to: an internal network, blocked too
+    // (the public internet is shown by PyPI above).
+    assert!(out.contains("peer blocked"), "{out}");
+    assert_eq!(out.matches("blocked").count(), targets.len() + 2, "{out}");
+    drop(peer);
+    no_pasta_left(user);
+}
+
+#[test]
+fn rootless_allowed_hosts_limit_egress() {
+    let Some((r, _g)) = pasta_prelude() else {
+        return;
+    };
+    let user = "tako-rootless1";
+    let root = r.to_str().unwrap();
+    let _peer = common::peer::PeerHost::start();
+    let code = format!("{}\n{}", common::peer::TO_PEER, common::peer::FETCH_PYPI);
+    let rec = net_run_as(user, root, &code, &["pypi.org"], &[]);
+    let out = rec["stdout"].as_str().unwrap();
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert!(out.contains("peer blocked"), "{out}");
+    assert!(out.contains("pypi 200 True"), "{out}");
+    let rec = net_run_as(user, root, common::peer::TO_PEER, &["198.51.100.0/24"], &[]);
+    assert!(
+        rec["stdout"].as_str().unwrap().contains("peer peer-hello"),
+        "{rec}"
+    );
+    no_pasta_left(user);
+}
+
+#[test]
+fn rootless_network_without_pasta_is_refused_never_open() {
+    let r = need_rootfs!();
+    let user = "tako-rootless2";
+    ensure_user(user, None);
+    let rec = net_run_as(
+        user,
+        r.to_str().unwrap(),
+        "print('RAN')",
+        &[],
+        &[("TAKO_VM_PASTA", "/nonexistent/pasta")],
+    );
+    assert!(
+        !rec["stdout"].as_str().unwrap_or("").contains("RAN"),
+        "{rec}"
+    );
+    let msg = rec["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("pasta is not installed") && msg.contains("refused"),
+        "{rec}"
+    );
+    no_pasta_left(user);
+}
+
+#[test]
+fn pasta_of_a_killed_run_is_ended_by_the_next_start() {
+    let Some((r, _g)) = pasta_prelude() else {
+        return;
+    };
+    let user = "tako-rootless1";
+    let root = r.to_str().unwrap();
+    let dir = format!("/tmp/tako-vm-{}", uid_of(user));
+    let code = shared_bin().parent().unwrap().join("sleep.py");
+    std::fs::write(&code, "import time\ntime.sleep(60)\n").unwrap();
+    let mut cli = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(shared_bin())
+        .args([
+            "run",
+            "--allow-unlimited",
+            "--network",
+            "--rootfs",
+            root,
+            "--code",
+        ])
+        .arg(&code)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the run's pasta (its pid file), then kill the CLI the hard way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_dir(&dir).map_or(true, |mut rd| rd.next().is_none()) {
+        assert!(std::time::Instant::now() < deadline, "no pasta started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let tako = common::host_processes_with(shared_bin().to_str().unwrap())
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tako-vm")
+                && std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| !String::from_utf8_lossy(&c).contains("__sandbox-helper"))
+        })
+        .expect("the CLI process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tako),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = cli.wait();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        live_pastas(&uid_of(user)).len(),
+        1,
+        "pasta outlives a killed CLI"
+    );
+    // The pasta outlived it; the next start of tako-vm (any run) ends it.
+    let (code_rc, _, err) = run_as(
+        user,
+        &["run", "--allow-unlimited", "--rootfs", root, "--", "true"],
+    );
+    assert_eq!(code_rc, 0, "{err}");
+    no_pasta_left(user);
+}

@@ -83,6 +83,8 @@ impl Runner {
         if nix::unistd::geteuid().is_root() {
             let _ = super::net::sweep();
             let _ = super::net::remove_table_if_idle();
+        } else {
+            super::pasta::sweep(owner_is_dead);
         }
         let mut runner = Runner {
             helper_exe,

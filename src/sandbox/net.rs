@@ -1,4 +1,4 @@
-//! Outbound network for `network_enabled` runs (root server): one veth pair per run, NAT and
+//! Outbound network for `network_enabled` runs of a root server (unprivileged: [`super::pasta`]): one veth pair per run, NAT and
 //! a fail-closed egress policy in our own nftables table `inet tako_vm`.
 //!
 //! Policy (in this order, for packets from a sandbox interface `tako-*`):
@@ -64,9 +64,12 @@ pub enum NetError {
         /// stderr of the tool.
         detail: String,
     },
-    /// The server is not root.
-    #[error("network-enabled runs need a root server (veth + nftables); an unprivileged server has no network path yet, so the run is refused")]
-    Unprivileged,
+    /// The rootless path (pasta) is not usable on this host.
+    #[error("network-enabled runs of an unprivileged server go through pasta, which is not usable here: {0}; the run is refused (never an open network)")]
+    Rootless(String),
+    /// A tool did not finish in time.
+    #[error("network setup: {0} did not finish within {TOOL_TIMEOUT_S}s and was killed")]
+    Timeout(String),
     /// No free address.
     #[error("network setup: no free address in the sandbox pool")]
     PoolExhausted,
@@ -78,7 +81,16 @@ pub enum NetError {
     Io(#[from] io::Error),
 }
 
-fn run_tool(what: &str, cmd: &mut Command, stdin: Option<&str>) -> Result<String, NetError> {
+/// Longest time any network tool (ip, nft, nsenter, pasta) may take.
+pub const TOOL_TIMEOUT_S: u64 = 20;
+
+/// Runs a tool to completion under [`TOOL_TIMEOUT_S`] (killed and reaped past it); its
+/// stdout, or its stderr as the error.
+pub(crate) fn run_tool(
+    what: &str,
+    cmd: &mut Command,
+    stdin: Option<&str>,
+) -> Result<String, NetError> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -90,14 +102,31 @@ fn run_tool(what: &str, cmd: &mut Command, stdin: Option<&str>) -> Result<String
         what: what.into(),
         detail: format!("{e} (are iproute2, nftables and util-linux installed?)"),
     })?;
+    // Opened before anything can reap the child, so the kill below never hits a reused pid.
+    let pidfd = pidfd_open(child.id() as i32).ok();
     if let Some(input) = stdin {
-        child
+        // A tool that exits early closes its stdin: its status tells what went wrong.
+        let _ = child
             .stdin
             .take()
             .expect("piped")
-            .write_all(input.as_bytes())?;
+            .write_all(input.as_bytes());
     }
-    let out = child.wait_with_output()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(std::time::Duration::from_secs(TOOL_TIMEOUT_S)) {
+        Ok(r) => r?,
+        Err(_) => {
+            if let Some(fd) = &pidfd {
+                pidfd_kill(fd);
+            }
+            // The waiting thread reaps it.
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+            return Err(NetError::Timeout(what.into()));
+        }
+    };
     if !out.status.success() {
         return Err(NetError::Tool {
             what: what.into(),
@@ -105,6 +134,32 @@ fn run_tool(what: &str, cmd: &mut Command, stdin: Option<&str>) -> Result<String
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A pidfd for `pid`.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new descriptor we then own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// SIGKILL through a pidfd (never a reused pid).
+pub(crate) fn pidfd_kill(fd: &std::os::fd::OwnedFd) {
+    // SAFETY: signalling through a pidfd we own.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
 }
 
 fn nft(what: &str, script: &str) -> Result<String, NetError> {
@@ -394,7 +449,7 @@ impl NetLease {
         keep_table: bool,
     ) -> Result<NetLease, NetError> {
         if !nix::unistd::geteuid().is_root() {
-            return Err(NetError::Unprivileged);
+            return Err(NetError::Rootless("the veth path needs root".into()));
         }
         let slots = (1u64 << (32 - pool.1 as u32)) / 4;
         let start = (uuid::Uuid::new_v4().as_u128() % slots as u128) as u32;
@@ -515,12 +570,54 @@ impl Drop for NetLease {
     }
 }
 
-/// Adds what a network-enabled sandbox needs to see: `/tako/resolv.conf` (the host's
-/// resolvers), `/tako/hosts` (localhost plus pinned allowed names), the host CA bundle at
+/// The network of one run, whichever path provides it; dropping it tears it down.
+pub enum Egress {
+    /// Root: a veth pair and our host table.
+    Veth(NetLease),
+    /// Unprivileged: pasta and a filter inside the sandbox's namespace.
+    Pasta(super::pasta::PastaLease),
+}
+
+impl Egress {
+    /// True when this process provides network through pasta (it is not root).
+    pub fn rootless() -> bool {
+        !nix::unistd::geteuid().is_root()
+    }
+
+    /// Sets up the network of the sandbox whose helper is `pid`.
+    pub fn create(
+        pid: i32,
+        run_id: &str,
+        pool: (Ipv4Addr, u8),
+        allowed: Option<&Allowed>,
+        keep_table: bool,
+    ) -> Result<Egress, NetError> {
+        if Egress::rootless() {
+            super::pasta::PastaLease::create(pid, run_id, allowed).map(Egress::Pasta)
+        } else {
+            NetLease::create(pid, pool, allowed, keep_table).map(Egress::Veth)
+        }
+    }
+
+    /// The resolvers the sandbox is given.
+    pub fn resolvers() -> Vec<Ipv4Addr> {
+        if Egress::rootless() {
+            vec![super::pasta::DNS_FORWARD]
+        } else {
+            host_resolvers(&fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        }
+    }
+}
+
+/// Adds what a network-enabled sandbox needs to see: `/tako/resolv.conf` (`resolvers`),
+/// `/tako/hosts` (localhost plus pinned allowed names), the host CA bundle at
 /// `/tako/ca-certificates.crt`, and the TLS variables pointing at it.
-pub fn add_network_files(spec: &mut SandboxSpec, allowed: Option<&Allowed>) {
-    let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let servers: Vec<String> = host_resolvers(&resolv)
+pub fn add_network_files(
+    spec: &mut SandboxSpec,
+    allowed: Option<&Allowed>,
+    resolvers: &[Ipv4Addr],
+) {
+    let servers: Vec<String> = resolvers
         .iter()
         .map(|r| format!("nameserver {r}\n"))
         .collect();

@@ -271,7 +271,7 @@ impl Runner {
                     Err(e) => return Err(SandboxError::Net(e)),
                 }
             }
-            net::add_network_files(spec.to_mut(), allowed.as_ref());
+            net::add_network_files(spec.to_mut(), allowed.as_ref(), &net::Egress::resolvers());
         }
         let spec = spec.as_ref();
         let spawned = match self.pool.as_ref().and_then(|p| p.take()) {
@@ -371,6 +371,7 @@ impl Runner {
     ) -> Result<Outcome, SandboxError> {
         let mut net_state = NetState {
             wanted: spec.network.is_some(),
+            run_id: &opts.run_id,
             allowed,
             lease: None,
         };
@@ -587,8 +588,9 @@ impl Runner {
                 }
                 if net_state.wanted {
                     // Fail closed: without a working, filtered network the run does not start.
-                    match net::NetLease::create(
+                    match net::Egress::create(
                         helper_pid,
+                        net_state.run_id,
                         self.net_pool,
                         net_state.allowed,
                         self.keep_net_table,
@@ -782,8 +784,9 @@ impl Pool {
 /// The network of a run being set up.
 struct NetState<'a> {
     wanted: bool,
+    run_id: &'a str,
     allowed: Option<&'a net::Allowed>,
-    lease: Option<net::NetLease>,
+    lease: Option<net::Egress>,
 }
 
 /// The helper process; killed and reaped on every path that leaves it behind.

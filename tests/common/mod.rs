@@ -4,6 +4,8 @@
 //! missing, unless `TAKO_TEST_REQUIRE=1` (set by CI), where a missing piece is a failure.
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -1,0 +1,392 @@
+//! Outbound network for `network_enabled` runs of an unprivileged server: pasta (Debian
+//! `passt`) gives the sandbox's network namespace a tap interface whose traffic it turns
+//! into ordinary sockets of the server's user, and an nftables ruleset *inside* that
+//! namespace enforces the same policy as the root path's host table.
+//!
+//! pasta itself has no destination filter, and its sockets are the server user's own, so
+//! without a filter a sandbox could reach the host's services on any of its addresses. The
+//! filter therefore sits in the sandbox's namespace, on the output hook, installed before
+//! pasta creates the interface and before the payload starts. The payload cannot change it:
+//! it has no capabilities (and seccomp denies the calls that could give it new ones).
+//!
+//! Policy (output hook, default drop):
+//! 1. loopback (the sandbox's own) is allowed;
+//! 2. DNS (port 53) to [`DNS_FORWARD`], which pasta forwards to the host's first resolver;
+//! 3. with `allowed_hosts`: only those addresses, everything else dropped;
+//! 4. without: private, loopback, link-local/metadata, CGNAT, multicast and reserved IPv4
+//!    ranges, every address of the host and every subnet the host is attached to are
+//!    dropped; the rest of IPv4 (the public internet) is allowed;
+//! 5. IPv6 is dropped (pasta runs with `--ipv4-only`, so the sandbox has no IPv6 address).
+//!
+//! Input hook: loopback and replies only. pasta runs with every port forwarding off
+//! (`-t none -u none -T none -U none`), so nothing reaches into the sandbox, and with
+//! `--no-map-gw`, so the gateway address is not the host.
+//!
+//! pasta daemonizes once the namespace is configured; its pid file lives in a private
+//! per-user run directory, named after the run id, so a start-up sweep can end the pasta of
+//! a crashed server. Every step runs under a timeout; any failure refuses the run.
+
+use std::fs::{self, File};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::net::{pidfd_kill, pidfd_open, run_tool, Allowed, NetError, BLOCKED_V4, TABLE};
+
+/// Where the sandbox sends DNS queries; pasta forwards them to the host's first resolver.
+pub const DNS_FORWARD: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 53);
+
+/// Looks for a tool in `PATH`, then in the sbin directories an unprivileged `PATH` may lack.
+/// `TAKO_VM_PASTA` names the pasta binary explicitly.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    if name == "pasta" {
+        if let Some(p) = std::env::var_os("TAKO_VM_PASTA") {
+            let p = PathBuf::from(p);
+            return p.is_file().then_some(p);
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Why this host cannot give an unprivileged server a filtered network, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if find_tool("pasta").is_none() {
+        return Some("pasta is not installed (Debian/Ubuntu package `passt`)".into());
+    }
+    if find_tool("nft").is_none() {
+        return Some(
+            "nft is not installed (package `nftables`); it filters the sandbox's traffic".into(),
+        );
+    }
+    if let Err(e) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
+        return Some(format!(
+            "/dev/net/tun cannot be opened by this user ({e}); pasta needs it: `chmod 0666 /dev/net/tun` (the default on most distributions)"
+        ));
+    }
+    None
+}
+
+/// The per-user directory of pasta pid files (private to the user).
+fn run_dir() -> io::Result<PathBuf> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| fs::metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid))
+        .map(|p| p.join("tako-vm"))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/tako-vm-{uid}")));
+    match fs::DirBuilder::new().mode(0o700).create(&base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    // Never trust a directory somebody else made (or a symlink to one).
+    let m = fs::symlink_metadata(&base)?;
+    if !m.is_dir() || m.uid() != uid || m.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "{} is not a private directory of uid {uid}",
+            base.display()
+        )));
+    }
+    Ok(base)
+}
+
+fn pid_file(dir: &Path, run_id: &str) -> PathBuf {
+    dir.join(format!("pasta-{run_id}.pid"))
+}
+
+/// IPv4 addresses and attached subnets of the host (loopback excluded: blocked anyway).
+pub fn host_networks() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return out;
+    };
+    for a in addrs {
+        let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+            continue;
+        };
+        let (Some(addr), Some(mask)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) else {
+            continue;
+        };
+        let ip = addr.ip();
+        if ip.is_loopback() {
+            continue;
+        }
+        let len = u32::from(mask.ip()).count_ones();
+        let net = Ipv4Addr::from(u32::from(ip) & u32::from(mask.ip()));
+        out.push(ip.to_string());
+        out.push(format!("{net}/{len}"));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The ruleset loaded into the sandbox's own network namespace.
+pub fn policy_script(host_nets: &[String], allowed: Option<&Allowed>) -> String {
+    let egress = match allowed {
+        Some(a) if a.elements.is_empty() => String::new(),
+        Some(a) => format!("        ip daddr {{ {} }} accept\n", a.elements.join(", ")),
+        None => "        ip daddr @blocked4 drop\n        meta nfproto ipv4 accept\n".into(),
+    };
+    let mut blocked: Vec<&str> = BLOCKED_V4.to_vec();
+    blocked.extend(host_nets.iter().map(String::as_str));
+    format!(
+        r#"table inet {TABLE} {{
+    set blocked4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked} }} }}
+    chain output {{
+        type filter hook output priority filter; policy drop;
+        oifname "lo" accept
+        ip daddr {DNS_FORWARD} meta l4proto {{ tcp, udp }} th dport 53 accept
+{egress}    }}
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        iifname "lo" accept
+        ct state established,related accept
+    }}
+}}
+"#,
+        blocked = blocked.join(", "),
+    )
+}
+
+/// Runs between fork and exec: joins the user and network namespaces of the sandbox and
+/// keeps CAP_NET_ADMIN (there) across the exec as an ambient capability. Raw system calls
+/// only: the caller may be multi-threaded.
+fn enter_with_net_admin(userns: RawFd, netns: RawFd) -> io::Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // SAFETY: plain system calls on descriptors and stack memory we own.
+    unsafe {
+        if libc::setns(userns, libc::CLONE_NEWUSER) != 0
+            || libc::setns(netns, libc::CLONE_NEWNET) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let mut hdr = Header {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let mut data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        data[0].inheritable |= 1 << CAP_NET_ADMIN;
+        if libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) != 0
+            || libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                CAP_NET_ADMIN as libc::c_ulong,
+                0,
+                0,
+            ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Loads `script` with `nft` inside the user and network namespaces of `pid`.
+fn nft_inside(pid: i32, script: &str) -> Result<(), NetError> {
+    let userns = File::open(format!("/proc/{pid}/ns/user"))?;
+    let netns = File::open(format!("/proc/{pid}/ns/net"))?;
+    let (u, n) = (userns.as_raw_fd(), netns.as_raw_fd());
+    let mut cmd = Command::new(find_tool("nft").unwrap_or_else(|| "nft".into()));
+    cmd.args(["-f", "-"]);
+    // SAFETY: the closure makes raw system calls only (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || enter_with_net_admin(u, n));
+    }
+    run_tool(
+        "sandbox firewall (nft in the sandbox namespace)",
+        &mut cmd,
+        Some(script),
+    )?;
+    Ok(())
+}
+
+/// Opens a pidfd for `pid` if it is a pasta process of our own user.
+fn our_pasta(pid: i32) -> Option<OwnedFd> {
+    let fd = pidfd_open(pid).ok()?;
+    // Checked after the pidfd exists, so the process cannot be swapped in between.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let name_ok = status.lines().any(|l| {
+        l.strip_prefix("Name:")
+            .is_some_and(|n| n.trim().starts_with("pas"))
+    });
+    let uid = nix::unistd::geteuid().as_raw().to_string();
+    let uid_ok = status.lines().any(|l| {
+        l.strip_prefix("Uid:")
+            .is_some_and(|u| u.split_whitespace().next() == Some(uid.as_str()))
+    });
+    (name_ok && uid_ok).then_some(fd)
+}
+
+/// The pasta of one run; dropping it ends pasta (and with it the sandbox's interface).
+pub struct PastaLease {
+    pidfd: Option<OwnedFd>,
+    pid_file: PathBuf,
+}
+
+impl PastaLease {
+    /// Filters and connects the network namespace of `pid` (the sandbox helper).
+    pub fn create(
+        pid: i32,
+        run_id: &str,
+        allowed: Option<&Allowed>,
+    ) -> Result<PastaLease, NetError> {
+        if let Some(why) = unavailable() {
+            return Err(NetError::Rootless(why));
+        }
+        // The filter first: the interface never exists without it.
+        nft_inside(pid, &policy_script(&host_networks(), allowed))?;
+        let dir = run_dir()?;
+        let pid_file = pid_file(&dir, run_id);
+        let mut lease = PastaLease {
+            pidfd: None,
+            pid_file,
+        };
+        let pasta = find_tool("pasta").unwrap_or_else(|| "pasta".into());
+        let mut cmd = Command::new(pasta);
+        cmd.args(["--config-net", "--ipv4-only", "--no-map-gw", "--quiet"])
+            .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+            .arg("--dns-forward")
+            .arg(DNS_FORWARD.to_string())
+            .arg("--netns")
+            .arg(format!("/proc/{pid}/ns/net"))
+            .arg("--userns")
+            .arg(format!("/proc/{pid}/ns/user"))
+            .arg("--pid")
+            .arg(&lease.pid_file);
+        // Returns once pasta has configured the namespace and gone to the background.
+        run_tool("pasta", &mut cmd, None)?;
+        let daemon: i32 = fs::read_to_string(&lease.pid_file)?
+            .trim()
+            .parse()
+            .map_err(|_| NetError::Rootless("pasta wrote no pid file".into()))?;
+        lease.pidfd = Some(
+            our_pasta(daemon)
+                .ok_or_else(|| NetError::Rootless("pasta exited right after starting".into()))?,
+        );
+        Ok(lease)
+    }
+}
+
+impl Drop for PastaLease {
+    fn drop(&mut self) {
+        if let Some(fd) = &self.pidfd {
+            pidfd_kill(fd);
+        }
+        let _ = fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Ends the pasta processes of runs whose owner process is gone (a crashed server or CLI).
+pub fn sweep(owner_is_dead: impl Fn(&str) -> bool) {
+    let Ok(dir) = run_dir() else {
+        return;
+    };
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(run_id) = name
+            .strip_prefix("pasta-")
+            .and_then(|n| n.strip_suffix(".pid"))
+        else {
+            continue;
+        };
+        if !owner_is_dead(run_id) {
+            continue;
+        }
+        if let Some(fd) = fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .and_then(our_pasta)
+        {
+            pidfd_kill(&fd);
+        }
+        let _ = fs::remove_file(e.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_drops_by_default_and_blocks_the_host() {
+        let s = policy_script(&["192.0.2.2".into(), "192.0.2.0/24".into()], None);
+        assert!(
+            s.contains("hook output priority filter; policy drop;"),
+            "{s}"
+        );
+        assert!(
+            s.contains("hook input priority filter; policy drop;"),
+            "{s}"
+        );
+        assert!(s.contains("192.0.2.0/24"), "{s}");
+        assert!(s.contains("169.254.0.0/16"), "{s}");
+        assert!(
+            s.contains("ip daddr @blocked4 drop\n        meta nfproto ipv4 accept"),
+            "{s}"
+        );
+        assert!(!s.contains("ipv6 accept"), "{s}");
+    }
+
+    #[test]
+    fn an_allow_list_replaces_the_open_egress() {
+        let a = Allowed {
+            elements: vec!["203.0.113.80".into()],
+            hosts_lines: vec![],
+        };
+        let s = policy_script(&[], Some(&a));
+        assert!(s.contains("ip daddr { 203.0.113.80 } accept"), "{s}");
+        assert!(!s.contains("meta nfproto ipv4 accept"), "{s}");
+        // An empty list (no name resolved to IPv4): DNS and loopback only.
+        let none = policy_script(&[], Some(&Allowed::default()));
+        assert!(!none.contains("ip daddr {"), "{none}");
+        assert!(!none.contains("nfproto ipv4 accept"), "{none}");
+    }
+
+    #[test]
+    fn host_networks_are_addresses_and_subnets_without_loopback() {
+        let nets = host_networks();
+        for n in &nets {
+            assert!(!n.starts_with("127."), "{nets:?}");
+            let (ip, len) = n.split_once('/').unwrap_or((n, "32"));
+            assert!(
+                ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().unwrap() <= 32,
+                "{n}"
+            );
+        }
+    }
+}
