@@ -215,3 +215,30 @@ fn hundred_network_runs_leave_nothing_behind() {
     nothing_of_ours_left();
     assert_eq!(sh("ip netns list"), netns_before);
 }
+
+#[test]
+fn a_kept_table_survives_other_processes_and_goes_when_released() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
+    let runner = Runner::detect(&HostConfig {
+        cgroup_parent: "tako-vm-test-net".into(),
+        helper_exe: Some(common::bin()),
+        keep_net_table: true,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let res = net_run(&runner, &r, "print(1)", &["198.51.100.7"]);
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert!(sh("nft list tables").contains("tako_vm"));
+    // Another tako-vm process starting up (its sweep and idle clean-up) leaves it alone…
+    let (code, _, err) = common::cli(&["run", "--rootfs", r.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(sh("nft list tables").contains("tako_vm"));
+    // …and the run's allowlist chain is gone with its run.
+    assert!(!sh("nft list ruleset").contains("run_"));
+    // Released by its keeper (a server at shutdown), the idle table goes.
+    tako_vm::sandbox::net::release_table_for_this_process();
+    assert!(tako_vm::sandbox::net::remove_table_if_idle().unwrap());
+    nothing_of_ours_left();
+}

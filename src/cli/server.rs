@@ -199,6 +199,7 @@ async fn serve(
     for w in workers {
         w.abort();
     }
+    crate::sandbox::net::release_table_for_this_process();
     match tokio::task::spawn_blocking(crate::sandbox::net::remove_table_if_idle).await {
         Ok(Err(e)) => eprintln!("tako-vm: cannot remove the network table: {e}"),
         Err(e) => eprintln!("tako-vm: cannot remove the network table: {e}"),

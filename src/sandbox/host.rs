@@ -81,6 +81,9 @@ impl Runner {
             None => std::env::current_exe()?,
         };
         if nix::unistd::geteuid().is_root() {
+            if cfg.keep_net_table {
+                super::net::keep_table_for_this_process()?;
+            }
             let _ = super::net::sweep();
             let _ = super::net::remove_table_if_idle();
         } else {

@@ -32,6 +32,12 @@ const RUN_DIR: &str = "/run/tako-vm";
 const FORWARD_FLAG: &str = "/run/tako-vm/ip_forward.was0";
 /// Present while our table may exist: lets start-up skip the `nft` calls when it cannot.
 const TABLE_FLAG: &str = "/run/tako-vm/nft-table";
+/// One empty file per process that keeps the table for its lifetime (a server), named by
+/// its owner token: an idle table is not removed while one of them lives.
+const KEEPERS_DIR: &str = "/run/tako-vm/keepers";
+/// One empty file per allowlist chain (named by slot): the start-up sweep needs `nft` only
+/// when one of them belongs to an interface that is gone.
+const CHAINS_DIR: &str = "/run/tako-vm/chains";
 /// Default address pool: one /30 per run.
 pub const DEFAULT_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
 /// Where the sandbox sees the host CA bundle, resolver and hosts files.
@@ -285,7 +291,7 @@ pub fn remove_table_if_idle() -> Result<bool, NetError> {
         return Ok(false);
     }
     let _lock = HostLock::take()?;
-    if !our_interfaces().is_empty() {
+    if !our_interfaces().is_empty() || other_live_keepers() {
         return Ok(false);
     }
     if table_exists() {
@@ -298,12 +304,56 @@ pub fn remove_table_if_idle() -> Result<bool, NetError> {
     Ok(true)
 }
 
+/// This process keeps the table for its lifetime (servers): others leave it alone when idle.
+pub fn keep_table_for_this_process() -> io::Result<()> {
+    let me = super::host::owner_token(std::process::id()).unwrap_or_default();
+    fs::create_dir_all(KEEPERS_DIR)?;
+    fs::write(format!("{KEEPERS_DIR}/{me}"), "")
+}
+
+/// Ends [`keep_table_for_this_process`] (before a final [`remove_table_if_idle`]).
+pub fn release_table_for_this_process() {
+    let me = super::host::owner_token(std::process::id()).unwrap_or_default();
+    let _ = fs::remove_file(format!("{KEEPERS_DIR}/{me}"));
+}
+
+/// True when another live process keeps the table; forgets keepers that are gone.
+fn other_live_keepers() -> bool {
+    let me = super::host::owner_token(std::process::id()).unwrap_or_default();
+    let Ok(rd) = fs::read_dir(KEEPERS_DIR) else {
+        return false;
+    };
+    let mut live = false;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if super::host::owner_is_dead(&name) {
+            let _ = fs::remove_file(e.path());
+        } else if name != me {
+            live = true;
+        }
+    }
+    live
+}
+
+/// Slots of recorded allowlist chains whose interface is gone.
+fn orphaned_chains() -> Vec<String> {
+    let live = our_interfaces();
+    let Ok(rd) = fs::read_dir(CHAINS_DIR) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|slot| !live.iter().any(|i| *i == ifname(slot)))
+        .collect()
+}
+
 /// Deletes per-run chains whose interface is gone (left by a crashed process).
 pub fn sweep() -> Result<(), NetError> {
-    if !std::path::Path::new(TABLE_FLAG).exists() {
+    if !std::path::Path::new(TABLE_FLAG).exists() || orphaned_chains().is_empty() {
         return Ok(());
     }
     let _lock = HostLock::take()?;
+    let orphans = orphaned_chains();
     if !table_exists() {
         return Ok(());
     }
@@ -344,6 +394,9 @@ pub fn sweep() -> Result<(), NetError> {
             }
         }
         nft("sweep", &(pre + &script))?;
+    }
+    for slot in orphans {
+        let _ = fs::remove_file(format!("{CHAINS_DIR}/{slot}"));
     }
     Ok(())
 }
@@ -499,6 +552,8 @@ impl NetLease {
         let s = self.slot;
         let name = ifname(&s.name());
         if let Some(a) = allowed {
+            fs::create_dir_all(CHAINS_DIR)?;
+            fs::write(format!("{CHAINS_DIR}/{}", s.name()), "")?;
             let body = if a.elements.is_empty() {
                 String::new()
             } else {
@@ -563,6 +618,7 @@ impl Drop for NetLease {
                     n = self.slot.name()
                 ),
             );
+            let _ = fs::remove_file(format!("{CHAINS_DIR}/{}", self.slot.name()));
         }
         if !self.keep_table {
             let _ = remove_table_if_idle();
