@@ -103,7 +103,7 @@ pub fn helper_main() -> ! {
             if File::from(go_r).read_exact(&mut byte).is_err() {
                 std::process::exit(1);
             }
-            init_main(spec, ctl)
+            init_main(spec, ctl, mapped.eth0)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(go_r);
@@ -128,7 +128,7 @@ pub fn helper_main() -> ! {
     }
 }
 
-fn init_main(spec: SandboxSpec, mut ctl: File) -> ! {
+fn init_main(spec: SandboxSpec, mut ctl: File, eth0: Option<wire::Eth0>) -> ! {
     let t0 = Instant::now();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if let Err(e) = mounts::enter_rootfs(&spec) {
@@ -139,6 +139,14 @@ fn init_main(spec: SandboxSpec, mut ctl: File) -> ! {
     }
     if let Err(e) = mounts::loopback_up() {
         fail(&mut ctl, e);
+    }
+    if let Some(n) = eth0 {
+        if let Err(e) = configure_eth0(n) {
+            fail(
+                &mut ctl,
+                format!("network setup: sandbox side of the veth: {e}"),
+            );
+        }
     }
     // Nobody in the sandbox may ptrace or read the memory of the init.
     let _ = nix::sys::prctl::set_dumpable(false);
@@ -190,6 +198,15 @@ fn init_main(spec: SandboxSpec, mut ctl: File) -> ! {
     };
     let _ = wire::write_json(&mut ctl, Kind::Exit, &report);
     std::process::exit(0)
+}
+
+/// Address, link up and default route of the veth's sandbox side (our own namespace).
+fn configure_eth0(n: wire::Eth0) -> std::io::Result<()> {
+    use super::netlink;
+    let i = netlink::index_of("eth0")?;
+    netlink::add_address(i, n.addr, 30)?;
+    netlink::link_up(i)?;
+    netlink::add_default_route(i, n.gateway)
 }
 
 /// Waits for the payload; on timeout SIGTERM to everyone, SIGKILL after the grace.

@@ -12,6 +12,7 @@ pub mod host;
 pub mod idmap;
 pub mod mounts;
 pub mod net;
+pub mod netlink;
 pub mod pasta;
 pub mod privs;
 pub mod spec;

@@ -142,6 +142,13 @@ pub(crate) fn run_tool(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn tool_error(what: &str, e: io::Error) -> NetError {
+    NetError::Tool {
+        what: what.into(),
+        detail: e.to_string(),
+    }
+}
+
 /// A pidfd for `pid`.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -512,29 +519,13 @@ impl NetLease {
         for i in 0..slots.min(4096) as u32 {
             let slot = Slot::of(pool, (start + i) % slots as u32).ok_or(NetError::PoolExhausted)?;
             let name = ifname(&slot.name());
-            let r = run_tool(
-                "create veth",
-                Command::new("ip").args([
-                    "link",
-                    "add",
-                    &name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &pid.to_string(),
-                ]),
-                None,
-            );
-            match r {
-                Ok(_) => {
+            match super::netlink::create_veth(&name, "eth0", pid) {
+                Ok(()) => {
                     chosen = Some(slot);
                     break;
                 }
-                Err(NetError::Tool { detail, .. }) if detail.contains("exists") => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(tool_error("create veth", e)),
             }
         }
         let slot = chosen.ok_or(NetError::PoolExhausted)?;
@@ -544,11 +535,11 @@ impl NetLease {
             keep_table,
         };
         drop(lock);
-        lease.configure(pid, allowed)?;
+        lease.configure(allowed)?;
         Ok(lease)
     }
 
-    fn configure(&self, pid: i32, allowed: Option<&Allowed>) -> Result<(), NetError> {
+    fn configure(&self, allowed: Option<&Allowed>) -> Result<(), NetError> {
         let s = self.slot;
         let name = ifname(&s.name());
         if let Some(a) = allowed {
@@ -572,27 +563,23 @@ impl NetLease {
                 ),
             )?;
         }
-        run_tool(
-            "host side of the veth",
-            Command::new("ip").args(["-batch", "-"]),
-            Some(&format!(
-                "addr add {}/30 dev {name}\nlink set {name} up\n",
-                s.host
-            )),
-        )?;
+        let host_side = || -> io::Result<()> {
+            let i = super::netlink::index_of(&name)?;
+            super::netlink::add_address(i, s.host, 30)?;
+            super::netlink::link_up(i)
+        };
+        host_side().map_err(|e| tool_error("host side of the veth", e))?;
         // Make the host side of the pair strict: no IPv6 on it, no redirects.
         let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        run_tool(
-            "sandbox side of the veth",
-            Command::new("nsenter")
-                .arg(format!("--net=/proc/{pid}/ns/net"))
-                .args(["--", "ip", "-batch", "-"]),
-            Some(&format!(
-                "addr add {}/30 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}\n",
-                s.sandbox, s.host
-            )),
-        )?;
         Ok(())
+    }
+
+    /// What the sandbox init configures on its side of the veth.
+    pub fn eth0(&self) -> super::wire::Eth0 {
+        super::wire::Eth0 {
+            addr: self.slot.sandbox,
+            gateway: self.slot.host,
+        }
     }
 
     /// The run's addresses.
@@ -603,12 +590,8 @@ impl NetLease {
 
 impl Drop for NetLease {
     fn drop(&mut self) {
-        let name = ifname(&self.slot.name());
-        let _ = Command::new("ip")
-            .args(["link", "del", &name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // Usually already going with the sandbox's namespace; ENODEV then.
+        let _ = super::netlink::delete_link(&ifname(&self.slot.name()));
         if self.restricted {
             let _ = nft(
                 "remove allowlist",
@@ -638,6 +621,14 @@ impl Egress {
     /// True when this process provides network through pasta (it is not root).
     pub fn rootless() -> bool {
         !nix::unistd::geteuid().is_root()
+    }
+
+    /// What the sandbox init configures itself (the veth's sandbox side), if anything.
+    pub fn eth0(&self) -> Option<super::wire::Eth0> {
+        match self {
+            Egress::Veth(l) => Some(l.eth0()),
+            Egress::Pasta(_) => None,
+        }
     }
 
     /// Sets up the network of the sandbox whose helper is `pid`.

@@ -50,8 +50,26 @@ impl Default for Limits {
 pub struct InjectedFile {
     /// File name inside `dir` (no `/`).
     pub name: String,
-    /// File contents.
+    /// File contents (base64 on the wire: a JSON array of numbers is ~4× the size and
+    /// slow to parse, and code, input and the CA bundle can be large).
+    #[serde(with = "base64_bytes")]
     pub contents: Vec<u8>,
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A read-only directory assembled from injected files (e.g. `/code`, `/input`).

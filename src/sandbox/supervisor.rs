@@ -605,6 +605,7 @@ impl Runner {
                 // The control socket is non-blocking: this small frame fits its buffer.
                 let body = serde_json::to_vec(&Mapped {
                     init_uid: self.idmap.init_uid(),
+                    eth0: net_state.lease.as_ref().and_then(|l| l.eth0()),
                 })
                 .map_err(io::Error::other)?;
                 let mut frame = Vec::new();

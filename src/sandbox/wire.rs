@@ -62,6 +62,18 @@ impl Kind {
 pub struct Mapped {
     /// uid inside the sandbox that the sandbox init runs as (0, or 1000 for a single mapping).
     pub init_uid: u32,
+    /// The sandbox's `eth0` (a root server's veth) for the init to configure.
+    #[serde(default)]
+    pub eth0: Option<Eth0>,
+}
+
+/// Addresses of the sandbox side of a veth.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Eth0 {
+    /// The sandbox's address (a /30).
+    pub addr: std::net::Ipv4Addr,
+    /// The host side: the default gateway.
+    pub gateway: std::net::Ipv4Addr,
 }
 
 /// Host pid of the sandbox's pid-namespace init.
