@@ -1,8 +1,9 @@
 //! The tako-vm seccomp policy and its compilation into BPF with [seccompiler].
 //!
 //! The policy lives in one reviewed data file, `seccomp/policy.json`, embedded into the crate
-//! at build time ([`Policy::builtin`]). The sandbox compiles it once per process
-//! ([`compile_for_host`]) and installs it in every sandboxed child right before `execve`
+//! at build time ([`Policy::builtin`]). tako-vm compiles it in its build script and embeds the
+//! BPF ([`CompiledFilters::to_bytes`], [`compile_for_target`]); [`compile_for_host`]
+//! compiles it at run time. Every sandboxed child installs it right before `execve`
 //! ([`CompiledFilters::apply`]).
 //!
 //! # Policy file format
@@ -141,6 +142,55 @@ impl CompiledFilters {
     pub fn filter_lengths(&self) -> Vec<usize> {
         self.0.iter().map(Vec::len).collect()
     }
+
+    /// A flat encoding (for compiling at build time and embedding in a binary): per filter, a
+    /// little-endian u32 instruction count, then its instructions as `code` (u16), `jt`,
+    /// `jf` (u8), `k` (u32), little-endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for program in &self.0 {
+            out.extend_from_slice(&(program.len() as u32).to_le_bytes());
+            for i in program {
+                out.extend_from_slice(&i.code.to_le_bytes());
+                out.push(i.jt);
+                out.push(i.jf);
+                out.extend_from_slice(&i.k.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes [`CompiledFilters::to_bytes`]; `None` for a malformed or empty input.
+    pub fn from_bytes(mut b: &[u8]) -> Option<CompiledFilters> {
+        let mut programs = Vec::new();
+        while !b.is_empty() {
+            let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+            b = &b[4..];
+            let body = b.get(..n.checked_mul(8)?)?;
+            let program: BpfProgram = body
+                .chunks_exact(8)
+                .map(|c| seccompiler::sock_filter {
+                    code: u16::from_le_bytes([c[0], c[1]]),
+                    jt: c[2],
+                    jf: c[3],
+                    k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+                })
+                .collect();
+            programs.push(program);
+            b = &b[n * 8..];
+        }
+        (!programs.is_empty()).then_some(CompiledFilters(programs))
+    }
+}
+
+/// Compiles the builtin policy for the architecture named as in `CARGO_CFG_TARGET_ARCH`
+/// (`x86_64`, `aarch64`): what a build script embeds.
+pub fn compile_for_target(target_arch: &str) -> Result<CompiledFilters, SeccompError> {
+    let arch = Arch::ALL
+        .into_iter()
+        .find(|a| a.name() == target_arch)
+        .ok_or(SeccompError::UnsupportedArch(std::env::consts::ARCH))?;
+    Policy::builtin()?.compile(arch)
 }
 
 /// Compiles the builtin policy ([`Policy::builtin`]) for the host architecture.

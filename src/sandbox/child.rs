@@ -150,7 +150,7 @@ fn init_main(spec: SandboxSpec, mut ctl: File, eth0: Option<wire::Eth0>) -> ! {
     }
     // Nobody in the sandbox may ptrace or read the memory of the init.
     let _ = nix::sys::prctl::set_dumpable(false);
-    let filters = match tako_seccomp::compile_for_host() {
+    let filters = match super::privs::seccomp_filters() {
         Ok(f) => f,
         Err(e) => fail(&mut ctl, format!("seccomp policy: {e}")),
     };

@@ -38,6 +38,20 @@ fn cstr(s: &str) -> R<CString> {
     CString::new(s).map_err(|_| format!("argument contains a NUL byte: {s:?}"))
 }
 
+/// The seccomp policy compiled at build time (build.rs) for this architecture.
+static SECCOMP_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp.bpf"));
+
+/// The filters every payload gets: decoded from the build-time compilation (no compiling
+/// on the start-up path).
+pub fn seccomp_filters() -> Result<tako_seccomp::CompiledFilters, String> {
+    tako_seccomp::CompiledFilters::from_bytes(SECCOMP_BPF).ok_or_else(|| {
+        format!(
+            "no seccomp policy compiled for {} (unsupported architecture)",
+            std::env::consts::ARCH
+        )
+    })
+}
+
 /// Drops every privilege and execs the payload. Returns only on failure.
 pub fn drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters) -> String {
     match try_drop_and_exec(spec, filters) {
@@ -116,5 +130,15 @@ mod tests {
         assert!(resolve_program("sh", &none)
             .unwrap_err()
             .contains("not found"));
+    }
+
+    #[test]
+    fn the_embedded_filters_are_the_policy_compiled_for_this_host() {
+        let embedded = seccomp_filters().unwrap();
+        assert_eq!(embedded, tako_seccomp::compile_for_host().unwrap());
+        assert_eq!(
+            tako_seccomp::CompiledFilters::from_bytes(&embedded.to_bytes()),
+            Some(embedded)
+        );
     }
 }
