@@ -117,6 +117,7 @@ fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
         detail: "registry-1.docker.io:443".into(),
         advice: "allow outbound HTTPS to the registry, or use a local OCI registry / layout (air-gapped hosts)",
     });
+    v.push(network_check(user));
     let base = cfg.base_rootfs();
     v.push(Check {
         name: "base rootfs",
@@ -125,6 +126,32 @@ fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
         advice: "pull the default base image (python:3.11-slim) or build the fixture: scripts/build-rootfs; set base_rootfs",
     });
     v
+}
+
+/// Network-enabled runs of the (unprivileged) service: pasta, nft, and a /dev/net/tun the
+/// service user may open (docs/network.md).
+fn network_check(user: &str) -> Check {
+    use std::os::unix::fs::MetadataExt;
+    let tools = ["pasta", "nft"]
+        .iter()
+        .all(|t| which(t).is_some() || Path::new("/usr/sbin").join(t).is_file());
+    let gid = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw());
+    let tun = std::fs::metadata("/dev/net/tun").ok();
+    let tun_ok = tun.as_ref().is_some_and(|m| {
+        m.mode() & 0o006 == 0o006 || (Some(m.gid()) == gid && m.mode() & 0o060 == 0o060)
+    });
+    Check {
+        name: "network (network_enabled job types)",
+        ok: tools && tun_ok,
+        detail: format!(
+            "pasta+nft installed: {tools}; /dev/net/tun mode {:o}",
+            tun.map_or(0, |m| m.mode() & 0o777)
+        ),
+        advice: "apt-get install passt nftables; let the service user open /dev/net/tun (scripts/install adds a udev rule: group tako-vm, mode 0660); without it network-enabled runs are refused",
+    }
 }
 
 /// Runs `tako-vm setup`.
