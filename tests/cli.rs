@@ -124,3 +124,24 @@ fn bad_arguments_are_clear_errors() {
     assert_eq!(code, 0);
     assert!(out.starts_with("tako-vm "));
 }
+
+/// The CLI forks its helper without an exec (it is single-threaded); both that path and the
+/// exec path (`TAKO_VM_HELPER_EXEC=1`, what a server uses) hand the payload fds 0-2 only.
+#[test]
+fn both_helper_spawn_paths_leave_the_payload_only_fds_0_to_2() {
+    let r = need_rootfs!();
+    let root = r.to_str().unwrap();
+    let probe = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))";
+    for exec_path in [false, true] {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["run", "--rootfs", root, "--", "python3", "-c", probe]);
+        if exec_path {
+            cmd.env("TAKO_VM_HELPER_EXEC", "1");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        // 3 is the listing's own directory descriptor.
+        assert_eq!(stdout.trim(), "[0, 1, 2, 3]", "exec path {exec_path}");
+    }
+}

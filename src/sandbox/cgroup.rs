@@ -230,7 +230,8 @@ impl Cgroups {
             };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if e.path().is_dir() && name != "supervisor" && is_dead(&name) {
+                if e.file_type().is_ok_and(|t| t.is_dir()) && name != "supervisor" && is_dead(&name)
+                {
                     kill_procs(&e.path());
                     if remove_dir_retry(&e.path()) {
                         n += 1;
@@ -401,6 +402,16 @@ impl RunCgroup {
     }
 
     fn remove_now(&self) -> Result<(), CgroupError> {
+        // Usually every task is gone already and the directories go at once. Freezing and
+        // killing only when one is still busy: the v1 freezer flips a kernel static key
+        // (code patching on every CPU), which is most of the cost of a clean-up.
+        let busy = self
+            .dirs
+            .iter()
+            .any(|(_, d)| fs::remove_dir(d).is_err() && d.exists());
+        if !busy {
+            return Ok(());
+        }
         self.kill_all();
         let mut result = Ok(());
         for (_, d) in &self.dirs {

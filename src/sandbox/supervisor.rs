@@ -307,6 +307,14 @@ impl Runner {
         })
     }
 
+    /// Whether the helper can be forked without an exec: a single-threaded process (the CLI)
+    /// whose helper binary is itself.
+    fn may_fork_helper(&self) -> bool {
+        single_threaded()
+            && std::env::current_exe().is_ok_and(|me| me == self.helper_exe)
+            && std::env::var_os("TAKO_VM_HELPER_EXEC").is_none()
+    }
+
     /// Starts a helper in a fresh cgroup (limits not applied yet); it waits for its spec.
     /// Moving a process into a cgroup costs one RCU grace period on current kernels
     /// (~10-15 ms on cgroup v1), which is why servers keep a few of these ready.
@@ -318,34 +326,46 @@ impl Runner {
         let (ours, theirs) = UnixStream::pair()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let theirs_fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(&self.helper_exe);
-        cmd.arg(HELPER_ARG)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w));
-        // SAFETY: the closure runs between fork and exec and only calls dup2(2), which is
-        // async-signal-safe; dup2 also clears FD_CLOEXEC on the new descriptor.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(theirs_fd, CTL_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            path: self.helper_exe.display().to_string(),
-            source,
-        })?;
-        drop(cmd); // closes our copies of the child's stdout/stderr write ends
-        drop(theirs);
-        let pid = child.id() as i32;
-        let child = HelperGuard {
-            child,
-            reaped: false,
+        let child = if self.may_fork_helper() {
+            // A single-threaded caller (the CLI) forks the helper without an exec: the same
+            // code, minus one exec of this binary (~2 ms).
+            let pid = fork_helper(theirs.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
+            HelperGuard {
+                pid,
+                child: None,
+                reaped: false,
+            }
+        } else {
+            let theirs_fd = theirs.as_raw_fd();
+            let mut cmd = Command::new(&self.helper_exe);
+            cmd.arg(HELPER_ARG)
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out_w))
+                .stderr(Stdio::from(err_w));
+            // SAFETY: the closure runs between fork and exec and only calls dup2(2), which is
+            // async-signal-safe; dup2 also clears FD_CLOEXEC on the new descriptor.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(theirs_fd, CTL_FD) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+                path: self.helper_exe.display().to_string(),
+                source,
+            })?;
+            drop(cmd); // closes our copies of the child's stdout/stderr write ends
+            HelperGuard {
+                pid: child.id() as i32,
+                child: Some(child),
+                reaped: false,
+            }
         };
+        drop(theirs);
+        let pid = child.pid;
         if let Some(c) = &cgroup {
             // The helper waits for its spec, so it runs nothing before the limits hold.
             c.add(pid)?;
@@ -792,14 +812,25 @@ struct NetState<'a> {
 
 /// The helper process; killed and reaped on every path that leaves it behind.
 struct HelperGuard {
-    child: std::process::Child,
+    pid: i32,
+    /// `None` when it was forked without an exec ([`fork_helper`]).
+    child: Option<std::process::Child>,
     reaped: bool,
 }
 
 impl HelperGuard {
     fn wait(&mut self) {
         if !self.reaped {
-            let _ = self.child.wait();
+            match &mut self.child {
+                Some(c) => {
+                    let _ = c.wait();
+                }
+                None => {
+                    while let Err(nix::errno::Errno::EINTR) =
+                        nix::sys::wait::waitpid(Pid::from_raw(self.pid), None)
+                    {}
+                }
+            }
             self.reaped = true;
         }
     }
@@ -809,8 +840,45 @@ impl Drop for HelperGuard {
     fn drop(&mut self) {
         if !self.reaped {
             // Not reaped yet, so the pid cannot have been reused.
-            let _ = self.child.kill();
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
             self.wait();
+        }
+    }
+}
+
+/// True when this process has a single thread (then fork without exec is safe).
+fn single_threaded() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1"))
+    })
+}
+
+/// Forks the helper (no exec): fd 0 is /dev/null, 1 and 2 the capture pipes, 3 the control
+/// socket, every other descriptor closed. Only for a single-threaded caller.
+fn fork_helper(ctl: i32, out_w: i32, err_w: i32) -> io::Result<i32> {
+    // Nothing buffered may be written twice (once by each process).
+    let _ = io::stdout().flush();
+    // SAFETY: the caller checked that this process is single-threaded, so the child may run
+    // any code; it never returns from helper_main.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: plain descriptor system calls on descriptors this process owns; fds 0-2
+            // are open, so ctl, out_w and err_w are all >= 3 and the order below is safe.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                if null < 0
+                    || libc::dup2(null, 0) < 0
+                    || libc::dup2(out_w, 1) < 0
+                    || libc::dup2(err_w, 2) < 0
+                    || libc::dup2(ctl, CTL_FD) < 0
+                    || libc::syscall(libc::SYS_close_range, CTL_FD + 1, u32::MAX, 0) < 0
+                {
+                    libc::_exit(1);
+                }
+            }
+            super::child::helper_main()
         }
     }
 }
