@@ -38,6 +38,17 @@ pub fn layer_error(status: StatusCode, detail: &str, cid: &str) -> Response {
     json_response(status, &json!({"detail": detail, "correlation_id": cid}))
 }
 
+/// An unexpected failure (storage, a crashed task): logged, and the middleware's 500
+/// `Internal server error.` (§1.2) is answered, never the cause.
+pub fn internal(cid: &str, e: impl std::fmt::Display) -> Response {
+    eprintln!("tako-vm: internal error ({cid}): {e}");
+    layer_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal server error.",
+        cid,
+    )
+}
+
 /// 422 with pydantic items (no `correlation_id`).
 pub fn validation(e: Errors) -> Response {
     json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "detail": e.0 }))

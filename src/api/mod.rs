@@ -234,14 +234,7 @@ async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>
     // A panicking handler becomes the middleware's 500, never a dropped connection.
     match tokio::spawn(routes::route(ctx)).await {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("tako-vm: handler failed ({cid}): {e}");
-            http::layer_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal server error.",
-                cid,
-            )
-        }
+        Err(e) => http::internal(cid, format_args!("handler failed: {e}")),
     }
 }
 
