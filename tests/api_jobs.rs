@@ -405,3 +405,58 @@ fn cancel_during_the_back_off_stops_the_retries_without_dead_lettering() {
     );
     assert_eq!(s.get("/dlq/stats").json()["total"], 0);
 }
+
+#[test]
+fn a_full_queue_is_503_for_rerun_and_fork_and_releases_idempotency_keys() {
+    let _rootfs = need_rootfs!();
+    let s = Server::start("max_workers: 1\nmax_queue_size: 1\n");
+    let parent = submit(&s, json!({"code": "print('p')"}));
+    assert_eq!(result(&s, &parent)["status"], "succeeded");
+    let sleeper = submit(&s, json!({"code": "import time\ntime.sleep(600)"}));
+    s.poll(&format!("/jobs/{sleeper}"), |v| v["status"] == "running");
+    let queued = submit(&s, json!({"code": "print('q')"}));
+    let full = |r: api_support::Resp| {
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.json(),
+            json!({"detail": "Job queue is full, try again later", "correlation_id": "c-full"})
+        );
+    };
+    let send = |path: &str, body: &Value| {
+        let b = serde_json::to_vec(body).unwrap();
+        s.raw(
+            "POST",
+            path,
+            &[("X-Correlation-ID", "c-full")],
+            Some(("application/json", &b)),
+        )
+    };
+    // 0.3.0 answered 500 for rerun/fork here (§10.9).
+    full(send(&format!("/jobs/{parent}/rerun"), &json!({})));
+    full(send(
+        &format!("/jobs/{parent}/fork"),
+        &json!({"code": "print(2)"}),
+    ));
+    let keyed = json!({"code": "print('k')", "idempotency_key": "full-queue-key"});
+    full(send("/execute/async", &keyed));
+    let failed = s.get("/executions?status=failed&view=full").json();
+    assert_eq!(failed["count"], 3, "{failed}");
+    for rec in failed["items"].as_array().unwrap() {
+        assert_eq!(rec["error"]["type"], "service_unavailable");
+        assert_eq!(rec["idempotency_key"], Value::Null, "key released");
+    }
+    // Once there is room, the same key and payload make a new job (0.3.0 returned the
+    // failed one, §10.2).
+    s.post(&format!("/jobs/{sleeper}/cancel"), &json!(null));
+    assert_eq!(result(&s, &queued)["status"], "succeeded");
+    let r = s.post("/execute/async", &keyed);
+    assert_eq!(r.status, 200);
+    let id = r.json()["job_id"].as_str().unwrap().to_string();
+    assert_eq!(r.json()["status"], "queued");
+    assert!(failed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["execution_id"] != id.as_str()));
+    assert_eq!(result(&s, &id)["stdout"], "k\n");
+}
