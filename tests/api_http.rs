@@ -115,6 +115,7 @@ fn validation_items_are_pydantic_exact() {
     );
     assert_eq!(detail(&r)[0]["type"], "json_invalid");
     assert_eq!(detail(&r)[0]["msg"], "JSON decode error");
+    assert_eq!(detail(&r)[0]["loc"], json!(["body", 9]), "Python's offset");
     let r = s.raw("POST", "/jobs/x/rerun", &[], None);
     assert_eq!(
         r.json(),
