@@ -115,6 +115,7 @@ fn validation_items_are_pydantic_exact() {
     );
     assert_eq!(detail(&r)[0]["type"], "json_invalid");
     assert_eq!(detail(&r)[0]["msg"], "JSON decode error");
+    assert_eq!(detail(&r)[0]["loc"], json!(["body", 9]), "Python's offset");
     let r = s.raw("POST", "/jobs/x/rerun", &[], None);
     assert_eq!(
         r.json(),
@@ -403,4 +404,275 @@ fn job_types_registry_and_stats() {
         p,
         json!({"pending": 0, "running": 0, "max_workers": 4, "max_queue_size": 100})
     );
+}
+
+/// Sends raw bytes on a fresh connection and returns the whole response text.
+fn raw_tcp(s: &Server, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let addr = s.url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn every_body_and_query_validation_item_over_http() {
+    let s = Server::start("");
+    let item = |path: &str, body: Value| {
+        let r = s.post(path, &body);
+        assert_eq!(r.status, 422, "{path} {body}");
+        assert!(r.json().get("correlation_id").is_none());
+        detail(&r)[0].clone()
+    };
+    let long = "x".repeat(100_001);
+    let v = item("/execute", json!({ "code": long }));
+    assert_eq!(
+        (&v["type"], &v["msg"], &v["ctx"]),
+        (
+            &json!("string_too_long"),
+            &json!("String should have at most 100000 characters"),
+            &json!({"max_length": 100000})
+        )
+    );
+    let v = item("/execute/async", json!({"code": "x", "startup_timeout": 9}));
+    assert_eq!(
+        v,
+        json!({"type": "greater_than_equal", "loc": ["body", "startup_timeout"], "msg": "Input should be greater than or equal to 10", "input": 9, "ctx": {"ge": 10}})
+    );
+    let v = item("/execute", json!({"code": "x", "startup_timeout": 601}));
+    assert_eq!(v["msg"], "Input should be less than or equal to 600");
+    let v = item("/execute", json!({"code": "x", "timeout": 5.5}));
+    assert_eq!(
+        (&v["type"], &v["loc"]),
+        (&json!("int_from_float"), &json!(["body", "timeout"]))
+    );
+    let v = item("/execute", json!({"code": 5}));
+    assert_eq!(
+        (&v["type"], &v["msg"]),
+        (
+            &json!("string_type"),
+            &json!("Input should be a valid string")
+        )
+    );
+    let reqs: Vec<String> = (0..51).map(|i| format!("p{i}")).collect();
+    let v = item("/execute/async", json!({"code": "x", "requirements": reqs}));
+    assert_eq!(
+        (&v["type"], &v["loc"], &v["msg"]),
+        (
+            &json!("too_long"),
+            &json!(["body", "requirements"]),
+            &json!("List should have at most 50 items after validation, not 51")
+        )
+    );
+    // 400 000 × "é": 800 kB of UTF-8 (under the payload limit), 2.4 MB ASCII-escaped.
+    let v = item(
+        "/execute",
+        json!({"code": "x", "input_data": {"a": "é".repeat(400_000)}}),
+    );
+    assert_eq!(
+        (&v["type"], &v["loc"], &v["msg"]),
+        (
+            &json!("value_error"),
+            &json!(["body", "input_data"]),
+            &json!("Value error, input_data exceeds 1MB limit when serialized")
+        )
+    );
+    let v = item(
+        "/execute",
+        json!({"code": "x", "job_type": "a".repeat(129)}),
+    );
+    assert_eq!(v["msg"], "String should have at most 128 characters");
+    let v = item(
+        "/execute/async",
+        json!({"code": "x", "idempotency_key": "has space"}),
+    );
+    assert_eq!(v["msg"], "String should match pattern '^[a-zA-Z0-9_-]+$'");
+    // Rerun and fork bodies.
+    let v = item("/jobs/x/fork", json!({}));
+    assert_eq!(
+        v,
+        json!({"type": "missing", "loc": ["body", "code"], "msg": "Field required", "input": {}})
+    );
+    let v = item("/jobs/x/rerun", json!({"input_data": {}}));
+    assert_eq!(
+        v,
+        json!({"type": "extra_forbidden", "loc": ["body", "input_data"], "msg": "Extra inputs are not permitted", "input": {}})
+    );
+    let v = item("/jobs/x/fork", json!({"code": "x", "timeout": 0}));
+    assert_eq!(v["loc"], json!(["body", "timeout"]));
+    let r = s.raw("POST", "/jobs/x/fork", &[], None);
+    assert_eq!(detail(&r)[0]["loc"], json!(["body"]));
+    let r = s.raw("POST", "/execute", &[], Some(("application/json", b"[1]")));
+    assert_eq!(
+        detail(&r)[0],
+        json!({"type": "model_attributes_type", "loc": ["body"], "msg": "Input should be a valid dictionary or object to extract fields from", "input": [1]})
+    );
+    let r = s.raw(
+        "POST",
+        "/execute",
+        &[],
+        Some(("application/vnd.api+json", b"{\"code\": \"\"}")),
+    );
+    assert_eq!(detail(&r)[0]["type"], "string_too_short", "+json is parsed");
+    // Query parameters.
+    let q = |path: &str| {
+        let r = s.get(path);
+        assert_eq!(r.status, 422, "{path}");
+        detail(&r)[0].clone()
+    };
+    assert_eq!(
+        q("/jobs/x/result?timeout=300.5"),
+        json!({"type": "less_than_equal", "loc": ["query", "timeout"], "msg": "Input should be less than or equal to 300", "input": "300.5", "ctx": {"le": 300.0}})
+    );
+    assert_eq!(
+        q("/jobs/x/result?wait=false&timeout=abc")["type"],
+        "float_parsing",
+        "validated even without wait"
+    );
+    assert_eq!(
+        q("/executions?offset=-1"),
+        json!({"type": "greater_than_equal", "loc": ["query", "offset"], "msg": "Input should be greater than or equal to 0", "input": "-1", "ctx": {"ge": 0}})
+    );
+    assert_eq!(
+        q("/dlq?limit=1001"),
+        json!({"type": "less_than_equal", "loc": ["query", "limit"], "msg": "Input should be less than or equal to 1000", "input": "1001", "ctx": {"le": 1000}})
+    );
+    assert_eq!(
+        q("/executions?limit=abc")["msg"],
+        "Input should be a valid integer, unable to parse string as an integer"
+    );
+}
+
+#[test]
+fn auth_covers_every_non_exempt_path_and_accepts_non_ascii_keys() {
+    let key = "schlüssel-ключ-0123456789";
+    let s = Server::start(&format!(
+        "api_auth_enabled: true\napi_keys: [\"{key}\", \"second-key-bbbbbbbbbbbb\"]\napi_auth_header: X-Tako-Key\n"
+    ));
+    for path in ["/", "/nope", "/jobs/x/artifacts/a.txt", "/dlq/stats"] {
+        let r = s.raw("GET", path, &[("X-Correlation-ID", "c-auth")], None);
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(
+            r.json(),
+            json!({"detail": "Missing or invalid API key.", "correlation_id": "c-auth"}),
+            "{path}"
+        );
+        assert_eq!(r.header("x-correlation-id"), Some("c-auth"));
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    }
+    for path in ["/docs", "/redoc", "/docs/oauth2-redirect", "/health"] {
+        assert_eq!(s.get(path).status, 200, "{path} is exempt");
+    }
+    // The configured header (any case); X-API-Key is not it.
+    let r = s.raw(
+        "GET",
+        "/pool/stats",
+        &[("x-tako-key", "second-key-bbbbbbbbbbbb")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let r = s.raw(
+        "GET",
+        "/pool/stats",
+        &[("X-API-Key", "second-key-bbbbbbbbbbbb")],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    // A non-Bearer Authorization header is skipped, a later Bearer one decides.
+    let resp = raw_tcp(
+        &s,
+        b"GET /pool/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Zm9v\r\nAuthorization: Bearer second-key-bbbbbbbbbbbb\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // Keys are compared as UTF-8 bytes: a non-ASCII key authenticates, a wrong one or
+    // bytes that are not UTF-8 get 401 (never 500).
+    let with_key = |k: &[u8]| {
+        let mut req = b"GET /pool/stats HTTP/1.1\r\nHost: x\r\nX-Tako-Key: ".to_vec();
+        req.extend_from_slice(k);
+        req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        raw_tcp(&s, &req)
+    };
+    let resp = with_key(key.as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let resp = with_key("schlüssel-ключ-0123456780".as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    let resp = with_key(b"\xff\xfe-not-utf8-0123456789");
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+}
+
+#[test]
+fn without_auth_rate_limiting_is_per_client_ip_whatever_the_key() {
+    let s = Server::start(
+        "api_keys: [\"key-aaaaaaaaaaaaaaaa\"]\napi_rate_limit_requests: 2\napi_rate_limit_window_seconds: 3600\n",
+    );
+    let with_key = [("x-api-key", "key-aaaaaaaaaaaaaaaa")];
+    assert_eq!(s.raw("GET", "/pool/stats", &with_key, None).status, 200);
+    assert_eq!(s.raw("GET", "/pool/stats", &with_key, None).status, 200);
+    // Authentication is off: the key is not an identity, the client IP is.
+    let r = s.get("/pool/stats");
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["detail"], "Rate limit exceeded. Try again later.");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((3590..=3600).contains(&retry), "{retry}");
+    assert_eq!(s.get("/health").status, 200, "exempt from the limit");
+}
+
+#[test]
+fn chunked_bodies_over_the_payload_limit_get_413() {
+    let s = Server::start("api_max_payload_bytes: 1024\n");
+    let chunk = format!("{:x}\r\n{}\r\n", 800, "x".repeat(800));
+    let mut req = b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Correlation-ID: c-413\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    req.extend_from_slice(chunk.as_bytes());
+    req.extend_from_slice(chunk.as_bytes());
+    req.extend_from_slice(b"0\r\n\r\n");
+    let resp = raw_tcp(&s, &req);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(
+        resp.ends_with(
+            "{\"detail\":\"Payload too large. Maximum allowed size is 1024 bytes.\",\"correlation_id\":\"c-413\"}"
+        ),
+        "{resp}"
+    );
+    // Exactly at the limit is accepted (and then validated).
+    let body = format!("{{\"code\": \"{}\"}}", " ".repeat(1024 - 12));
+    assert_eq!(body.len(), 1024);
+    let r = s.raw(
+        "POST",
+        "/execute",
+        &[],
+        Some(("application/json", body.as_bytes())),
+    );
+    assert_eq!(r.status, 422);
+    assert_eq!(detail(&r)[0]["msg"], "Value error, Code cannot be empty");
+}
+
+#[test]
+fn long_job_types_keys_and_correlation_ids_are_not_500() {
+    // 0.3.0 answered 500 for job_type 65–128 chars, idempotency keys of 129–255 chars and
+    // correlation ids over 64 chars (§10.4); the schema limits are the only limits here.
+    let s = Server::start("");
+    let cid = "c".repeat(100);
+    let body = json!({"code": "print(1)", "job_type": "j".repeat(128), "idempotency_key": "k".repeat(255)});
+    let b = serde_json::to_vec(&body).unwrap();
+    let r = s.raw(
+        "POST",
+        "/execute/async",
+        &[("X-Correlation-ID", &cid)],
+        Some(("application/json", &b)),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-correlation-id"), Some(cid.as_str()));
+    let id = r.json()["job_id"].as_str().unwrap().to_string();
+    let rec = s.get(&format!("/executions/{id}?view=full")).json();
+    assert_eq!(rec["job_version"], format!("{}@latest", "j".repeat(128)));
+    assert_eq!(rec["idempotency_key"], "k".repeat(255));
+    let again = s.raw(
+        "POST",
+        "/execute/async",
+        &[("X-Correlation-ID", &cid)],
+        Some(("application/json", &b)),
+    );
+    assert_eq!(again.json()["job_id"], id.as_str(), "idempotency hit");
 }

@@ -6,7 +6,7 @@ use axum::response::Response;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::http::error;
+use super::http::{error, internal};
 use super::routes::Ctx;
 use crate::jobs::lifecycle::inside;
 use crate::store::time;
@@ -61,7 +61,7 @@ pub async fn download(ctx: &Ctx, id: &str, name: &str) -> Response {
     let rec = match svc.store.get(id) {
         Ok(Some(r)) => r,
         Ok(None) => return error(StatusCode::NOT_FOUND, "Job not found", &ctx.cid),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &ctx.cid),
+        Err(e) => return internal(&ctx.cid, e),
     };
     let Some(art) = rec.artifacts.iter().find(|a| a.name == name).cloned() else {
         return error(StatusCode::NOT_FOUND, "Artifact not found", &ctx.cid);

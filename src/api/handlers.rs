@@ -25,12 +25,7 @@ fn not_found(ctx: &Ctx, what: &str) -> Response {
 }
 
 fn internal(ctx: &Ctx, e: impl std::fmt::Display) -> Response {
-    eprintln!("tako-vm: internal error ({}): {e}", ctx.cid);
-    http::layer_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Internal server error.",
-        &ctx.cid,
-    )
+    http::internal(&ctx.cid, e)
 }
 
 fn meta(ctx: &Ctx, key: Option<String>) -> SubmitMeta {

@@ -38,6 +38,17 @@ pub fn layer_error(status: StatusCode, detail: &str, cid: &str) -> Response {
     json_response(status, &json!({"detail": detail, "correlation_id": cid}))
 }
 
+/// An unexpected failure (storage, a crashed task): logged, and the middleware's 500
+/// `Internal server error.` (§1.2) is answered, never the cause.
+pub fn internal(cid: &str, e: impl std::fmt::Display) -> Response {
+    eprintln!("tako-vm: internal error ({cid}): {e}");
+    layer_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal server error.",
+        cid,
+    )
+}
+
 /// 422 with pydantic items (no `correlation_id`).
 pub fn validation(e: Errors) -> Response {
     json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "detail": e.0 }))
@@ -218,13 +229,19 @@ pub fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>,
             Err(e)
         }
         Err(err) => {
-            let text = String::from_utf8_lossy(body);
-            let pos: usize = text
-                .split_inclusive('\n')
-                .take(err.line().saturating_sub(1))
-                .map(|l| l.chars().count())
-                .sum::<usize>()
-                + err.column().saturating_sub(1);
+            // Python's character offset: the end of the text when it stops too early, else
+            // where parsing failed (serde gives a line and a byte column).
+            let end = if err.is_eof() {
+                body.len()
+            } else {
+                let line_start: usize = body
+                    .split_inclusive(|b| *b == b'\n')
+                    .take(err.line().saturating_sub(1))
+                    .map(<[u8]>::len)
+                    .sum();
+                (line_start + err.column().saturating_sub(1)).min(body.len())
+            };
+            let pos = String::from_utf8_lossy(&body[..end]).chars().count();
             e.push(
                 "json_invalid",
                 json!(["body", pos]),
@@ -256,5 +273,21 @@ mod tests {
         q.int("limit", 100, 1, Some(1000), &mut e);
         assert_eq!(e.0[0]["type"], "bool_parsing");
         assert_eq!(e.0[1]["type"], "greater_than_equal");
+    }
+
+    #[test]
+    fn json_error_offsets_are_pythons() {
+        let h = HeaderMap::new();
+        for (body, pos) in [
+            ("{\"code\": ", 9),
+            ("{\"code\": \"x\"", 12),
+            ("{\"code\": \"x\",}", 13),
+            ("{\"code\" \"x\"}", 8),
+            ("{\n\"é\": }", 7),
+        ] {
+            let e = json_body(&h, body.as_bytes()).unwrap_err();
+            assert_eq!(e.0[0]["loc"], json!(["body", pos]), "{body}");
+            assert_eq!(e.0[0]["msg"], "JSON decode error");
+        }
     }
 }

@@ -64,19 +64,24 @@ pub fn is_exempt(path: &str) -> bool {
         || path.starts_with("/redoc/")
 }
 
+/// A header value as UTF-8 text, trimmed (`to_str` would refuse any non-ASCII key).
+fn utf8(v: &HeaderValue) -> Option<&str> {
+    std::str::from_utf8(v.as_bytes()).ok().map(str::trim)
+}
+
 /// The API key of a request: the first relevant header decides (§1.2).
 fn presented_key(headers: &HeaderMap, auth_header: &str) -> Option<String> {
     let auth_header = auth_header.to_ascii_lowercase();
     for (name, value) in headers {
         let n = name.as_str();
         if n == auth_header {
-            let v = value.to_str().ok()?.trim();
+            let v = utf8(value)?;
             return (!v.is_empty()).then(|| v.to_string());
         }
         if n == "authorization" {
-            let Ok(v) = value.to_str() else { continue };
-            let v = v.trim();
-            if v.len() >= 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            let Some(v) = utf8(value) else { continue };
+            let b = v.as_bytes();
+            if b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"bearer ") {
                 let k = v[7..].trim();
                 return (!k.is_empty()).then(|| k.to_string());
             }
@@ -173,7 +178,12 @@ async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>
         );
     }
     if !is_exempt(&path) {
-        let key = st.key_index(req.headers());
+        // Keys only identify a client when authentication is on (§1.2).
+        let key = if st.cfg.api_auth_enabled {
+            st.key_index(req.headers())
+        } else {
+            None
+        };
         if st.cfg.api_rate_limit_enabled {
             let identity = match key {
                 Some(i) => format!("api_key:{i}"),
@@ -234,14 +244,7 @@ async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>
     // A panicking handler becomes the middleware's 500, never a dropped connection.
     match tokio::spawn(routes::route(ctx)).await {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("tako-vm: handler failed ({cid}): {e}");
-            http::layer_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal server error.",
-                cid,
-            )
-        }
+        Err(e) => http::internal(cid, format_args!("handler failed: {e}")),
     }
 }
 
@@ -273,6 +276,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("BEARER  tok "));
         assert_eq!(presented_key(&h, "X-API-Key").as_deref(), Some("tok"));
+        let mut h = HeaderMap::new();
+        let key = "schlüssel-ключ-0123456789";
+        h.insert(
+            "x-api-key",
+            HeaderValue::from_bytes(key.as_bytes()).unwrap(),
+        );
+        assert_eq!(presented_key(&h, "X-API-Key").as_deref(), Some(key));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-api-key",
+            HeaderValue::from_bytes(b"\xff\xfe-key").unwrap(),
+        );
+        assert_eq!(presented_key(&h, "X-API-Key"), None, "not UTF-8: no key");
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"abcd"));

@@ -21,6 +21,10 @@ use crate::store::{time, DlqEntry, ExecutionRecord, JobRequest};
 /// runc-class runtime of the contract; gVisor is never used.
 pub const RUNTIME: &str = "runc";
 
+/// A job's final record and, when every sandbox attempt failed on infrastructure, how
+/// many attempts were made (the job is then dead-lettered).
+type Finished = (ExecutionRecord, Option<u32>);
+
 /// A planned job and when its preparation started (a build on first use counts).
 struct Planned {
     decided: Plan,
@@ -195,26 +199,47 @@ impl Service {
                 .map_err(|e| format!("worker crashed: {e}"))
                 .and_then(|r| r),
             Err(_) => {
+                // The run (retries and back-off included) overran its budget: it is killed
+                // through the cancel flag and recorded as a timeout; its own result is
+                // dropped (terminal records are immutable).
                 cancel.store(true, Ordering::SeqCst);
-                let mut r = base.clone();
+                let mut r = self.store.get(id).ok().flatten().unwrap_or(base);
                 r.status = Status::Timeout;
                 r.error = Some(ExecError::new(
                     ErrorType::ExecutionTimeout,
                     watchdog_message(budget),
                     None,
                 ));
-                r.ended_us = Some(time::now_us());
-                let _ = self.store.update(&r);
+                let now = time::now_us();
+                r.ended_us = Some(now);
+                r.duration_ms = r.started_us.map(|s| ((now - s).max(0) / 1000) as u64);
+                if let Err(e) = self.store.update(&r) {
+                    eprintln!("tako-vm: cannot store record {id}: {e}");
+                }
                 let _ = task.await;
                 return self.store.get(id).ok().flatten();
             }
         };
-        let rec = match outcome {
-            Ok(rec) => rec,
+        let (rec, infra_attempts) = match outcome {
+            Ok(done) => done,
             Err(msg) => return Some(self.worker_failure(&base, &req, &meta, &msg)),
         };
         if let Err(e) = self.store.update(&rec) {
             eprintln!("tako-vm: cannot store record {id}: {e}");
+        }
+        // Every attempt failed on infrastructure: the job is dead-lettered (§4.10) with
+        // the retries it was given — unless it was cancelled (or shut down) meanwhile.
+        let cancelled = cancel.load(Ordering::SeqCst);
+        if let Some(n) = infra_attempts.filter(|_| !cancelled) {
+            let msg = rec.error.as_ref().map_or("", |e| e.message.as_str());
+            self.dead_letter(
+                &rec,
+                &req,
+                &meta,
+                ErrorType::ServiceUnavailable,
+                msg,
+                n.saturating_sub(1),
+            );
         }
         self.store.get(id).ok().flatten().or(Some(rec))
     }
@@ -232,14 +257,23 @@ impl Service {
         r.status = status;
         r.error = Some(err);
         r.ended_us = Some(time::now_us());
-        self.dead_letter(&r, req, meta, msg);
+        self.dead_letter(&r, req, meta, ErrorType::InternalError, msg, 0);
         if let Err(e) = self.store.update(&r) {
             eprintln!("tako-vm: cannot store record {}: {e}", r.execution_id);
         }
         self.store.get(&r.execution_id).ok().flatten().unwrap_or(r)
     }
 
-    fn dead_letter(&self, r: &ExecutionRecord, req: &JobRequest, meta: &SubmitMeta, msg: &str) {
+    /// Adds the DLQ entry of a job (its `job_data` is a redacted summary, §4.10).
+    fn dead_letter(
+        &self,
+        r: &ExecutionRecord,
+        req: &JobRequest,
+        meta: &SubmitMeta,
+        error_type: ErrorType,
+        msg: &str,
+        retry_count: u32,
+    ) {
         let mut data = serde_json::Map::new();
         data.insert(
             "job_type".into(),
@@ -278,9 +312,9 @@ impl Service {
             id: 0,
             job_id: r.execution_id.clone(),
             job_data: Value::Object(data),
-            error_type: "internal_error".into(),
+            error_type: error_type.as_str().into(),
             error_message: Some(sanitize(msg)),
-            retry_count: 0,
+            retry_count: retry_count.into(),
             created_us: time::now_us(),
             client_ip: meta.client_ip.clone(),
             correlation_id: meta.correlation_id.clone(),
@@ -301,7 +335,7 @@ impl Service {
         base.idempotency_key = None;
         base.idempotency_fingerprint = None;
         let created = base.created_us;
-        let rec = self
+        let (rec, _) = self
             .execute_job(&id, &req, base, created, Arc::new(AtomicBool::new(false)))
             .await?;
         if let Err(e) = self.store.update(&rec) {
@@ -310,16 +344,17 @@ impl Service {
         Ok(rec)
     }
 
-    /// Plans and runs one job; returns its final record. `Err` is a worker failure
-    /// (replay files, a crashed run), which the caller turns into `internal_error` + DLQ.
-    pub async fn execute_job(
+    /// Plans and runs one job; returns its final record and whether its attempts ended
+    /// on infrastructure (see [`Finished`]). `Err` is a worker failure (replay files, a
+    /// crashed run), which an async job turns into `internal_error` + DLQ.
+    async fn execute_job(
         self: &Arc<Self>,
         id: &str,
         req: &JobRequest,
         rec: ExecutionRecord,
         created_us: i64,
         cancel: Arc<AtomicBool>,
-    ) -> Result<ExecutionRecord, String> {
+    ) -> Result<Finished, String> {
         let planned = self.plan_job(req).await?;
         self.run_planned(id, req, rec, created_us, cancel, planned)
             .await
@@ -344,7 +379,7 @@ impl Service {
         })
     }
 
-    /// Runs a planned job; returns its final record (see [`Service::execute_job`]).
+    /// Runs a planned job (see [`Service::execute_job`]).
     async fn run_planned(
         self: &Arc<Self>,
         id: &str,
@@ -353,7 +388,7 @@ impl Service {
         created_us: i64,
         cancel: Arc<AtomicBool>,
         planned: Planned,
-    ) -> Result<ExecutionRecord, String> {
+    ) -> Result<Finished, String> {
         rec.created_us = created_us;
         rec.runtime = Some(RUNTIME.into());
         let ident = plan::identity(req, &self.registry(), self.cfg.production_mode);
@@ -374,7 +409,7 @@ impl Service {
                 apply_result(&mut rec, result);
                 rec.ended_us = Some(time::now_us());
                 rec.duration_ms = started.then(|| start.elapsed().as_millis() as u64);
-                return Ok(rec);
+                return Ok((rec, None));
             }
             Plan::Run(r) => r,
         };
@@ -386,7 +421,7 @@ impl Service {
                 apply_result(&mut rec, ExecutionResult::refused(s, err, Some(-1)));
                 rec.ended_us = Some(time::now_us());
                 rec.duration_ms = Some(start.elapsed().as_millis() as u64);
-                return Ok(rec);
+                return Ok((rec, None));
             }
         };
         let dir = self.run_dir(id);
@@ -400,7 +435,7 @@ impl Service {
         let me = self.clone();
         let req2 = req.clone();
         let artifacts_dir = dir.join("artifacts");
-        let result = tokio::task::spawn_blocking(move || {
+        let (result, infra_attempts) = tokio::task::spawn_blocking(move || {
             me.attempts(&runner, &req2, &ready, artifacts_dir, &cancel)
         })
         .await
@@ -412,10 +447,15 @@ impl Service {
         if let Some(u) = rec.resource_usage.as_mut() {
             u.wall_time_ms = Some(dur);
         }
-        Ok(rec)
+        Ok((rec, infra_attempts))
     }
 
-    /// Sandbox attempts with retries on infrastructure failures (blocking).
+    /// Sandbox attempts with retries on infrastructure failures (blocking): a sandbox that
+    /// cannot be started (helper, cgroup, id maps, network set-up) is tried again, up to
+    /// `max_retry_attempts` in all, after a back-off of `retry_base_delay × 2^k` (±10 %,
+    /// at most 30 s). A run that started is never retried, whatever its outcome or output.
+    /// Returns the last result and, when it is an infrastructure failure, the number of
+    /// attempts made.
     fn attempts(
         &self,
         runner: &Runner,
@@ -423,7 +463,7 @@ impl Service {
         ready: &Ready,
         artifacts_dir: std::path::PathBuf,
         cancel: &Arc<AtomicBool>,
-    ) -> ExecutionResult {
+    ) -> (ExecutionResult, Option<u32>) {
         let max = self.cfg.max_retry_attempts.max(1) as u32;
         let mut attempt = 0;
         loop {
@@ -431,7 +471,7 @@ impl Service {
                 let (s, e) = classify::service_unavailable(
                     "Sandbox service unavailable (circuit breaker open)",
                 );
-                return ExecutionResult::refused(s, e, Some(-1));
+                return (ExecutionResult::refused(s, e, Some(-1)), Some(attempt));
             }
             let _ = std::fs::remove_dir_all(&artifacts_dir);
             let _ = std::fs::create_dir_all(&artifacts_dir);
@@ -452,27 +492,37 @@ impl Service {
             run.artifacts_dir = Some(artifacts_dir.clone());
             run.network = ready.network.clone();
             run.cancel = Some(cancel.clone());
-            let res = runner::execute(runner, &run);
-            let infra = res
-                .error
-                .as_ref()
-                .is_some_and(|e| e.error_type == ErrorType::ServiceUnavailable);
+            // Only a sandbox that could not be started is an infrastructure failure: the
+            // classification of a run's own output (e.g. "circuit breaker" on stderr) never
+            // retries it nor counts against the breaker.
+            let ran = runner.run(&runner::sandbox_spec(&run), &runner::run_options(&run));
             {
                 let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-                if infra {
-                    b.failure();
-                } else {
-                    b.success();
+                match &ran {
+                    Ok(_) => b.success(),
+                    Err(_) => b.failure(),
                 }
             }
             attempt += 1;
-            if !infra || attempt >= max || cancel.load(Ordering::SeqCst) {
-                return res;
+            let failure = match ran {
+                Ok(outcome) => return (runner::interpret(&run, outcome), None),
+                Err(e) => {
+                    let (s, err) =
+                        classify::service_unavailable(&format!("sandbox unavailable: {e}"));
+                    ExecutionResult::refused(s, err, Some(-1))
+                }
+            };
+            if attempt >= max {
+                return (failure, Some(attempt));
             }
             let wait = backoff(self.cfg.retry_base_delay, attempt - 1);
             let until = Instant::now() + wait;
             while Instant::now() < until && !cancel.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            // Cancelled during the back-off (cancel, watchdog, shutdown): no new attempt.
+            if cancel.load(Ordering::SeqCst) {
+                return (failure, Some(attempt));
             }
         }
     }

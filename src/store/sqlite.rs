@@ -102,8 +102,8 @@ impl Store for SqliteStore {
         let data = serde_json::to_string(r)?;
         let db = self.db();
         let n = db.execute(
-            "UPDATE execution_records SET status = ?2, job_type = ?3, data = ?4 WHERE execution_id = ?1 AND status IN ('queued', 'running')",
-            params![r.execution_id, r.status.as_str(), r.job_type, data],
+            "UPDATE execution_records SET status = ?2, job_type = ?3, data = ?4, idempotency_key = ?5 WHERE execution_id = ?1 AND status IN ('queued', 'running')",
+            params![r.execution_id, r.status.as_str(), r.job_type, data, r.idempotency_key],
         )?;
         if n > 0 {
             return Ok(true);
@@ -308,5 +308,18 @@ mod tests {
         assert!(!more);
         assert_eq!(s.purge_records(2).unwrap(), ["a"]);
         assert!(s.get("a").unwrap().is_none());
+        // A key dropped by an update is released (e.g. a job refused by a full queue).
+        let mut q = ExecutionRecord::new("q", Status::Queued, "default", "default@latest", 1);
+        q.idempotency_key = Some("key-67890".into());
+        s.insert(&q).unwrap();
+        q.status = Status::Failed;
+        q.idempotency_key = None;
+        assert!(s.update(&q).unwrap());
+        assert!(s.find_by_idempotency_key("key-67890").unwrap().is_none());
+        let mut again = q.clone();
+        again.execution_id = "q2".into();
+        again.status = Status::Queued;
+        again.idempotency_key = Some("key-67890".into());
+        s.insert(&again).unwrap();
     }
 }

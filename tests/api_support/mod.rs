@@ -195,6 +195,14 @@ impl Server {
         }
     }
 
+    /// Replaces the data directory's `runs/` by a file: no run directory can be created,
+    /// so the worker itself fails before any sandbox starts.
+    pub fn block_run_dirs(&self) {
+        let runs = self.dir.join("data/runs");
+        std::fs::remove_dir_all(&runs).unwrap();
+        std::fs::write(&runs, "not a directory").unwrap();
+    }
+
     /// SIGKILL, no clean-up.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
