@@ -21,10 +21,6 @@ use crate::store::{time, DlqEntry, ExecutionRecord, JobRequest};
 /// runc-class runtime of the contract; gVisor is never used.
 pub const RUNTIME: &str = "runc";
 
-/// A job's final record and, when every sandbox attempt failed on infrastructure, how
-/// many attempts were made (the job is then dead-lettered).
-type Finished = (ExecutionRecord, Option<u32>);
-
 /// A planned job and when its preparation started (a build on first use counts).
 struct Planned {
     decided: Plan,
@@ -220,26 +216,12 @@ impl Service {
                 return self.store.get(id).ok().flatten();
             }
         };
-        let (rec, infra_attempts) = match outcome {
+        let rec = match outcome {
             Ok(done) => done,
             Err(msg) => return Some(self.worker_failure(&base, &req, &meta, &msg)),
         };
         if let Err(e) = self.store.update(&rec) {
             eprintln!("tako-vm: cannot store record {id}: {e}");
-        }
-        // Every attempt failed on infrastructure: the job is dead-lettered (§4.10) with
-        // the retries it was given — unless it was cancelled (or shut down) meanwhile.
-        let cancelled = cancel.load(Ordering::SeqCst);
-        if let Some(n) = infra_attempts.filter(|_| !cancelled) {
-            let msg = rec.error.as_ref().map_or("", |e| e.message.as_str());
-            self.dead_letter(
-                &rec,
-                &req,
-                &meta,
-                ErrorType::ServiceUnavailable,
-                msg,
-                n.saturating_sub(1),
-            );
         }
         self.store.get(id).ok().flatten().or(Some(rec))
     }
@@ -335,7 +317,7 @@ impl Service {
         base.idempotency_key = None;
         base.idempotency_fingerprint = None;
         let created = base.created_us;
-        let (rec, _) = self
+        let rec = self
             .execute_job(&id, &req, base, created, Arc::new(AtomicBool::new(false)))
             .await?;
         if let Err(e) = self.store.update(&rec) {
@@ -344,8 +326,7 @@ impl Service {
         Ok(rec)
     }
 
-    /// Plans and runs one job; returns its final record and whether its attempts ended
-    /// on infrastructure (see [`Finished`]). `Err` is a worker failure (replay files, a
+    /// Plans and runs one job; returns its final record. `Err` is a worker failure (replay files, a
     /// crashed run), which an async job turns into `internal_error` + DLQ.
     async fn execute_job(
         self: &Arc<Self>,
@@ -354,7 +335,7 @@ impl Service {
         rec: ExecutionRecord,
         created_us: i64,
         cancel: Arc<AtomicBool>,
-    ) -> Result<Finished, String> {
+    ) -> Result<ExecutionRecord, String> {
         let planned = self.plan_job(req).await?;
         self.run_planned(id, req, rec, created_us, cancel, planned)
             .await
@@ -388,7 +369,7 @@ impl Service {
         created_us: i64,
         cancel: Arc<AtomicBool>,
         planned: Planned,
-    ) -> Result<Finished, String> {
+    ) -> Result<ExecutionRecord, String> {
         rec.created_us = created_us;
         rec.runtime = Some(RUNTIME.into());
         let ident = plan::identity(req, &self.registry(), self.cfg.production_mode);
@@ -409,7 +390,7 @@ impl Service {
                 apply_result(&mut rec, result);
                 rec.ended_us = Some(time::now_us());
                 rec.duration_ms = started.then(|| start.elapsed().as_millis() as u64);
-                return Ok((rec, None));
+                return Ok(rec);
             }
             Plan::Run(r) => r,
         };
@@ -421,7 +402,7 @@ impl Service {
                 apply_result(&mut rec, ExecutionResult::refused(s, err, Some(-1)));
                 rec.ended_us = Some(time::now_us());
                 rec.duration_ms = Some(start.elapsed().as_millis() as u64);
-                return Ok((rec, None));
+                return Ok(rec);
             }
         };
         let dir = self.run_dir(id);
@@ -435,7 +416,7 @@ impl Service {
         let me = self.clone();
         let req2 = req.clone();
         let artifacts_dir = dir.join("artifacts");
-        let (result, infra_attempts) = tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             me.attempts(&runner, &req2, &ready, artifacts_dir, &cancel)
         })
         .await
@@ -447,15 +428,14 @@ impl Service {
         if let Some(u) = rec.resource_usage.as_mut() {
             u.wall_time_ms = Some(dur);
         }
-        Ok((rec, infra_attempts))
+        Ok(rec)
     }
 
     /// Sandbox attempts with retries on infrastructure failures (blocking): a sandbox that
     /// cannot be started (helper, cgroup, id maps, network set-up) is tried again, up to
     /// `max_retry_attempts` in all, after a back-off of `retry_base_delay × 2^k` (±10 %,
     /// at most 30 s). A run that started is never retried, whatever its outcome or output.
-    /// Returns the last result and, when it is an infrastructure failure, the number of
-    /// attempts made.
+    /// Returns the last result (a failed one stays a failed record: no DLQ entry, §4.10).
     fn attempts(
         &self,
         runner: &Runner,
@@ -463,7 +443,7 @@ impl Service {
         ready: &Ready,
         artifacts_dir: std::path::PathBuf,
         cancel: &Arc<AtomicBool>,
-    ) -> (ExecutionResult, Option<u32>) {
+    ) -> ExecutionResult {
         let max = self.cfg.max_retry_attempts.max(1) as u32;
         let mut attempt = 0;
         loop {
@@ -471,7 +451,7 @@ impl Service {
                 let (s, e) = classify::service_unavailable(
                     "Sandbox service unavailable (circuit breaker open)",
                 );
-                return (ExecutionResult::refused(s, e, Some(-1)), Some(attempt));
+                return ExecutionResult::refused(s, e, Some(-1));
             }
             let _ = std::fs::remove_dir_all(&artifacts_dir);
             let _ = std::fs::create_dir_all(&artifacts_dir);
@@ -505,7 +485,7 @@ impl Service {
             }
             attempt += 1;
             let failure = match ran {
-                Ok(outcome) => return (runner::interpret(&run, outcome), None),
+                Ok(outcome) => return runner::interpret(&run, outcome),
                 Err(e) => {
                     let (s, err) =
                         classify::service_unavailable(&format!("sandbox unavailable: {e}"));
@@ -513,7 +493,7 @@ impl Service {
                 }
             };
             if attempt >= max {
-                return (failure, Some(attempt));
+                return failure;
             }
             let wait = backoff(self.cfg.retry_base_delay, attempt - 1);
             let until = Instant::now() + wait;
@@ -522,7 +502,7 @@ impl Service {
             }
             // Cancelled during the back-off (cancel, watchdog, shutdown): no new attempt.
             if cancel.load(Ordering::SeqCst) {
-                return (failure, Some(attempt));
+                return failure;
             }
         }
     }
