@@ -200,7 +200,11 @@ async fn serve(
         w.abort();
     }
     crate::sandbox::net::release_table_for_this_process();
-    match tokio::task::spawn_blocking(crate::sandbox::net::remove_table_if_idle).await {
+    let idle = || {
+        crate::sandbox::net::finish_teardowns();
+        crate::sandbox::net::remove_table_if_idle()
+    };
+    match tokio::task::spawn_blocking(idle).await {
         Ok(Err(e)) => eprintln!("tako-vm: cannot remove the network table: {e}"),
         Err(e) => eprintln!("tako-vm: cannot remove the network table: {e}"),
         Ok(Ok(_)) => {}

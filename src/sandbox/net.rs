@@ -588,22 +588,49 @@ impl NetLease {
     }
 }
 
+/// Teardowns of kept-table runs still in progress (see [`finish_teardowns`]).
+static PENDING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits for the background teardowns of finished runs (a server, before it removes the
+/// idle table at shutdown).
+pub fn finish_teardowns() {
+    let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
+    for h in pending {
+        let _ = h.join();
+    }
+}
+
 impl Drop for NetLease {
     fn drop(&mut self) {
-        // Usually already going with the sandbox's namespace; ENODEV then.
-        let _ = super::netlink::delete_link(&ifname(&self.slot.name()));
-        if self.restricted {
-            let _ = nft(
-                "remove allowlist",
-                &format!(
-                    "delete element inet {TABLE} egress {{ {} }}\nflush chain inet {TABLE} run_{n}\ndelete chain inet {TABLE} run_{n}\n",
-                    self.slot.sandbox,
-                    n = self.slot.name()
-                ),
-            );
-            let _ = fs::remove_file(format!("{CHAINS_DIR}/{}", self.slot.name()));
-        }
-        if !self.keep_table {
+        let (slot, restricted) = (self.slot, self.restricted);
+        let teardown = move || {
+            // The allowlist first, while the interface still holds the slot: a new run
+            // cannot take the slot (and its chain name) before both are gone.
+            if restricted {
+                let _ = nft(
+                    "remove allowlist",
+                    &format!(
+                        "delete element inet {TABLE} egress {{ {} }}\nflush chain inet {TABLE} run_{n}\ndelete chain inet {TABLE} run_{n}\n",
+                        slot.sandbox,
+                        n = slot.name()
+                    ),
+                );
+                let _ = fs::remove_file(format!("{CHAINS_DIR}/{}", slot.name()));
+            }
+            // Usually already going with the sandbox's namespace; ENODEV then.
+            let _ = super::netlink::delete_link(&ifname(&slot.name()));
+        };
+        if self.keep_table {
+            // A server: the sandbox is gone and nothing can use the veth any more, so its
+            // deletion (an RCU grace period or two in the kernel) need not delay the
+            // response. A crash in between leaves nothing the namespace's end and the
+            // start-up sweep do not remove.
+            let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+            pending.retain(|h| !h.is_finished());
+            pending.push(std::thread::spawn(teardown));
+        } else {
+            teardown();
             let _ = remove_table_if_idle();
         }
     }
