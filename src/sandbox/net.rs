@@ -276,14 +276,24 @@ fn our_interfaces() -> Vec<String> {
 }
 
 fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
-    if table_exists() {
+    // The flag is written before the table is created and removed after it is deleted
+    // (both under the host lock, and /run does not survive a reboot): without it, no table
+    // of ours can be in use, and the `nft` call that would check is skipped.
+    if std::path::Path::new(TABLE_FLAG).exists() && table_exists() {
         return Ok(());
     }
     let was = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     let was_off = was.trim() == "0";
     let resolvers = host_resolvers(&fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     fs::write(TABLE_FLAG, "")?;
-    nft("create table", &table_script(pool, &resolvers, was_off))?;
+    // One transaction: whatever is left of a table by that name goes, the new one comes.
+    nft(
+        "create table",
+        &format!(
+            "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
+            table_script(pool, &resolvers, was_off)
+        ),
+    )?;
     if was_off {
         fs::write(FORWARD_FLAG, "")?;
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
@@ -301,8 +311,11 @@ pub fn remove_table_if_idle() -> Result<bool, NetError> {
     if !our_interfaces().is_empty() || other_live_keepers() {
         return Ok(false);
     }
-    if table_exists() {
-        nft("delete table", &format!("delete table inet {TABLE}\n"))?;
+    match nft("delete table", &format!("delete table inet {TABLE}\n")) {
+        Err(NetError::Tool { detail, .. }) if detail.contains("No such file") => {}
+        other => {
+            other?;
+        }
     }
     let _ = fs::remove_file(TABLE_FLAG);
     if fs::remove_file(FORWARD_FLAG).is_ok() {
