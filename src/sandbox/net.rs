@@ -87,7 +87,7 @@ pub enum NetError {
     Io(#[from] io::Error),
 }
 
-/// Longest time any network tool (ip, nft, nsenter, pasta) may take.
+/// Longest time any network tool (nft, pasta) may take.
 pub const TOOL_TIMEOUT_S: u64 = 20;
 
 /// Runs a tool to completion under [`TOOL_TIMEOUT_S`] (killed and reaped past it); its
