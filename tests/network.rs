@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::peer::{PeerHost, FETCH_PYPI, TO_PEER};
+use common::peer::{PeerHost, FETCH_PYPI, TO_PEER, TO_PEER6};
 use tako_vm::exec::record::{ExecutionResult, Status};
 use tako_vm::exec::runner::{self, CodeRun};
 use tako_vm::sandbox::{host, HostConfig, NetworkSpec, Runner};
@@ -249,5 +249,110 @@ fn a_kept_table_survives_other_processes_and_goes_when_released() {
     tako_vm::sandbox::net::finish_teardowns();
     tako_vm::sandbox::net::release_table_for_this_process();
     assert!(tako_vm::sandbox::net::remove_table_if_idle().unwrap());
+    nothing_of_ours_left();
+}
+
+/// IPv6 where the host has it (an address from our unique-local pool, NAT66, the same
+/// fail-closed policy), else cleanly absent (no address, nothing sent).
+#[test]
+fn ipv6_follows_the_host_and_the_same_policy() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
+    let forwarding6 = || {
+        std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let v6_forward_before = forwarding6();
+    let host_v6 = tako_vm::sandbox::net::host_has_ipv6();
+    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let peer = PeerHost::start();
+    let listener = std::net::TcpListener::bind("[::]:0");
+    let port = listener
+        .as_ref()
+        .map_or(9, |l| l.local_addr().unwrap().port());
+    // The host's own IPv6 addresses (the peer gave it 2a00:ffff::1) and its gateway.
+    let mut targets: Vec<String> =
+        sh("ip -6 -o addr show scope global | awk '{print $4}' | cut -d/ -f1")
+            .lines()
+            .map(String::from)
+            .collect();
+    targets.extend(
+        sh("ip -6 route show default | awk '{print $3}'")
+            .lines()
+            .map(String::from),
+    );
+    let code = format!(
+        r#"
+import socket
+mine = [l.split()[0] for l in open("/proc/net/if_inet6") if l.split()[5] == "eth0" and not l.startswith("fe80")]
+print("v6addrs", len(mine))
+{TO_PEER6}
+for a in {targets:?}:
+    try:
+        socket.create_connection((a, {port}), timeout=2); print("REACHED", a)
+    except OSError:
+        print("blocked6", a)
+"#
+    );
+    let res = net_run(&runner, &r, &code, &[]);
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    let out = &res.stdout;
+    assert!(!out.contains("REACHED"), "{out}");
+    assert_eq!(out.matches("blocked6").count(), targets.len(), "{out}");
+    if host_v6 {
+        assert!(out.contains("v6addrs 1"), "{out}");
+        assert!(out.contains("peer6 peer-hello"), "{out}");
+        // allowed_hosts without an IPv6 entry: no IPv6 egress at all.
+        let res = net_run(&runner, &r, TO_PEER6, &["198.51.100.2"]);
+        assert!(res.stdout.contains("peer6 blocked"), "{res:?}");
+    } else {
+        assert!(out.contains("v6addrs 0"), "{out}");
+        assert!(out.contains("peer6 blocked"), "{out}");
+    }
+    drop(listener);
+    drop(peer);
+    nothing_of_ours_left();
+    assert_eq!(forwarding6(), v6_forward_before, "IPv6 forwarding restored");
+}
+
+#[test]
+fn the_address_pool_is_configurable() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
+    let code = "import socket\nr = [l.split() for l in open('/proc/net/route').read().splitlines()[1:]]\ngw = [x[2] for x in r if x[1] == '00000000'][0]\nprint('gw', socket.inet_ntoa(bytes.fromhex(gw)[::-1]))";
+    let (rc, out, err) = common::cli(&[
+        "run",
+        "--network",
+        "--network-pool",
+        "10.77.0.0/24",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--",
+        "python3",
+        "-c",
+        code,
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let gw: std::net::Ipv4Addr = out.trim().strip_prefix("gw ").unwrap().parse().unwrap();
+    assert_eq!(gw.octets()[..3], [10, 77, 0], "{out}");
+    let (rc, _, err) = common::cli(&[
+        "run",
+        "--network",
+        "--network-pool",
+        "8.8.8.0/24",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains("network_pool must be a private IPv4 CIDR"),
+        "{err}"
+    );
     nothing_of_ours_left();
 }

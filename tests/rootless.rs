@@ -282,6 +282,10 @@ fn rootless_network_reaches_pypi_but_not_the_host_or_private_ranges() {
         "169.254.169.254",
         "172.17.0.1",
         "192.168.1.1",
+        // IPv6 (when the host has it): the host's address facing the peer, a unique-local
+        // gateway.
+        "2a00:ffff::1",
+        "fd00::1",
     ];
     let code = format!(
         r#"{fetch}

@@ -11,7 +11,7 @@ use crate::image::builder::SandboxBuildHost;
 use crate::image::Registry;
 use crate::jobs::registry::JobType;
 use crate::jobs::snapshots::spec_of;
-use crate::sandbox::{HostConfig, Runner};
+use crate::sandbox::Runner;
 
 /// Arguments of `tako-vm build`.
 #[derive(Debug, Args)]
@@ -54,7 +54,7 @@ pub fn run(config: Option<&Path>, a: BuildArgs) -> anyhow::Result<i32> {
     let images = store.images()?;
     let snaps = store.snapshots(&images)?;
     let registry = Registry::new(store.registry_config())?;
-    let runner = Runner::detect(&HostConfig::default()).context("builder sandbox")?;
+    let runner = Runner::detect(&cfg.host_config()).context("builder sandbox")?;
     let progress = CliProgress::new();
     let mut bcfg = cfg.builder_config();
     if a.uv_path.is_some() {

@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// Give the run an outbound network (veth + NAT; private ranges and the host stay unreachable).
     #[arg(long)]
     network: bool,
+    /// With --network: the IPv4 pool of sandbox addresses (one /30 per run).
+    #[arg(long, default_value = "10.200.0.0/16", env = "TAKO_VM_NETWORK_POOL", value_parser = crate::sandbox::net::parse_pool)]
+    network_pool: (std::net::Ipv4Addr, u8),
     /// With --network: only these destinations (domain names or CIDRs) are reachable.
     #[arg(long = "allow-host", requires = "network")]
     allow_hosts: Vec<String>,
@@ -122,6 +125,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         cgroup_parent: a.cgroup_parent.clone(),
         allow_unlimited: a.allow_unlimited,
         helper_exe: None,
+        net_pool: a.network_pool,
         ..HostConfig::default()
     })?;
     let id = host::new_run_id();

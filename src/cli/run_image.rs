@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use super::images::{CliProgress, StoreArgs};
 use crate::image::builder::SandboxBuildHost;
 use crate::image::{unpack, Registry};
-use crate::sandbox::{HostConfig, Runner};
+use crate::sandbox::Runner;
 
 /// The rootfs and the image/job-type environment of a run: `--rootfs` as given (no extra
 /// environment), a pulled image with its config `Env`, or a job type's snapshot (built on
@@ -42,7 +42,7 @@ pub fn rootfs_for(
     let snaps = store.snapshots(&images)?;
     let spec = crate::jobs::snapshots::spec_of(jt, &std::env::current_dir()?);
     let reg = Registry::new(store.registry_config())?;
-    let runner = Runner::detect(&HostConfig::default()).context("builder sandbox")?;
+    let runner = Runner::detect(&cfg.host_config()).context("builder sandbox")?;
     let progress = CliProgress::new();
     let host = SandboxBuildHost::new(&runner, &images, &reg, cfg.builder_config(), &progress);
     let snap = snaps.resolve(&spec, &host, !cfg.production_mode)?;

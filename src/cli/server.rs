@@ -99,13 +99,11 @@ type Backends = (Result<Arc<Runner>, String>, Arc<dyn Environments>);
 /// alone when the image store cannot be opened).
 fn backends(cfg: &Config) -> anyhow::Result<Backends> {
     let runner = Runner::detect(&HostConfig {
-        cgroup_parent: cfg.cgroup_parent.clone(),
-        allow_unlimited: cfg.allow_unlimited_sandboxes,
         // One pre-started helper per worker keeps the cgroup move off the request path.
         prestart: cfg.max_workers as usize,
         // The nftables table of network-enabled runs stays for the server's lifetime.
         keep_net_table: true,
-        ..HostConfig::default()
+        ..cfg.host_config()
     })
     .map(Arc::new)
     .map_err(|e| e.to_string());

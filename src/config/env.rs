@@ -138,6 +138,9 @@ fn apply_image_env(cfg: &mut Config, get: &dyn Fn(&str) -> Option<String>) {
     if let Some(v) = set("TAKO_VM_REGISTRY_AUTH_HOST") {
         cfg.registry_auth_host = Some(v);
     }
+    if let Some(v) = set("TAKO_VM_NETWORK_POOL") {
+        cfg.network_pool = v;
+    }
     if let Some(v) = set("TAKO_VM_UV_PATH") {
         cfg.uv_path = Some(PathBuf::from(v));
     }

@@ -11,7 +11,7 @@
 //! full posture (see `docs/server.md`). `database_url` is validated; a `sqlite://PATH` value
 //! selects the SQLite file, a PostgreSQL URL is accepted and ignored until that backend exists.
 //!
-//! Our extensions (documented, optional): `base_rootfs`, `cgroup_parent`,
+//! Our extensions (documented, optional): `base_rootfs`, `cgroup_parent`, `network_pool`,
 //! `allow_unlimited_sandboxes`, `shutdown_grace_seconds`, the image settings
 //! (`registry_mirror`, `insecure_registries`, `registry_username`, `registry_password`,
 //! `registry_auth_host`, `uv_path`, `image_store`; see [`images`]) and the job-type key
@@ -298,6 +298,9 @@ pub struct Config {
     pub base_rootfs: Option<PathBuf>,
     /// Extension: parent cgroup of the runs.
     pub cgroup_parent: String,
+    /// Extension: IPv4 pool of network-enabled runs, one /30 each (`TAKO_VM_NETWORK_POOL`);
+    /// validated by [`crate::sandbox::net::parse_pool`].
+    pub network_pool: String,
     /// Extension: run without cgroup limits when none is usable (explicit opt-in).
     pub allow_unlimited_sandboxes: bool,
     /// Extension: seconds running jobs get on SIGTERM before they are killed.
@@ -391,6 +394,7 @@ impl Default for Config {
             job_types: vec![],
             base_rootfs: None,
             cgroup_parent: "tako-vm".into(),
+            network_pool: "10.200.0.0/16".into(),
             allow_unlimited_sandboxes: false,
             shutdown_grace_seconds: 30,
             registry_mirror: None,
@@ -490,6 +494,18 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), Config
 }
 
 impl Config {
+    /// The sandbox host settings these options select (pool, cgroup parent, opt-ins).
+    pub fn host_config(&self) -> crate::sandbox::HostConfig {
+        crate::sandbox::HostConfig {
+            cgroup_parent: self.cgroup_parent.clone(),
+            allow_unlimited: self.allow_unlimited_sandboxes,
+            // Validated at load time.
+            net_pool: crate::sandbox::net::parse_pool(&self.network_pool)
+                .unwrap_or(crate::sandbox::net::DEFAULT_POOL),
+            ..crate::sandbox::HostConfig::default()
+        }
+    }
+
     /// The data directory (default when unset).
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)

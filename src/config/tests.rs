@@ -148,3 +148,32 @@ fn image_keys_and_allowed_hosts_are_validated() {
     assert_eq!(c.job_types[0].allowed_hosts, ["pypi.org", "10.0.0.0/8"]);
     assert_eq!(c.registry_password.as_ref().map(|s| s.expose()), Some("x"));
 }
+
+#[test]
+fn the_network_pool_is_a_private_aligned_cidr() {
+    let c = load_text("network_pool: 172.20.0.0/20\n", &[]).unwrap();
+    assert_eq!(
+        c.host_config().net_pool,
+        ("172.20.0.0".parse().unwrap(), 20)
+    );
+    let c = load_text("", &[("TAKO_VM_NETWORK_POOL", "192.168.64.0/24")]).unwrap();
+    assert_eq!(c.host_config().net_pool.1, 24);
+    assert_eq!(
+        load_text("", &[]).unwrap().host_config().net_pool,
+        crate::sandbox::net::DEFAULT_POOL
+    );
+    for (bad, why) in [
+        ("8.8.0.0/16", "private IPv4 CIDR"),
+        ("10.200.0.1/16", "not aligned"),
+        ("10.0.0.0/31", "private IPv4 CIDR"),
+        ("10.200.0.0", "private IPv4 CIDR"),
+    ] {
+        let e = load_text(&format!("network_pool: {bad}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field network_pool: ") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+}

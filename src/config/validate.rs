@@ -387,6 +387,9 @@ impl Config {
     }
 
     fn validate_images(&mut self, e: &mut Errs) {
+        if let Err(m) = crate::sandbox::net::parse_pool(&self.network_pool) {
+            e.add("network_pool", &m);
+        }
         for v in [&mut self.registry_mirror, &mut self.registry_auth_host] {
             *v = v
                 .take()

@@ -206,7 +206,12 @@ fn configure_eth0(n: wire::Eth0) -> std::io::Result<()> {
     let i = netlink::index_of("eth0")?;
     netlink::add_address(i, n.addr, 30)?;
     netlink::link_up(i)?;
-    netlink::add_default_route(i, n.gateway)
+    netlink::add_default_route(i, n.gateway)?;
+    if let Some((addr, gateway)) = n.v6 {
+        netlink::add_address6(i, addr, 126)?;
+        netlink::add_default_route6(i, gateway)?;
+    }
+    Ok(())
 }
 
 /// Waits for the payload; on timeout SIGTERM to everyone, SIGKILL after the grace.

@@ -18,7 +18,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, ToSocketAddrs};
+use std::net::{Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
@@ -38,12 +38,73 @@ const KEEPERS_DIR: &str = "/run/tako-vm/keepers";
 /// One empty file per allowlist chain (named by slot): the start-up sweep needs `nft` only
 /// when one of them belongs to an interface that is gone.
 const CHAINS_DIR: &str = "/run/tako-vm/chains";
+/// Parses a sandbox address pool (`network_pool`): an IPv4 CIDR inside 10.0.0.0/8,
+/// 172.16.0.0/12 or 192.168.0.0/16, aligned, with room for at least one /30.
+pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad =
+        || format!("network_pool must be a private IPv4 CIDR such as 10.200.0.0/16, not {s:?}");
+    let (ip, len) = s.trim().split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&len) || !ip.is_private() {
+        return Err(bad());
+    }
+    let mask = u32::MAX << (32 - len as u32);
+    if u32::from(ip) & !mask != 0 {
+        return Err(format!(
+            "network_pool {s:?} is not aligned to its prefix length"
+        ));
+    }
+    Ok((ip, len))
+}
+
 /// Default address pool: one /30 per run.
 pub const DEFAULT_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
 /// Where the sandbox sees the host CA bundle, resolver and hosts files.
 pub const META_DIR: &str = "/tako";
 /// Host CA bundle (Debian/Ubuntu).
 pub const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// IPv6 addresses of the sandboxes (unique local): one /126 per slot, same index as the /30.
+pub const POOL6: Ipv6Addr = Ipv6Addr::new(0xfd74, 0x616b, 0x6f00, 0, 0, 0, 0, 0);
+/// Blocked IPv6 destinations: unspecified/loopback, IPv4-mapped and NAT64 (they lead to IPv4
+/// addresses), discard, IETF/Teredo, documentation, 6to4, unique local, link-local and
+/// multicast.
+pub const BLOCKED_V6: [&str; 12] = [
+    "::/127",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "3fff::/20",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+const FORWARD6_FLAG: &str = "/run/tako-vm/ipv6_forward.was0";
+/// Interfaces whose `accept_ra` we raised from 1 to 2 (router advertisements stay honoured
+/// while IPv6 forwarding is on), one name per line; restored with the forwarding.
+const ACCEPT_RA_FILE: &str = "/run/tako-vm/accept_ra.was1";
+
+/// True when the host has IPv6 with a default route (then sandboxes get IPv6 too).
+pub fn host_has_ipv6() -> bool {
+    let off = fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .map_or(true, |v| v.trim() != "0");
+    !off && fs::read_to_string("/proc/net/ipv6_route").is_ok_and(|t| {
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00" && f[9] != "lo"
+        })
+    })
+}
+
+/// Whether the existing table was made with IPv6 rules (recorded in its flag file).
+fn table_has_ipv6() -> bool {
+    fs::read_to_string(TABLE_FLAG).is_ok_and(|s| s.contains("ipv6"))
+}
 
 /// Blocked IPv4 destinations (RFC 1918, loopback, link-local/metadata, CGNAT, multicast…).
 pub const BLOCKED_V4: [&str; 10] = [
@@ -207,12 +268,19 @@ pub fn host_resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// What the table is made for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TableOptions {
+    /// The host did not forward IPv4 before: drop every forwarded IPv4 packet not ours.
+    pub drop_foreign4: bool,
+    /// Sandboxes get IPv6 (the host has it).
+    pub ipv6: bool,
+    /// The host did not forward IPv6 before: drop every forwarded IPv6 packet not ours.
+    pub drop_foreign6: bool,
+}
+
 /// The table definition (created once).
-pub fn table_script(
-    pool: (Ipv4Addr, u8),
-    resolvers: &[Ipv4Addr],
-    drop_foreign_forward: bool,
-) -> String {
+pub fn table_script(pool: (Ipv4Addr, u8), resolvers: &[Ipv4Addr], o: TableOptions) -> String {
     let dns = if resolvers.is_empty() {
         String::new()
     } else {
@@ -220,36 +288,62 @@ pub fn table_script(
         format!("elements = {{ {} }}", list.join(", "))
     };
     let pool = format!("{}/{}", pool.0, pool.1);
-    let foreign = if drop_foreign_forward {
-        "        drop comment \"the host did not forward before tako-vm\"\n"
+    let mut foreign = String::new();
+    if o.drop_foreign4 {
+        foreign.push_str("        meta nfproto ipv4 drop comment \"the host did not forward IPv4 before tako-vm\"\n");
+    }
+    if o.ipv6 && o.drop_foreign6 {
+        foreign.push_str("        meta nfproto ipv6 drop comment \"the host did not forward IPv6 before tako-vm\"\n");
+    }
+    // Neighbour discovery of the sandbox's gateway (our side of the veth) is the only
+    // IPv6 a sandbox may send to the host itself.
+    let nd = if o.ipv6 {
+        format!("        iifname \"{IF_PREFIX}*\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept\n")
     } else {
-        ""
+        String::new()
+    };
+    let (sets6, rules6, nat6) = if o.ipv6 {
+        (
+            format!(
+                "    set blocked6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {}, {POOL6}/64 }} }}\n    map egress6 {{ type ipv6_addr : verdict; }}\n",
+                BLOCKED_V6.join(", ")
+            ),
+            format!(
+                "        iifname \"{IF_PREFIX}*\" ip6 saddr vmap @egress6\n        iifname \"{IF_PREFIX}*\" ip6 daddr @blocked6 drop\n"
+            ),
+            format!("        ip6 saddr {POOL6}/64 oifname != \"{IF_PREFIX}*\" masquerade\n"),
+        )
+    } else {
+        (
+            String::new(),
+            format!("        iifname \"{IF_PREFIX}*\" meta nfproto ipv6 drop\n"),
+            String::new(),
+        )
     };
     format!(
         r#"table inet {TABLE} {{
     set blocked4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked}, {pool} }} }}
     set dns4 {{ type ipv4_addr; {dns} }}
     map egress {{ type ipv4_addr : verdict; }}
-    chain input {{
+{sets6}    chain input {{
         type filter hook input priority filter - 5; policy accept;
         iifname "{IF_PREFIX}*" ct state established,related accept
-        iifname "{IF_PREFIX}*" drop
+{nd}        iifname "{IF_PREFIX}*" drop
     }}
     chain forward {{
         type filter hook forward priority filter - 5; policy accept;
         iifname "{IF_PREFIX}*" oifname "{IF_PREFIX}*" drop
         oifname "{IF_PREFIX}*" ct state established,related accept
         oifname "{IF_PREFIX}*" drop
-        iifname "{IF_PREFIX}*" meta nfproto ipv6 drop
         iifname "{IF_PREFIX}*" ip daddr @dns4 meta l4proto {{ tcp, udp }} th dport 53 accept
         iifname "{IF_PREFIX}*" ip saddr vmap @egress
         iifname "{IF_PREFIX}*" ip daddr @blocked4 drop
-        iifname "{IF_PREFIX}*" accept
+{rules6}        iifname "{IF_PREFIX}*" accept
 {foreign}    }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr {pool} oifname != "{IF_PREFIX}*" masquerade
-    }}
+{nat6}    }}
 }}
 "#,
         blocked = BLOCKED_V4.join(", "),
@@ -282,21 +376,50 @@ fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
     if std::path::Path::new(TABLE_FLAG).exists() && table_exists() {
         return Ok(());
     }
-    let was = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
-    let was_off = was.trim() == "0";
+    let off = |p: &str| fs::read_to_string(p).unwrap_or_default().trim() == "0";
+    let was_off = off("/proc/sys/net/ipv4/ip_forward");
+    let ipv6 = host_has_ipv6();
+    let was6_off = ipv6 && off("/proc/sys/net/ipv6/conf/all/forwarding");
     let resolvers = host_resolvers(&fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
-    fs::write(TABLE_FLAG, "")?;
+    fs::write(TABLE_FLAG, if ipv6 { "ipv6" } else { "" })?;
     // One transaction: whatever is left of a table by that name goes, the new one comes.
     nft(
         "create table",
         &format!(
             "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
-            table_script(pool, &resolvers, was_off)
+            table_script(
+                pool,
+                &resolvers,
+                TableOptions {
+                    drop_foreign4: was_off,
+                    ipv6,
+                    drop_foreign6: was6_off,
+                }
+            )
         ),
     )?;
     if was_off {
         fs::write(FORWARD_FLAG, "")?;
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    }
+    if was6_off {
+        // With forwarding on, an interface ignores router advertisements unless accept_ra
+        // is 2: raise the ones at 1 first, so the host keeps its own IPv6 routes.
+        let mut raised = String::new();
+        for e in fs::read_dir("/proc/sys/net/ipv6/conf")?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ["all", "default", "lo"].contains(&name.as_str()) {
+                continue;
+            }
+            let f = e.path().join("accept_ra");
+            if fs::read_to_string(&f).is_ok_and(|v| v.trim() == "1") && fs::write(&f, "2").is_ok() {
+                raised.push_str(&name);
+                raised.push('\n');
+            }
+        }
+        fs::write(ACCEPT_RA_FILE, raised)?;
+        fs::write(FORWARD6_FLAG, "")?;
+        fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
     }
     Ok(())
 }
@@ -320,6 +443,14 @@ pub fn remove_table_if_idle() -> Result<bool, NetError> {
     let _ = fs::remove_file(TABLE_FLAG);
     if fs::remove_file(FORWARD_FLAG).is_ok() {
         let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "0");
+    }
+    if fs::remove_file(FORWARD6_FLAG).is_ok() {
+        let _ = fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "0");
+        let names = fs::read_to_string(ACCEPT_RA_FILE).unwrap_or_default();
+        for name in names.lines().filter(|n| !n.is_empty() && !n.contains('/')) {
+            let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "1");
+        }
+        let _ = fs::remove_file(ACCEPT_RA_FILE);
     }
     Ok(true)
 }
@@ -397,19 +528,26 @@ pub fn sweep() -> Result<(), NetError> {
     }
     if !script.is_empty() {
         // Map elements pointing at these chains go first.
-        let map = run_tool(
-            "list map",
-            Command::new("nft").args(["list", "map", "inet", TABLE, "egress"]),
-            None,
-        )?;
         let mut pre = String::new();
-        for part in map.split([',', '{', '}', '\n']) {
-            if let Some((addr, verdict)) = part.trim().split_once(" : jump run_") {
-                if !live.iter().any(|i| *i == ifname(verdict.trim())) {
-                    pre.push_str(&format!(
-                        "delete element inet {TABLE} egress {{ {} }}\n",
-                        addr.trim()
-                    ));
+        let maps: &[&str] = if table_has_ipv6() {
+            &["egress", "egress6"]
+        } else {
+            &["egress"]
+        };
+        for m in maps {
+            let map = run_tool(
+                "list map",
+                Command::new("nft").args(["list", "map", "inet", TABLE, m]),
+                None,
+            )?;
+            for part in map.split([',', '{', '}', '\n']) {
+                if let Some((addr, verdict)) = part.trim().split_once(" : jump run_") {
+                    if !live.iter().any(|i| *i == ifname(verdict.trim())) {
+                        pre.push_str(&format!(
+                            "delete element inet {TABLE} {m} {{ {} }}\n",
+                            addr.trim()
+                        ));
+                    }
                 }
             }
         }
@@ -434,6 +572,10 @@ pub struct Slot {
     pub host: Ipv4Addr,
     /// Sandbox side.
     pub sandbox: Ipv4Addr,
+    /// Host side, IPv6 (in [`POOL6`]).
+    pub host6: Ipv6Addr,
+    /// Sandbox side, IPv6.
+    pub sandbox6: Ipv6Addr,
 }
 
 impl Slot {
@@ -444,10 +586,13 @@ impl Slot {
             return None;
         }
         let base = u32::from(pool.0) + index * 4;
+        let base6 = u128::from(POOL6) + u128::from(index) * 4;
         Some(Slot {
             index,
             host: Ipv4Addr::from(base + 1),
             sandbox: Ipv4Addr::from(base + 2),
+            host6: Ipv6Addr::from(base6 + 1),
+            sandbox6: Ipv6Addr::from(base6 + 2),
         })
     }
 
@@ -460,8 +605,10 @@ impl Slot {
 /// resolved now with the host resolver (and pinned in the sandbox's `/etc/hosts`).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Allowed {
-    /// nftables address elements.
+    /// nftables address elements (IPv4).
     pub elements: Vec<String>,
+    /// IPv6 addresses of resolved names (used when the run has IPv6).
+    pub elements6: Vec<String>,
     /// `/etc/hosts` lines for resolved names.
     pub hosts_lines: Vec<String>,
 }
@@ -484,24 +631,30 @@ pub fn resolve_allowed(hosts: &[String]) -> Result<Allowed, NetError> {
             a.elements.push(ip.to_string());
             continue;
         }
-        let addrs: Vec<Ipv4Addr> = (h, 443)
+        let resolved: Vec<std::net::IpAddr> = (h, 443)
             .to_socket_addrs()
             .map_err(|_| NetError::Resolve(h.into()))?
-            .filter_map(|s| match s.ip() {
-                std::net::IpAddr::V4(v4) => Some(v4),
-                _ => None,
-            })
+            .map(|s| s.ip())
             .collect();
-        if addrs.is_empty() {
-            return Err(NetError::Resolve(h.into()));
-        }
-        for ip in addrs {
-            a.elements.push(ip.to_string());
+        let v6 = host_has_ipv6();
+        let mut any = false;
+        for ip in resolved {
+            match ip {
+                std::net::IpAddr::V4(v4) => a.elements.push(v4.to_string()),
+                std::net::IpAddr::V6(v6addr) if v6 => a.elements6.push(v6addr.to_string()),
+                std::net::IpAddr::V6(_) => continue,
+            }
+            any = true;
             a.hosts_lines.push(format!("{ip}\t{h}"));
         }
+        if !any {
+            return Err(NetError::Resolve(h.into()));
+        }
     }
-    a.elements.sort();
-    a.elements.dedup();
+    for v in [&mut a.elements, &mut a.elements6, &mut a.hosts_lines] {
+        v.sort();
+        v.dedup();
+    }
     Ok(a)
 }
 
@@ -511,6 +664,8 @@ pub struct NetLease {
     slot: Slot,
     restricted: bool,
     keep_table: bool,
+    /// The run has IPv6 (the host has it and the table was made for it).
+    ipv6: bool,
 }
 
 impl NetLease {
@@ -546,6 +701,7 @@ impl NetLease {
             slot,
             restricted: allowed.is_some(),
             keep_table,
+            ipv6: table_has_ipv6() && host_has_ipv6(),
         };
         drop(lock);
         lease.configure(allowed)?;
@@ -558,32 +714,45 @@ impl NetLease {
         if let Some(a) = allowed {
             fs::create_dir_all(CHAINS_DIR)?;
             fs::write(format!("{CHAINS_DIR}/{}", s.name()), "")?;
-            let body = if a.elements.is_empty() {
-                String::new()
-            } else {
-                format!(
+            let n = s.name();
+            let mut script = format!("add chain inet {TABLE} run_{n}\n");
+            if !a.elements.is_empty() {
+                script.push_str(&format!(
                     "add rule inet {TABLE} run_{n} ip daddr {{ {} }} accept\n",
-                    a.elements.join(", "),
-                    n = s.name()
-                )
-            };
-            nft(
-                "allowlist",
-                &format!(
-                    "add chain inet {TABLE} run_{n}\n{body}add rule inet {TABLE} run_{n} drop\nadd element inet {TABLE} egress {{ {ip} : jump run_{n} }}\n",
-                    n = s.name(),
-                    ip = s.sandbox
-                ),
-            )?;
+                    a.elements.join(", ")
+                ));
+            }
+            if self.ipv6 && !a.elements6.is_empty() {
+                script.push_str(&format!(
+                    "add rule inet {TABLE} run_{n} ip6 daddr {{ {} }} accept\n",
+                    a.elements6.join(", ")
+                ));
+            }
+            script.push_str(&format!(
+                "add rule inet {TABLE} run_{n} drop\nadd element inet {TABLE} egress {{ {ip} : jump run_{n} }}\n",
+                ip = s.sandbox
+            ));
+            if self.ipv6 {
+                script.push_str(&format!(
+                    "add element inet {TABLE} egress6 {{ {ip} : jump run_{n} }}\n",
+                    ip = s.sandbox6
+                ));
+            }
+            nft("allowlist", &script)?;
+        }
+        if !self.ipv6 {
+            // No IPv6 on the host side of the pair either.
+            let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
         }
         let host_side = || -> io::Result<()> {
             let i = super::netlink::index_of(&name)?;
             super::netlink::add_address(i, s.host, 30)?;
+            if self.ipv6 {
+                super::netlink::add_address6(i, s.host6, 126)?;
+            }
             super::netlink::link_up(i)
         };
         host_side().map_err(|e| tool_error("host side of the veth", e))?;
-        // Make the host side of the pair strict: no IPv6 on it, no redirects.
-        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
         Ok(())
     }
 
@@ -592,6 +761,7 @@ impl NetLease {
         super::wire::Eth0 {
             addr: self.slot.sandbox,
             gateway: self.slot.host,
+            v6: self.ipv6.then_some((self.slot.sandbox6, self.slot.host6)),
         }
     }
 
@@ -616,15 +786,23 @@ pub fn finish_teardowns() {
 
 impl Drop for NetLease {
     fn drop(&mut self) {
-        let (slot, restricted) = (self.slot, self.restricted);
+        let (slot, restricted, ipv6) = (self.slot, self.restricted, self.ipv6);
         let teardown = move || {
             // The allowlist first, while the interface still holds the slot: a new run
             // cannot take the slot (and its chain name) before both are gone.
             if restricted {
+                let six = if ipv6 {
+                    format!(
+                        "delete element inet {TABLE} egress6 {{ {} }}\n",
+                        slot.sandbox6
+                    )
+                } else {
+                    String::new()
+                };
                 let _ = nft(
                     "remove allowlist",
                     &format!(
-                        "delete element inet {TABLE} egress {{ {} }}\nflush chain inet {TABLE} run_{n}\ndelete chain inet {TABLE} run_{n}\n",
+                        "delete element inet {TABLE} egress {{ {} }}\n{six}flush chain inet {TABLE} run_{n}\ndelete chain inet {TABLE} run_{n}\n",
                         slot.sandbox,
                         n = slot.name()
                     ),
@@ -775,7 +953,12 @@ mod tests {
 
     #[test]
     fn the_table_blocks_private_ranges_and_the_pool() {
-        let t = table_script(DEFAULT_POOL, &["10.255.255.53".parse().unwrap()], true);
+        let o = TableOptions {
+            drop_foreign4: true,
+            ipv6: false,
+            drop_foreign6: true,
+        };
+        let t = table_script(DEFAULT_POOL, &["10.255.255.53".parse().unwrap()], o);
         for r in [
             "10.0.0.0/8",
             "169.254.0.0/16",
@@ -787,7 +970,43 @@ mod tests {
             assert!(t.contains(r), "{r}");
         }
         assert!(t.contains("elements = { 10.255.255.53 }"));
-        assert!(t.contains("the host did not forward before"));
-        assert!(!table_script(DEFAULT_POOL, &[], false).contains("did not forward"));
+        assert!(t.contains("meta nfproto ipv4 drop comment \"the host did not forward IPv4"));
+        // Without IPv6 for sandboxes, their IPv6 is dropped and the host's own IPv6
+        // forwarding is not ours to judge.
+        assert!(t.contains("iifname \"tako-*\" meta nfproto ipv6 drop"));
+        assert!(!t.contains("did not forward IPv6"));
+        let quiet = TableOptions {
+            drop_foreign4: false,
+            ..o
+        };
+        assert!(!table_script(DEFAULT_POOL, &[], quiet).contains("did not forward"));
+    }
+
+    #[test]
+    fn with_ipv6_the_table_blocks_non_public_ipv6_and_masquerades_the_pool() {
+        let o = TableOptions {
+            drop_foreign4: false,
+            ipv6: true,
+            drop_foreign6: true,
+        };
+        let t = table_script(DEFAULT_POOL, &[], o);
+        for r in [
+            "fc00::/7",
+            "fe80::/10",
+            "::ffff:0:0/96",
+            "64:ff9b::/96",
+            "2002::/16",
+            "fd74:616b:6f00::/64",
+        ] {
+            assert!(t.contains(r), "{r}");
+        }
+        assert!(t.contains("ip6 saddr vmap @egress6"));
+        assert!(t.contains("ip6 daddr @blocked6 drop"));
+        assert!(t.contains("ip6 saddr fd74:616b:6f00::/64 oifname != \"tako-*\" masquerade"));
+        assert!(t.contains("did not forward IPv6"));
+        assert!(!t.contains("meta nfproto ipv6 drop\n        iifname"));
+        let s = Slot::of(DEFAULT_POOL, 1).unwrap();
+        assert_eq!(s.host6, "fd74:616b:6f00::5".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(s.sandbox6, "fd74:616b:6f00::6".parse::<Ipv6Addr>().unwrap());
     }
 }

@@ -7,7 +7,7 @@
 //! for an acknowledgement and fails with the kernel's errno.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -28,6 +28,7 @@ const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const IFA_F_NODAD: u8 = 0x02;
 
 /// One netlink request being built.
 struct Msg(Vec<u8>);
@@ -208,6 +209,27 @@ pub fn add_address(index: i32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
     m.0.extend_from_slice(&(index as u32).to_ne_bytes());
     m.attr(IFA_LOCAL, &addr.octets());
     m.attr(IFA_ADDRESS, &addr.octets());
+    m.send()
+}
+
+/// Adds `addr/prefix` (IPv6) to a link, usable at once (no duplicate address detection:
+/// the address is ours alone on a point-to-point veth).
+pub fn add_address6(index: i32, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+    let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
+    m.0.extend_from_slice(&[libc::AF_INET6 as u8, prefix, IFA_F_NODAD, 0]); // ifaddrmsg
+    m.0.extend_from_slice(&(index as u32).to_ne_bytes());
+    m.attr(IFA_LOCAL, &addr.octets());
+    m.attr(IFA_ADDRESS, &addr.octets());
+    m.send()
+}
+
+/// Adds the IPv6 default route via `gateway` on link `index`.
+pub fn add_default_route6(index: i32, gateway: Ipv6Addr) -> io::Result<()> {
+    let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
+    m.0.extend_from_slice(&[libc::AF_INET6 as u8, 0, 0, 0, 254, 3, 0, 1]);
+    m.0.extend_from_slice(&0u32.to_ne_bytes());
+    m.attr(RTA_GATEWAY, &gateway.octets());
+    m.attr(RTA_OIF, &(index as u32).to_ne_bytes());
     m.send()
 }
 

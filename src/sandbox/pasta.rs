@@ -35,7 +35,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::net::{pidfd_kill, pidfd_open, run_tool, Allowed, NetError, BLOCKED_V4, TABLE};
+use super::net::{
+    host_has_ipv6, pidfd_kill, pidfd_open, run_tool, Allowed, NetError, BLOCKED_V4, BLOCKED_V6,
+    TABLE,
+};
 
 /// Where the sandbox sends DNS queries; pasta forwards them to the host's first resolver.
 pub const DNS_FORWARD: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 53);
@@ -106,54 +109,92 @@ fn pid_file(dir: &Path, run_id: &str) -> PathBuf {
     dir.join(format!("pasta-{run_id}.pid"))
 }
 
-/// IPv4 addresses and attached subnets of the host (loopback excluded: blocked anyway).
-pub fn host_networks() -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return out;
-    };
-    for a in addrs {
+/// The host's own addresses and the subnets it is attached to, IPv4 and IPv6 (loopback
+/// and IPv6 link-local left out: blocked anyway).
+pub fn host_networks() -> (Vec<String>, Vec<String>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for a in nix::ifaddrs::getifaddrs().into_iter().flatten() {
         let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
             continue;
         };
-        let (Some(addr), Some(mask)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) else {
-            continue;
-        };
-        let ip = addr.ip();
-        if ip.is_loopback() {
-            continue;
+        if let (Some(ad), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            let (ip, m) = (ad.ip(), u32::from(m.ip()));
+            if !ip.is_loopback() {
+                v4.push(ip.to_string());
+                let net = Ipv4Addr::from(u32::from(ip) & m);
+                v4.push(format!("{net}/{}", m.count_ones()));
+            }
+        } else if let (Some(ad), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+            let (ip, m) = (ad.ip(), u128::from(m.ip()));
+            if !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                v6.push(ip.to_string());
+                let net = std::net::Ipv6Addr::from(u128::from(ip) & m);
+                v6.push(format!("{net}/{}", m.count_ones()));
+            }
         }
-        let len = u32::from(mask.ip()).count_ones();
-        let net = Ipv4Addr::from(u32::from(ip) & u32::from(mask.ip()));
-        out.push(ip.to_string());
-        out.push(format!("{net}/{len}"));
     }
-    out.sort();
-    out.dedup();
-    out
+    for v in [&mut v4, &mut v6] {
+        v.sort();
+        v.dedup();
+    }
+    (v4, v6)
 }
 
-/// The ruleset loaded into the sandbox's own network namespace.
-pub fn policy_script(host_nets: &[String], allowed: Option<&Allowed>) -> String {
-    let egress = match allowed {
+/// The ruleset loaded into the sandbox's own network namespace. `host_nets6` is `Some`
+/// when the sandbox gets IPv6 (the host has it).
+pub fn policy_script(
+    host_nets: &[String],
+    host_nets6: Option<&[String]>,
+    allowed: Option<&Allowed>,
+) -> String {
+    let ipv6 = host_nets6.is_some();
+    let mut egress = match allowed {
         Some(a) if a.elements.is_empty() => String::new(),
         Some(a) => format!("        ip daddr {{ {} }} accept\n", a.elements.join(", ")),
         None => "        ip daddr @blocked4 drop\n        meta nfproto ipv4 accept\n".into(),
     };
+    match allowed {
+        Some(a) if ipv6 && !a.elements6.is_empty() => {
+            egress.push_str(&format!(
+                "        ip6 daddr {{ {} }} accept\n",
+                a.elements6.join(", ")
+            ));
+        }
+        None if ipv6 => {
+            egress.push_str("        ip6 daddr @blocked6 drop\n        meta nfproto ipv6 accept\n")
+        }
+        _ => {}
+    }
     let mut blocked: Vec<&str> = BLOCKED_V4.to_vec();
     blocked.extend(host_nets.iter().map(String::as_str));
+    let (set6, nd_out, nd_in) = match host_nets6 {
+        Some(nets) => {
+            let mut b6: Vec<&str> = BLOCKED_V6.to_vec();
+            b6.extend(nets.iter().map(String::as_str));
+            (
+                format!(
+                    "    set blocked6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {} }} }}\n",
+                    b6.join(", ")
+                ),
+                // Neighbour discovery with pasta's side of the tap.
+                "        icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept\n",
+                "        icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept\n",
+            )
+        }
+        None => (String::new(), "", ""),
+    };
     format!(
         r#"table inet {TABLE} {{
     set blocked4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked} }} }}
-    chain output {{
+{set6}    chain output {{
         type filter hook output priority filter; policy drop;
         oifname "lo" accept
-        ip daddr {DNS_FORWARD} meta l4proto {{ tcp, udp }} th dport 53 accept
+{nd_out}        ip daddr {DNS_FORWARD} meta l4proto {{ tcp, udp }} th dport 53 accept
 {egress}    }}
     chain input {{
         type filter hook input priority filter; policy drop;
         iifname "lo" accept
-        ct state established,related accept
+{nd_in}        ct state established,related accept
     }}
 }}
 "#,
@@ -266,7 +307,10 @@ impl PastaLease {
             return Err(NetError::Rootless(why));
         }
         // The filter first: the interface never exists without it.
-        nft_inside(pid, &policy_script(&host_networks(), allowed))?;
+        let ipv6 = host_has_ipv6();
+        let (nets4, nets6) = host_networks();
+        let nets6 = ipv6.then_some(nets6);
+        nft_inside(pid, &policy_script(&nets4, nets6.as_deref(), allowed))?;
         let dir = run_dir()?;
         let pid_file = pid_file(&dir, run_id);
         let mut lease = PastaLease {
@@ -275,8 +319,9 @@ impl PastaLease {
         };
         let pasta = find_tool("pasta").unwrap_or_else(|| "pasta".into());
         let mut cmd = Command::new(pasta);
-        cmd.args(["--config-net", "--ipv4-only", "--no-map-gw", "--quiet"])
+        cmd.args(["--config-net", "--no-map-gw", "--quiet"])
             .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+            .args(if ipv6 { &[][..] } else { &["--ipv4-only"][..] })
             .arg("--dns-forward")
             .arg(DNS_FORWARD.to_string())
             .arg("--netns")
@@ -344,7 +389,7 @@ mod tests {
 
     #[test]
     fn the_policy_drops_by_default_and_blocks_the_host() {
-        let s = policy_script(&["192.0.2.2".into(), "192.0.2.0/24".into()], None);
+        let s = policy_script(&["192.0.2.2".into(), "192.0.2.0/24".into()], None, None);
         assert!(
             s.contains("hook output priority filter; policy drop;"),
             "{s}"
@@ -366,20 +411,53 @@ mod tests {
     fn an_allow_list_replaces_the_open_egress() {
         let a = Allowed {
             elements: vec!["203.0.113.80".into()],
-            hosts_lines: vec![],
+            ..Allowed::default()
         };
-        let s = policy_script(&[], Some(&a));
+        let s = policy_script(&[], None, Some(&a));
         assert!(s.contains("ip daddr { 203.0.113.80 } accept"), "{s}");
         assert!(!s.contains("meta nfproto ipv4 accept"), "{s}");
         // An empty list (no name resolved to IPv4): DNS and loopback only.
-        let none = policy_script(&[], Some(&Allowed::default()));
+        let none = policy_script(&[], None, Some(&Allowed::default()));
         assert!(!none.contains("ip daddr {"), "{none}");
         assert!(!none.contains("nfproto ipv4 accept"), "{none}");
     }
 
     #[test]
+    fn with_ipv6_the_policy_blocks_host_and_non_public_ipv6() {
+        let nets6 = vec!["fd00::2".to_string(), "fd00::/64".to_string()];
+        let s = policy_script(&[], Some(&nets6), None);
+        assert!(
+            s.contains("fd00::/64") && s.contains("fe80::/10") && s.contains("fc00::/7"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip6 daddr @blocked6 drop\n        meta nfproto ipv6 accept"),
+            "{s}"
+        );
+        assert!(s.contains("icmpv6 type { nd-neighbor-solicit"), "{s}");
+        let a = Allowed {
+            elements: vec!["203.0.113.80".into()],
+            elements6: vec!["2a00:ffff::2".into()],
+            ..Allowed::default()
+        };
+        let r = policy_script(&[], Some(&nets6), Some(&a));
+        assert!(r.contains("ip6 daddr { 2a00:ffff::2 } accept"), "{r}");
+        assert!(!r.contains("meta nfproto ipv6 accept"), "{r}");
+        // Without IPv6 for the sandbox, no IPv6 rule accepts anything (policy drop).
+        assert!(!policy_script(&[], None, None).contains("ipv6 accept"));
+    }
+
+    #[test]
     fn host_networks_are_addresses_and_subnets_without_loopback() {
-        let nets = host_networks();
+        let (nets, nets6) = host_networks();
+        for n in &nets6 {
+            assert!(!n.starts_with("fe80") && n != "::1", "{nets6:?}");
+            let (ip, len) = n.split_once('/').unwrap_or((n, "128"));
+            assert!(
+                ip.parse::<std::net::Ipv6Addr>().is_ok() && len.parse::<u8>().unwrap() <= 128,
+                "{n}"
+            );
+        }
         for n in &nets {
             assert!(!n.starts_with("127."), "{nets:?}");
             let (ip, len) = n.split_once('/').unwrap_or((n, "32"));

@@ -74,6 +74,9 @@ pub struct Eth0 {
     pub addr: std::net::Ipv4Addr,
     /// The host side: the default gateway.
     pub gateway: std::net::Ipv4Addr,
+    /// IPv6 (when the host has it): the sandbox's address (a /126) and its gateway.
+    #[serde(default)]
+    pub v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
 }
 
 /// Host pid of the sandbox's pid-namespace init.

@@ -7,7 +7,8 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A "public internet" host of our own: a network namespace with 198.51.100.2 serving TCP.
+/// A "public internet" host of our own: a network namespace with 198.51.100.2 (and, where
+/// the host has IPv6, 2a00:ffff::2) serving TCP on port 8080.
 pub struct PeerHost {
     server: std::process::Child,
 }
@@ -26,9 +27,15 @@ ip -n tako-test-peer link set lo up
 ip -n tako-test-peer route add default via 198.51.100.1";
         let st = Command::new("sh").arg("-c").arg(setup).status().unwrap();
         assert!(st.success());
+        // IPv6 where the host has it (the test only uses it then).
+        let _ = sh(
+            "ip -6 addr add 2a00:ffff::1/64 dev tkt-peer0 nodad 2>/dev/null
+ip -n tako-test-peer -6 addr add 2a00:ffff::2/64 dev eth0 nodad 2>/dev/null
+ip -n tako-test-peer -6 route add default via 2a00:ffff::1 2>/dev/null",
+        );
         let server = Command::new("ip")
             .args(["netns", "exec", "tako-test-peer", "python3", "-c"])
-            .arg("import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8080)); s.listen()\nwhile True:\n    c,_=s.accept(); c.sendall(b'peer-hello'); c.close()")
+            .arg("import socket\ntry:\n    s=socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); addr=('::', 8080)\nexcept OSError:\n    s=socket.socket(); addr=('0.0.0.0', 8080)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(addr); s.listen()\nwhile True:\n    c,_=s.accept(); c.sendall(b'peer-hello'); c.close()")
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -63,4 +70,13 @@ try:
     urllib.request.urlopen("https://pypi.org/simple/six/", timeout=20, context=ssl._create_unverified_context())
 except Exception as e:
     print("unexpected", e)
+"#;
+
+/// Python that connects to the peer over IPv6: prints `peer6 peer-hello` or `peer6 blocked`.
+pub const TO_PEER6: &str = r#"
+import socket
+try:
+    c = socket.create_connection(("2a00:ffff::2", 8080), timeout=3); print("peer6", c.recv(20).decode())
+except OSError as e:
+    print("peer6 blocked")
 "#;
