@@ -239,6 +239,14 @@ fn replay_and_artifact_path_errors() {
         let r = call(&s, "GET", &download, None);
         assert_error(&r, 400, "Invalid artifact path");
         std::fs::remove_file(&art).unwrap();
+        // Outside wins over missing, also for a link to nothing.
+        std::os::unix::fs::symlink("/nonexistent/tako-vm-outside", &art).unwrap();
+        let r = call(&s, "GET", &download, None);
+        assert_error(&r, 400, "Invalid artifact path");
+        std::fs::remove_file(&art).unwrap();
+        // A file that is simply gone is 404.
+        let r = call(&s, "GET", &download, None);
+        assert_error(&r, 404, "Artifact file not found");
     });
 
     // The record no longer lists its replay input (edited in the database).

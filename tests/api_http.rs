@@ -676,3 +676,36 @@ fn long_job_types_keys_and_correlation_ids_are_not_500() {
     );
     assert_eq!(again.json()["job_id"], id.as_str(), "idempotency hit");
 }
+
+/// A correlation id is used verbatim (§1.1), also with bytes outside ASCII: the response
+/// header carries the same bytes, and error bodies carry them as latin-1 characters (what
+/// the Starlette server of 0.3.0 does).
+#[test]
+fn non_ascii_correlation_ids_are_echoed_byte_for_byte() {
+    use std::io::{Read, Write};
+    let s = Server::start("api_auth_enabled: true\napi_keys: [\"key-aaaaaaaaaaaaaaaa\"]\n");
+    let host = s.url.trim_start_matches("http://").to_string();
+    let mut c = std::net::TcpStream::connect(&host).unwrap();
+    let mut req =
+        b"GET /executions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Correlation-ID: caf"
+            .to_vec();
+    req.extend_from_slice(&[0xc3, 0xa9]);
+    req.extend_from_slice(b"\r\n\r\n");
+    c.write_all(&req).unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).unwrap();
+    let mut echoed = b"x-correlation-id: caf".to_vec();
+    echoed.extend_from_slice(&[0xc3, 0xa9, b'\r']);
+    let lower: Vec<u8> = resp.iter().map(|b| b.to_ascii_lowercase()).collect();
+    assert!(
+        lower.windows(echoed.len()).any(|w| w == echoed.as_slice()),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    // The 401 body names it as the two latin-1 characters of those bytes.
+    let text = String::from_utf8_lossy(&resp);
+    assert!(
+        text.contains("\"correlation_id\":\"caf\u{c3}\u{a9}\""),
+        "{text}"
+    );
+}

@@ -79,6 +79,9 @@ pub async fn download(ctx: &Ctx, id: &str, name: &str) -> Response {
         return r;
     }
     let path = svc.run_dir(id).join("artifacts").join(name);
+    if crate::jobs::lifecycle::dangling_outside(svc.data_dir(), &path) {
+        return error(StatusCode::BAD_REQUEST, "Invalid artifact path", &ctx.cid);
+    }
     if !path.exists() {
         return error(StatusCode::NOT_FOUND, "Artifact file not found", &ctx.cid);
     }

@@ -138,12 +138,13 @@ pub async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(a)| a.ip().to_string());
+    // Used verbatim (§1.1): header bytes are latin-1 characters (as in Starlette), so any
+    // byte sequence round-trips to the response header unchanged.
     let cid = req
         .headers()
         .get("x-correlation-id")
-        .and_then(|v| v.to_str().ok())
+        .map(|v| v.as_bytes().iter().map(|&b| b as char).collect::<String>())
         .filter(|v| !v.is_empty())
-        .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut resp = guarded(&st, req, &cid, ip).await;
     let h = resp.headers_mut();
@@ -156,7 +157,8 @@ pub async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response
         "x-xss-protection",
         HeaderValue::from_static("1; mode=block"),
     );
-    if let Ok(v) = HeaderValue::from_str(&cid) {
+    let raw: Vec<u8> = cid.chars().map(|c| c as u32 as u8).collect();
+    if let Ok(v) = HeaderValue::from_bytes(&raw) {
         h.insert("x-correlation-id", v);
     }
     resp

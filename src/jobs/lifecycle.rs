@@ -64,6 +64,32 @@ pub fn inside(root: &Path, p: &Path) -> Option<std::path::PathBuf> {
     c.starts_with(&root).then_some(c)
 }
 
+/// True when `p` is a dangling symlink whose target (resolved lexically) lies outside
+/// `root`: "outside the data dir" must win over "missing on disk" (§1.5.9 check order).
+pub fn dangling_outside(root: &Path, p: &Path) -> bool {
+    use std::path::Component;
+    let is_link = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link || p.exists() {
+        return false;
+    }
+    let Ok(t) = std::fs::read_link(p) else {
+        return false;
+    };
+    let abs = p.parent().unwrap_or(Path::new("/")).join(t); // absolute targets replace it
+    let mut n = std::path::PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                n.pop();
+            }
+            Component::CurDir => {}
+            other => n.push(other),
+        }
+    }
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    !n.starts_with(root)
+}
+
 impl Service {
     /// Start-up reconciliation: `running` records of a dead process fail as interrupted;
     /// `queued` ones are queued again (or fail as interrupted when they cannot be).
