@@ -79,6 +79,8 @@ pub struct Runner {
     pub keep_net_table: bool,
     /// Pre-started helpers (servers); `None`: every run starts its own.
     pub pool: Option<std::sync::Arc<Pool>>,
+    /// See [`super::HostConfig::fork_helper`].
+    pub fork_helper: bool,
 }
 
 /// Per-run options on the host side.
@@ -310,7 +312,8 @@ impl Runner {
     /// Whether the helper can be forked without an exec: a single-threaded process (the CLI)
     /// whose helper binary is itself.
     fn may_fork_helper(&self) -> bool {
-        single_threaded()
+        self.fork_helper
+            && single_threaded()
             && std::env::current_exe().is_ok_and(|me| me == self.helper_exe)
             && std::env::var_os("TAKO_VM_HELPER_EXEC").is_none()
     }
@@ -846,6 +849,24 @@ impl Drop for HelperGuard {
     }
 }
 
+/// Zeroes every environment string of this process and empties the environment.
+fn scrub_environment() {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    // SAFETY: single-threaded (forked child); environ is a NULL-terminated array of
+    // NUL-terminated strings owned by this process.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let s = *p;
+            std::ptr::write_bytes(s, 0, libc::strlen(s));
+            p = p.add(1);
+        }
+        libc::clearenv();
+    }
+}
+
 /// True when this process has a single thread (then fork without exec is safe).
 fn single_threaded() -> bool {
     fs::read_to_string("/proc/self/status").is_ok_and(|s| {
@@ -864,6 +885,9 @@ fn fork_helper(ctl: i32, out_w: i32, err_w: i32) -> io::Result<i32> {
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
         nix::unistd::ForkResult::Child => {
+            // The caller's environment never reaches the sandbox: its strings are zeroed in
+            // this copy of the memory (an exec'd helper starts with an empty one).
+            scrub_environment();
             // SAFETY: plain descriptor system calls on descriptors this process owns; fds 0-2
             // are open, so ctl, out_w and err_w are all >= 3 and the order below is safe.
             unsafe {
