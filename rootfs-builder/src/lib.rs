@@ -13,7 +13,7 @@ mod tree;
 
 pub use snapshot::{
     BaseImage, BindMount, BuildHost, InstallOutcome, InstallRun, JobTypeSpec, Snapshot,
-    SnapshotError, SnapshotStore,
+    SnapshotError, SnapshotStore, SnapshotUse,
 };
 
 use std::fs;

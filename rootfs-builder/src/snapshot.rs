@@ -6,6 +6,7 @@
 //! <root>/snapshots/<key>/snapshot.json    what it is (base, requirements, env, uv …)
 //! <root>/snapshots/names/<name>           `tako-vm-<name>:latest` → key
 //! <root>/snapshots/locks/<key>.lock       one build per key (flock, across processes)
+//! <root>/snapshots/locks/use-<key>        held shared while sandboxes run on it (gc skips)
 //! <root>/snapshots/.staging-<key>-<pid>/  a build in progress (removed on failure)
 //! ```
 //! The key hashes the base image digest, python version, sorted requirements, uv version,
@@ -302,7 +303,46 @@ pub fn snapshot_key(
     Ok(hex::encode(Sha256::digest(doc.to_string().as_bytes())))
 }
 
+/// A shared hold on a snapshot for as long as sandboxes run on it: `gc` never removes a held
+/// snapshot. Released when dropped.
+pub struct SnapshotUse {
+    _lock: fs::File,
+}
+
+impl std::fmt::Debug for SnapshotUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotUse")
+    }
+}
+
+fn flock(f: &fs::File, op: libc::c_int) -> bool {
+    // SAFETY: flock(2) on a descriptor owned by `f`, which outlives the call.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
 impl SnapshotStore {
+    fn use_lock(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("use-{key}"))
+    }
+
+    /// Holds the snapshot of `key` against `gc`; `None` when it does not exist (any more).
+    /// The existence check comes after the lock, so a snapshot `gc` removed meanwhile is
+    /// never handed out.
+    pub fn hold(&self, key: &str) -> Option<SnapshotUse> {
+        if key.is_empty() || key.contains(['/', '.']) {
+            return None;
+        }
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.use_lock(key))
+            .ok()?;
+        if !flock(&f, libc::LOCK_SH) {
+            return None;
+        }
+        self.by_key(key).map(|_| SnapshotUse { _lock: f })
+    }
+
     /// Opens (creating) the store under `root` (the image store's directory).
     pub fn open(root: impl Into<PathBuf>) -> Result<SnapshotStore, SnapshotError> {
         let root = root.into().join("snapshots");
@@ -475,9 +515,76 @@ impl SnapshotStore {
                     continue;
                 }
             }
+            // A snapshot sandboxes run on is held (shared): skip it. The exclusive lock stays
+            // while it is removed, so nobody can take a hold on a half-removed tree.
+            let lock = if name.starts_with('.') {
+                None
+            } else {
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.use_lock(&name))
+                    .ok()
+            };
+            if lock
+                .as_ref()
+                .is_some_and(|l| !flock(l, libc::LOCK_EX | libc::LOCK_NB))
+            {
+                continue;
+            }
             tree::remove(&e.path()).map_err(io_err("remove", &e.path()))?;
+            if !name.starts_with('.') {
+                let _ = fs::remove_file(self.use_lock(&name));
+            }
             removed += 1;
         }
         Ok((removed, bases))
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+
+    fn fake_snapshot(store: &SnapshotStore, key: &str) {
+        let dir = store.root.join(key);
+        fs::create_dir_all(dir.join("rootfs")).unwrap();
+        let s = Snapshot {
+            key: key.into(),
+            job_type: String::new(),
+            base_reference: "python:3.11-slim".into(),
+            base_digest: "sha256:00".into(),
+            python_version: "3.11".into(),
+            requirements: vec!["six".into()],
+            uv_version: "uv 0".into(),
+            env: vec![],
+            created: 0,
+            rootfs: PathBuf::new(),
+        };
+        fs::write(dir.join("snapshot.json"), serde_json::to_vec(&s).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn gc_skips_a_held_snapshot_and_removes_it_once_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(tmp.path()).unwrap();
+        fake_snapshot(&store, "aa11");
+        fake_snapshot(&store, "bb22");
+        let held = store.hold("aa11").expect("exists");
+        let (removed, _) = store.gc().unwrap();
+        assert_eq!(removed, 1, "only the unheld one");
+        assert!(store.by_key("aa11").is_some());
+        assert!(store.by_key("bb22").is_none());
+        // Another hold of the same snapshot (a second sandbox) is fine.
+        let again = store.hold("aa11").expect("shared");
+        drop(held);
+        assert_eq!(store.gc().unwrap().0, 0, "still held by the second run");
+        drop(again);
+        assert_eq!(store.gc().unwrap().0, 1);
+        assert!(
+            store.hold("aa11").is_none(),
+            "a removed snapshot is never handed out"
+        );
+        assert!(store.hold("../x").is_none());
     }
 }

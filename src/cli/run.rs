@@ -106,7 +106,8 @@ fn limits(a: &RunArgs) -> anyhow::Result<Limits> {
 
 /// Runs `tako-vm run`; returns the exit code.
 pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> {
-    let (rootfs, image_env) =
+    // `_hold` keeps gc away from a job-type snapshot until the run is over.
+    let (rootfs, image_env, _hold) =
         super::run_image::rootfs_for(config, &a.rootfs, &a.image, &a.job_type, &a.store)?;
     if !rootfs.is_dir() {
         bail!("rootfs {} is not a directory", rootfs.display());

@@ -9,6 +9,14 @@ use crate::image::builder::SandboxBuildHost;
 use crate::image::{unpack, Registry};
 use crate::sandbox::Runner;
 
+/// What a run uses: the rootfs, the image/job-type environment, and for a snapshot a hold
+/// that keeps `tako-vm gc` away from it while the run lasts.
+pub type RunRootfs = (
+    PathBuf,
+    Vec<(String, String)>,
+    Option<rootfs_builder::SnapshotUse>,
+);
+
 /// The rootfs and the image/job-type environment of a run: `--rootfs` as given (no extra
 /// environment), a pulled image with its config `Env`, or a job type's snapshot (built on
 /// first use unless `production_mode`) with its baked environment.
@@ -18,9 +26,9 @@ pub fn rootfs_for(
     image: &Option<String>,
     job_type: &Option<String>,
     store: &StoreArgs,
-) -> anyhow::Result<(PathBuf, Vec<(String, String)>)> {
+) -> anyhow::Result<RunRootfs> {
     if let Some(r) = rootfs {
-        return Ok((r.clone(), Vec::new()));
+        return Ok((r.clone(), Vec::new(), None));
     }
     let (cfg, _) = crate::config::load(config)?;
     let store = store.configured(&cfg);
@@ -30,7 +38,7 @@ pub fn rootfs_for(
             bail!("no local image {reference}; pull it first: tako-vm pull {reference}");
         };
         let dir = unpack::ensure_rootfs(&images, &rec, &CliProgress::new())?;
-        return Ok((dir, rec.env_pairs()));
+        return Ok((dir, rec.env_pairs(), None));
     }
     let Some(name) = job_type else {
         bail!("give --rootfs DIR, --image REF or --job-type NAME");
@@ -46,5 +54,8 @@ pub fn rootfs_for(
     let progress = CliProgress::new();
     let host = SandboxBuildHost::new(&runner, &images, &reg, cfg.builder_config(), &progress);
     let snap = snaps.resolve(&spec, &host, !cfg.production_mode)?;
-    Ok((snap.rootfs.clone(), snap.env.clone()))
+    let Some(hold) = snaps.hold(&snap.key) else {
+        bail!("the snapshot of {name} was removed meanwhile (tako-vm gc); run again");
+    };
+    Ok((snap.rootfs.clone(), snap.env.clone(), Some(hold)))
 }

@@ -22,6 +22,19 @@ pub struct ResolvedEnv {
     pub env: Vec<(String, String)>,
     /// Snapshot digest, when the rootfs is a built snapshot.
     pub digest: Option<String>,
+    /// Keeps `tako-vm gc` away from the snapshot while this environment is in use.
+    pub hold: Option<SnapshotHold>,
+}
+
+/// A shared hold on a snapshot (see [`rootfs_builder::SnapshotUse`]); clones share it.
+#[derive(Debug, Clone)]
+pub struct SnapshotHold(pub std::sync::Arc<rootfs_builder::SnapshotUse>);
+
+impl PartialEq for SnapshotHold {
+    /// Holds carry no data of their own.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Whether a job type's snapshot exists.
@@ -148,6 +161,7 @@ impl Environments for BaseRootfsEnvironments {
             rootfs: self.base()?,
             env: valid_environment(jt),
             digest: None,
+            hold: None,
         })
     }
 

@@ -366,6 +366,7 @@ mod tests {
             rootfs: "/r".into(),
             env: vec![],
             digest: None,
+            hold: None,
         }
     }
 

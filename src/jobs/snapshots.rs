@@ -25,7 +25,7 @@ use rootfs_builder::{
 
 use super::env::{
     definition_digest, BaseRootfsEnvironments, BuildInfo, EnvError, Environments, ResolvedEnv,
-    SnapshotState,
+    SnapshotHold, SnapshotState,
 };
 use super::registry::{valid_environment, JobType};
 use crate::config::Config;
@@ -94,15 +94,29 @@ fn env_error(e: SnapshotError) -> EnvError {
     }
 }
 
-fn ready(s: Snapshot) -> ResolvedEnv {
-    ResolvedEnv {
-        rootfs: s.rootfs,
-        env: s.env,
-        digest: Some(s.key),
-    }
-}
-
 impl SnapshotEnvironments {
+    /// Runs `get` and holds its snapshot against `tako-vm gc` for as long as the returned
+    /// environment lives; a snapshot removed in between is resolved once more.
+    fn held(
+        &self,
+        get: impl Fn() -> Result<Snapshot, SnapshotError>,
+    ) -> Result<ResolvedEnv, EnvError> {
+        for _ in 0..2 {
+            let s = get().map_err(env_error)?;
+            if let Some(h) = self.snaps.hold(&s.key) {
+                return Ok(ResolvedEnv {
+                    rootfs: s.rootfs,
+                    env: s.env,
+                    digest: Some(s.key),
+                    hold: Some(SnapshotHold(Arc::new(h))),
+                });
+            }
+        }
+        Err(EnvError::Unavailable(
+            "the snapshot was removed while it was being resolved (tako-vm gc); try again".into(),
+        ))
+    }
+
     /// Opens the image store of `cfg` (`image_store`, registry and uv settings); builds run
     /// on `runner`; `shared_code` paths are relative to `base_dir`; `base_rootfs` serves
     /// requests without a job type when no base image is in the store.
@@ -165,10 +179,12 @@ impl SnapshotEnvironments {
             env.retain(|(ek, _)| *ek != k);
             env.push((k, v));
         }
+        // A named image: gc keeps it.
         Some(ResolvedEnv {
             rootfs,
             env,
             digest: Some(rec.digest),
+            hold: None,
         })
     }
 }
@@ -176,17 +192,15 @@ impl SnapshotEnvironments {
 impl Environments for SnapshotEnvironments {
     fn resolve(&self, jt: &JobType, may_build: bool) -> Result<ResolvedEnv, EnvError> {
         if !may_build {
-            return self
-                .snaps
-                .status(&jt.name)
-                .map(ready)
-                .ok_or_else(|| EnvError::NotBuilt(jt.name.clone()));
+            return self.held(|| {
+                self.snaps
+                    .status(&jt.name)
+                    .ok_or_else(|| SnapshotError::NotBuilt(jt.name.clone()))
+            });
         }
         let host = self.host()?;
-        self.snaps
-            .resolve(&self.spec(jt), &host, true)
-            .map(ready)
-            .map_err(env_error)
+        let spec = self.spec(jt);
+        self.held(|| self.snaps.resolve(&spec, &host, true))
     }
 
     fn status(&self, jt: &JobType) -> SnapshotState {
@@ -208,8 +222,15 @@ impl Environments for SnapshotEnvironments {
     }
 
     fn resolve_default(&self, jt: &JobType) -> Result<ResolvedEnv, EnvError> {
-        if let Some(s) = self.snaps.status(DEFAULT_JOB_TYPE) {
-            return Ok(ready(s));
+        if self.snaps.status(DEFAULT_JOB_TYPE).is_some() {
+            let named = || {
+                self.snaps
+                    .status(DEFAULT_JOB_TYPE)
+                    .ok_or_else(|| SnapshotError::NotBuilt(DEFAULT_JOB_TYPE.into()))
+            };
+            if let Ok(env) = self.held(named) {
+                return Ok(env);
+            }
         }
         match self.default_image(jt) {
             Some(env) => Ok(env),
@@ -223,10 +244,8 @@ impl Environments for SnapshotEnvironments {
         extra: &[String],
     ) -> Result<ResolvedEnv, EnvError> {
         let host = self.host()?;
-        self.snaps
-            .resolve_with_requirements(&self.spec(jt), extra, &host)
-            .map(ready)
-            .map_err(env_error)
+        let spec = self.spec(jt);
+        self.held(|| self.snaps.resolve_with_requirements(&spec, extra, &host))
     }
 }
 
