@@ -145,3 +145,23 @@ fn both_helper_spawn_paths_leave_the_payload_only_fds_0_to_2() {
         assert_eq!(stdout.trim(), "[0, 1, 2, 3]", "exec path {exec_path}");
     }
 }
+
+/// The payload starts with default signal dispositions and nothing blocked (our own
+/// processes ignore SIGPIPE; execve would pass that on).
+#[test]
+fn the_payload_starts_with_default_signals() {
+    let r = need_rootfs!();
+    let (code, out, err) = common::cli(&[
+        "run",
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
+    assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+}

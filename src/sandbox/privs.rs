@@ -65,6 +65,26 @@ enum Never {}
 fn try_drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters) -> R<Never> {
     // The user's code is the preferred OOM victim, never the sandbox init.
     let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    // Fresh signal dispositions: execve keeps ignored signals ignored, and our Rust
+    // processes ignore SIGPIPE (so `yes | head` would print "Broken pipe" instead of ending).
+    // The raw system call, because libc refuses its own internal signals (32, 33), which an
+    // ignoring parent can also pass on. An all-zero kernel `sigaction` is SIG_DFL with no
+    // flags and an empty mask on every architecture.
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: rt_sigaction with a valid, zeroed action; unknown numbers just fail.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                )
+            };
+        }
+    }
     let l = &spec.limits;
     let lim = |r: Resource, (s, h): (u64, u64)| {
         setrlimit(r, s, h).map_err(|e| format!("setrlimit {r:?}: {e}"))
