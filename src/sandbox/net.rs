@@ -89,10 +89,13 @@ const FORWARD6_FLAG: &str = "/run/tako-vm/ipv6_forward.was0";
 /// while IPv6 forwarding is on), one name per line; restored with the forwarding.
 const ACCEPT_RA_FILE: &str = "/run/tako-vm/accept_ra.was1";
 
-/// True when the host has IPv6 with a default route (then sandboxes get IPv6 too).
+/// True when the host has IPv6 with a default route, and new interfaces get IPv6 (then
+/// sandboxes get IPv6 too).
 pub fn host_has_ipv6() -> bool {
-    let off = fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
-        .map_or(true, |v| v.trim() != "0");
+    let off = ["all", "default"].iter().any(|c| {
+        fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{c}/disable_ipv6"))
+            .map_or(true, |v| v.trim() != "0")
+    });
     !off && fs::read_to_string("/proc/net/ipv6_route").is_ok_and(|t| {
         t.lines().any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();

@@ -319,17 +319,24 @@ impl PastaLease {
         };
         let pasta = find_tool("pasta").unwrap_or_else(|| "pasta".into());
         let mut cmd = Command::new(pasta);
-        cmd.args(["--config-net", "--no-map-gw", "--quiet"])
-            .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
-            .args(if ipv6 { &[][..] } else { &["--ipv4-only"][..] })
-            .arg("--dns-forward")
-            .arg(DNS_FORWARD.to_string())
-            .arg("--netns")
-            .arg(format!("/proc/{pid}/ns/net"))
-            .arg("--userns")
-            .arg(format!("/proc/{pid}/ns/user"))
-            .arg("--pid")
-            .arg(&lease.pid_file);
+        // The sandbox's interface is eth0 whatever the host's is called (as on the veth path).
+        cmd.args([
+            "--config-net",
+            "--no-map-gw",
+            "--quiet",
+            "--ns-ifname",
+            "eth0",
+        ])
+        .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+        .args(if ipv6 { &[][..] } else { &["--ipv4-only"][..] })
+        .arg("--dns-forward")
+        .arg(DNS_FORWARD.to_string())
+        .arg("--netns")
+        .arg(format!("/proc/{pid}/ns/net"))
+        .arg("--userns")
+        .arg(format!("/proc/{pid}/ns/user"))
+        .arg("--pid")
+        .arg(&lease.pid_file);
         // Returns once pasta has configured the namespace and gone to the background.
         run_tool("pasta", &mut cmd, None)?;
         let daemon: i32 = fs::read_to_string(&lease.pid_file)?
