@@ -14,6 +14,7 @@ pub mod mounts;
 pub mod net;
 pub mod netlink;
 pub mod pasta;
+pub mod pidfd;
 pub mod privs;
 pub mod spec;
 pub mod supervisor;

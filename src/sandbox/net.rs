@@ -173,7 +173,7 @@ pub(crate) fn run_tool(
         detail: format!("{e} (are iproute2, nftables and util-linux installed?)"),
     })?;
     // Opened before anything can reap the child, so the kill below never hits a reused pid.
-    let pidfd = pidfd_open(child.id() as i32).ok();
+    let pidfd = super::pidfd::open(child.id() as i32).ok();
     if let Some(input) = stdin {
         // A tool that exits early closes its stdin: its status tells what went wrong.
         let _ = child
@@ -190,7 +190,7 @@ pub(crate) fn run_tool(
         Ok(r) => r?,
         Err(_) => {
             if let Some(fd) = &pidfd {
-                pidfd_kill(fd);
+                super::pidfd::kill(fd);
             }
             // The waiting thread reaps it.
             let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
@@ -210,32 +210,6 @@ fn tool_error(what: &str, e: io::Error) -> NetError {
     NetError::Tool {
         what: what.into(),
         detail: e.to_string(),
-    }
-}
-
-/// A pidfd for `pid`.
-pub(crate) fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open returns a new descriptor we then own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// SIGKILL through a pidfd (never a reused pid).
-pub(crate) fn pidfd_kill(fd: &std::os::fd::OwnedFd) {
-    // SAFETY: signalling through a pidfd we own.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        );
     }
 }
 

@@ -35,10 +35,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::net::{
-    host_has_ipv6, pidfd_kill, pidfd_open, run_tool, Allowed, NetError, BLOCKED_V4, BLOCKED_V6,
-    TABLE,
-};
+use super::net::{host_has_ipv6, run_tool, Allowed, NetError, BLOCKED_V4, BLOCKED_V6, TABLE};
+use super::pidfd;
 
 /// Where the sandbox sends DNS queries; pasta forwards them to the host's first resolver.
 pub const DNS_FORWARD: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 53);
@@ -275,7 +273,7 @@ fn nft_inside(pid: i32, script: &str) -> Result<(), NetError> {
 
 /// Opens a pidfd for `pid` if it is a pasta process of our own user.
 fn our_pasta(pid: i32) -> Option<OwnedFd> {
-    let fd = pidfd_open(pid).ok()?;
+    let fd = pidfd::open(pid).ok()?;
     // Checked after the pidfd exists, so the process cannot be swapped in between.
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let name_ok = status.lines().any(|l| {
@@ -354,7 +352,7 @@ impl PastaLease {
 impl Drop for PastaLease {
     fn drop(&mut self) {
         if let Some(fd) = &self.pidfd {
-            pidfd_kill(fd);
+            pidfd::kill(fd);
         }
         let _ = fs::remove_file(&self.pid_file);
     }
@@ -384,7 +382,7 @@ pub fn sweep(owner_is_dead: impl Fn(&str) -> bool) {
             .and_then(|s| s.trim().parse().ok())
             .and_then(our_pasta)
         {
-            pidfd_kill(&fd);
+            pidfd::kill(&fd);
         }
         let _ = fs::remove_file(e.path());
     }

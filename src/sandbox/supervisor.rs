@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -136,16 +136,6 @@ pub struct Outcome {
     pub startup_ms: Option<u64>,
     /// Milliseconds of the whole run.
     pub total_ms: u64,
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) with a pid of our own child; returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn pipe() -> io::Result<(File, File)> {
@@ -441,7 +431,7 @@ impl Runner {
         set_nonblocking(&ctl)?;
         set_nonblocking(&out_r)?;
         set_nonblocking(&err_r)?;
-        let pidfd = pidfd_open(helper_pid)?;
+        let pidfd = super::pidfd::open(helper_pid)?;
         let deadline = t0 + opts.host_deadline;
         let mut init_pid: Option<i32> = None;
         let mut decoder = FrameDecoder::default();
