@@ -8,7 +8,7 @@ use tokio_util::io::ReaderStream;
 
 use super::http::{error, internal};
 use super::routes::Ctx;
-use crate::jobs::lifecycle::inside;
+use crate::jobs::lifecycle::{locate, Located};
 use crate::store::time;
 
 fn disposition(name: &str) -> String {
@@ -79,14 +79,16 @@ pub async fn download(ctx: &Ctx, id: &str, name: &str) -> Response {
         return r;
     }
     let path = svc.run_dir(id).join("artifacts").join(name);
-    if crate::jobs::lifecycle::dangling_outside(svc.data_dir(), &path) {
-        return error(StatusCode::BAD_REQUEST, "Invalid artifact path", &ctx.cid);
-    }
-    if !path.exists() {
-        return error(StatusCode::NOT_FOUND, "Artifact file not found", &ctx.cid);
-    }
-    let Some(path) = inside(svc.data_dir(), &path) else {
-        return error(StatusCode::BAD_REQUEST, "Invalid artifact path", &ctx.cid);
+    // §1.5.9 order: a path escaping the data dir (even through a link to nothing) before
+    // a missing file.
+    let path = match locate(svc.data_dir(), &path) {
+        Located::Inside(p) => p,
+        Located::Outside => {
+            return error(StatusCode::BAD_REQUEST, "Invalid artifact path", &ctx.cid)
+        }
+        Located::Missing => {
+            return error(StatusCode::NOT_FOUND, "Artifact file not found", &ctx.cid)
+        }
     };
     let Ok(mut file) = tokio::fs::File::open(&path).await else {
         return error(StatusCode::NOT_FOUND, "Artifact file not found", &ctx.cid);

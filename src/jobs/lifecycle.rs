@@ -57,27 +57,40 @@ pub enum ReplayError {
     Store(#[from] StoreError),
 }
 
-/// `p` resolved inside `root` (both canonicalised), else `None`.
-pub fn inside(root: &Path, p: &Path) -> Option<std::path::PathBuf> {
-    let root = root.canonicalize().ok()?;
-    let c = p.canonicalize().ok()?;
-    c.starts_with(&root).then_some(c)
+/// Where a stored path leads, checked against `root`.
+#[derive(Debug, PartialEq)]
+pub enum Located {
+    /// An existing file inside `root` (canonical path).
+    Inside(std::path::PathBuf),
+    /// It resolves outside `root`, also through a link to nothing.
+    Outside,
+    /// Nothing there, and nothing pointing outside.
+    Missing,
 }
 
-/// True when `p` is a dangling symlink whose target (resolved lexically) lies outside
-/// `root`: "outside the data dir" must win over "missing on disk" (§1.5.9 check order).
-pub fn dangling_outside(root: &Path, p: &Path) -> bool {
+/// Resolves `p` against `root`: existing paths are canonicalised; a dangling symlink is
+/// followed lexically, so "outside the data dir" is known even when its target is missing.
+pub fn locate(root: &Path, p: &Path) -> Located {
     use std::path::Component;
-    let is_link = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link || p.exists() {
-        return false;
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    if let Ok(c) = p.canonicalize() {
+        return if c.starts_with(&root) {
+            Located::Inside(c)
+        } else {
+            Located::Outside
+        };
     }
-    let Ok(t) = std::fs::read_link(p) else {
-        return false;
+    let Ok(target) = std::fs::read_link(p) else {
+        return Located::Missing;
     };
-    let abs = p.parent().unwrap_or(Path::new("/")).join(t); // absolute targets replace it
+    // An absolute target replaces the base; `..` is applied lexically.
     let mut n = std::path::PathBuf::new();
-    for c in abs.components() {
+    for c in p
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(target)
+        .components()
+    {
         match c {
             Component::ParentDir => {
                 n.pop();
@@ -86,8 +99,11 @@ pub fn dangling_outside(root: &Path, p: &Path) -> bool {
             other => n.push(other),
         }
     }
-    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    !n.starts_with(root)
+    if n.starts_with(&root) {
+        Located::Missing
+    } else {
+        Located::Outside
+    }
 }
 
 impl Service {
@@ -235,8 +251,13 @@ impl Service {
         if !input_path.exists() {
             return Err(ReplayError::InputFileMissing);
         }
-        let code_path = inside(&self.data_dir, &code_path).ok_or(ReplayError::InvalidPath)?;
-        let input_path = inside(&self.data_dir, &input_path).ok_or(ReplayError::InvalidPath)?;
+        // §1.5.7 order: the missing files above, then a path escaping the data dir.
+        let within = |p: &Path| match locate(&self.data_dir, p) {
+            Located::Inside(c) => Ok(c),
+            _ => Err(ReplayError::InvalidPath),
+        };
+        let code_path = within(&code_path)?;
+        let input_path = within(&input_path)?;
         let code = std::fs::read_to_string(code_path).map_err(|_| ReplayError::Failed)?;
         let input = std::fs::read(input_path).map_err(|_| ReplayError::Failed)?;
         let input: Value = serde_json::from_slice(&input).map_err(|_| ReplayError::Failed)?;
@@ -407,5 +428,31 @@ mod tests {
             svc.store.dlq_stats().unwrap(),
             [("internal_error".to_string(), 1)]
         );
+    }
+}
+
+#[cfg(test)]
+mod locate_tests {
+    use super::*;
+
+    #[test]
+    fn outside_missing_and_inside_are_told_apart_also_through_dangling_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::write(root.join("f"), "x").unwrap();
+        let link = |name: &str, to: &str| {
+            std::os::unix::fs::symlink(to, root.join(name)).unwrap();
+            locate(root, &root.join(name))
+        };
+        assert_eq!(
+            locate(root, &root.join("f")),
+            Located::Inside(root.canonicalize().unwrap().join("f"))
+        );
+        assert_eq!(locate(root, &root.join("nothing")), Located::Missing);
+        assert_eq!(link("out", "/etc/hostname"), Located::Outside);
+        assert_eq!(link("out-dangling", "/nonexistent/x"), Located::Outside);
+        assert_eq!(link("up-dangling", "../../nonexistent"), Located::Outside);
+        assert_eq!(link("in-dangling", "gone"), Located::Missing);
+        assert!(matches!(link("in", "f"), Located::Inside(_)));
     }
 }
