@@ -50,12 +50,9 @@ fn has_range(file: &str, user: &str) -> bool {
     })
 }
 
+/// The path of a program (`PATH`, then the sbin directories), as the sandbox finds it.
 fn which(bin: &str) -> Option<String> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.is_file())
-        .map(|p| p.display().to_string())
+    crate::sandbox::pasta::find_tool(bin).map(|p| p.display().to_string())
 }
 
 fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
@@ -132,9 +129,7 @@ fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
 /// service user may open (docs/network.md).
 fn network_check(user: &str) -> Check {
     use std::os::unix::fs::MetadataExt;
-    let tools = ["pasta", "nft"]
-        .iter()
-        .all(|t| which(t).is_some() || Path::new("/usr/sbin").join(t).is_file());
+    let tools = ["pasta", "nft"].iter().all(|t| which(t).is_some());
     let gid = nix::unistd::User::from_name(user)
         .ok()
         .flatten()

@@ -43,7 +43,7 @@ pub const DNS_FORWARD: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 53);
 
 /// Looks for a tool in `PATH`, then in the sbin directories an unprivileged `PATH` may lack.
 /// `TAKO_VM_PASTA` names the pasta binary explicitly.
-fn find_tool(name: &str) -> Option<PathBuf> {
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     if name == "pasta" {
         if let Some(p) = std::env::var_os("TAKO_VM_PASTA") {
             let p = PathBuf::from(p);
