@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::peer::{PeerHost, FETCH_PYPI, TO_PEER, TO_PEER6};
+use common::peer::{to_peer4, to_peer6, PeerHost, FETCH_PYPI};
 use tako_vm::exec::record::{ExecutionResult, Status};
 use tako_vm::exec::runner::{self, CodeRun};
 use tako_vm::sandbox::{host, HostConfig, NetworkSpec, Runner};
@@ -175,10 +175,10 @@ fn allowed_hosts_limit_egress_to_the_listed_destinations() {
     {
         let _peer = PeerHost::start();
         // Without allowed_hosts, a public destination is reachable…
-        let open = net_run(&runner, &r, TO_PEER, &[]);
+        let open = net_run(&runner, &r, &to_peer4(), &[]);
         assert!(open.stdout.contains("peer peer-hello"), "{open:?}");
         // …with allowed_hosts [pypi.org] only PyPI is.
-        let code = format!("{TO_PEER}\n{FETCH_PYPI}");
+        let code = format!("{}\n{FETCH_PYPI}", to_peer4());
         let restricted = net_run(&runner, &r, &code, &["pypi.org"]);
         assert_eq!(restricted.status, Status::Succeeded, "{restricted:?}");
         assert!(
@@ -192,7 +192,7 @@ fn allowed_hosts_limit_egress_to_the_listed_destinations() {
             restricted.stdout
         );
         // A CIDR entry allows the peer again.
-        let cidr = net_run(&runner, &r, TO_PEER, &["198.51.100.0/24"]);
+        let cidr = net_run(&runner, &r, &to_peer4(), &["198.51.100.0/24"]);
         assert!(cidr.stdout.contains("peer peer-hello"), "{cidr:?}");
     }
     let list = sh("nft list ruleset");
@@ -289,13 +289,14 @@ fn ipv6_follows_the_host_and_the_same_policy() {
 import socket
 mine = [l.split()[0] for l in open("/proc/net/if_inet6") if l.split()[5] == "eth0" and not l.startswith("fe80")]
 print("v6addrs", len(mine))
-{TO_PEER6}
+{to_peer6}
 for a in {targets:?}:
     try:
         socket.create_connection((a, {port}), timeout=2); print("REACHED", a)
     except OSError:
         print("blocked6", a)
-"#
+"#,
+        to_peer6 = to_peer6()
     );
     let res = net_run(&runner, &r, &code, &[]);
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
@@ -306,7 +307,7 @@ for a in {targets:?}:
         assert!(out.contains("v6addrs 1"), "{out}");
         assert!(out.contains("peer6 peer-hello"), "{out}");
         // allowed_hosts without an IPv6 entry: no IPv6 egress at all.
-        let res = net_run(&runner, &r, TO_PEER6, &["198.51.100.2"]);
+        let res = net_run(&runner, &r, &to_peer6(), &["198.51.100.2"]);
         assert!(res.stdout.contains("peer6 blocked"), "{res:?}");
     } else {
         assert!(out.contains("v6addrs 0"), "{out}");

@@ -303,7 +303,7 @@ except OSError:
 {to_peer}
 "#,
         fetch = common::peer::FETCH_PYPI,
-        to_peer = common::peer::TO_PEER,
+        to_peer = common::peer::to_peer4(),
     );
     let rec = net_run_as(user, r.to_str().unwrap(), &code, &[], &[]);
     drop(listener);
@@ -329,13 +329,19 @@ fn rootless_allowed_hosts_limit_egress() {
     let user = "tako-rootless1";
     let root = r.to_str().unwrap();
     let _peer = common::peer::PeerHost::start();
-    let code = format!("{}\n{}", common::peer::TO_PEER, common::peer::FETCH_PYPI);
+    let code = format!("{}\n{}", common::peer::to_peer4(), common::peer::FETCH_PYPI);
     let rec = net_run_as(user, root, &code, &["pypi.org"], &[]);
     let out = rec["stdout"].as_str().unwrap();
     assert_eq!(rec["status"], "succeeded", "{rec}");
     assert!(out.contains("peer blocked"), "{out}");
     assert!(out.contains("pypi 200 True"), "{out}");
-    let rec = net_run_as(user, root, common::peer::TO_PEER, &["198.51.100.0/24"], &[]);
+    let rec = net_run_as(
+        user,
+        root,
+        &common::peer::to_peer4(),
+        &["198.51.100.0/24"],
+        &[],
+    );
     assert!(
         rec["stdout"].as_str().unwrap().contains("peer peer-hello"),
         "{rec}"

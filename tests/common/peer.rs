@@ -51,14 +51,29 @@ impl Drop for PeerHost {
     }
 }
 
-/// Python that connects to the peer: prints `peer peer-hello` or `peer blocked`.
-pub const TO_PEER: &str = r#"
+/// Python that connects to the peer at `addr`: prints `<label> peer-hello` or
+/// `<label> blocked`.
+pub fn to_peer(addr: &str, label: &str) -> String {
+    format!(
+        r#"
 import socket
 try:
-    c = socket.create_connection(("198.51.100.2", 8080), timeout=3); print("peer", c.recv(20).decode())
+    c = socket.create_connection(("{addr}", 8080), timeout=3); print("{label}", c.recv(20).decode())
 except OSError as e:
-    print("peer blocked")
-"#;
+    print("{label} blocked")
+"#
+    )
+}
+
+/// The peer over IPv4: prints `peer peer-hello` or `peer blocked`.
+pub fn to_peer4() -> String {
+    to_peer("198.51.100.2", "peer")
+}
+
+/// The peer over IPv6: prints `peer6 peer-hello` or `peer6 blocked`.
+pub fn to_peer6() -> String {
+    to_peer("2a00:ffff::2", "peer6")
+}
 
 /// Python that fetches PyPI with TLS verification: prints the interfaces and `pypi 200 True`.
 pub const FETCH_PYPI: &str = r#"
@@ -70,13 +85,4 @@ try:
     urllib.request.urlopen("https://pypi.org/simple/six/", timeout=20, context=ssl._create_unverified_context())
 except Exception as e:
     print("unexpected", e)
-"#;
-
-/// Python that connects to the peer over IPv6: prints `peer6 peer-hello` or `peer6 blocked`.
-pub const TO_PEER6: &str = r#"
-import socket
-try:
-    c = socket.create_connection(("2a00:ffff::2", 8080), timeout=3); print("peer6", c.recv(20).decode())
-except OSError as e:
-    print("peer6 blocked")
 "#;
