@@ -593,6 +593,7 @@ pub struct Allowed {
 /// Resolves `allowed_hosts`.
 pub fn resolve_allowed(hosts: &[String]) -> Result<Allowed, NetError> {
     let mut a = Allowed::default();
+    let v6 = host_has_ipv6();
     for h in hosts {
         let h = h.trim();
         if let Some((ip, len)) = h.split_once('/') {
@@ -613,7 +614,6 @@ pub fn resolve_allowed(hosts: &[String]) -> Result<Allowed, NetError> {
             .map_err(|_| NetError::Resolve(h.into()))?
             .map(|s| s.ip())
             .collect();
-        let v6 = host_has_ipv6();
         let mut any = false;
         for ip in resolved {
             match ip {
