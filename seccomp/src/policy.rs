@@ -15,6 +15,10 @@ const MAX_ERRNO: u32 = 4095;
 /// Highest syscall argument index.
 const MAX_ARG: u8 = 5;
 
+/// Most values one conditional test may list (the compiled test jumps over them with 8-bit
+/// offsets).
+pub(crate) const MAX_VALUES: usize = 200;
+
 /// A parsed and validated seccomp policy (the format of `seccomp/policy.json`).
 ///
 /// Build it with [`Policy::builtin`] or [`Policy::from_json`], turn it into BPF with
@@ -244,6 +248,12 @@ impl RawConditional {
         let values = |map: UniqueMap<u64>| -> Result<Vec<u32>, SeccompError> {
             if map.0.is_empty() {
                 return invalid(format!("conditional `{syscall}`: the test has no values"));
+            }
+            if map.0.len() > MAX_VALUES {
+                return invalid(format!(
+                    "conditional `{syscall}`: the test lists {} values, at most {MAX_VALUES} are allowed",
+                    map.0.len()
+                ));
             }
             map.0
                 .into_iter()

@@ -56,11 +56,23 @@ fn nr(arch: Arch, name: &str) -> u32 {
 
 /// Runs one classic-BPF seccomp program on a `struct seccomp_data`.
 fn run_bpf(program: &[seccompiler::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+    run_bpf_traced(program, arch, nr, args).0
+}
+
+/// [`run_bpf`], also telling whether the program read any syscall argument.
+fn run_bpf_traced(
+    program: &[seccompiler::sock_filter],
+    arch: u32,
+    nr: u32,
+    args: [u64; 6],
+) -> (u32, bool) {
+    let read_args = std::cell::Cell::new(false);
     let load = |offset: u32| -> u32 {
         match offset {
             0 => nr,
             4 => arch,
             16..=63 => {
+                read_args.set(true);
                 let arg = args[(offset as usize - 16) / 8];
                 if offset % 8 == 0 {
                     arg as u32
@@ -76,10 +88,10 @@ fn run_bpf(program: &[seccompiler::sock_filter], arch: u32, nr: u32, args: [u64;
         let insn = &program[pc];
         pc += 1;
         match insn.code {
-            0x20 => acc = load(insn.k),    // BPF_LD | BPF_W | BPF_ABS
-            0x54 => acc &= insn.k,         // BPF_ALU | BPF_AND | BPF_K
-            0x05 => pc += insn.k as usize, // BPF_JMP | BPF_JA
-            0x06 => return insn.k,         // BPF_RET | BPF_K
+            0x20 => acc = load(insn.k),               // BPF_LD | BPF_W | BPF_ABS
+            0x54 => acc &= insn.k,                    // BPF_ALU | BPF_AND | BPF_K
+            0x05 => pc += insn.k as usize,            // BPF_JMP | BPF_JA
+            0x06 => return (insn.k, read_args.get()), // BPF_RET | BPF_K
             0x15 | 0x25 | 0x35 | 0x45 => {
                 let taken = match insn.code {
                     0x15 => acc == insn.k,  // JEQ
@@ -127,8 +139,28 @@ fn compiles_for_every_arch_and_reports_size_and_time() {
              compiled in {elapsed:?}",
             filters.instruction_count()
         );
-        assert_eq!(lengths.len(), 2, "enosys filter + main filter");
-        assert!(lengths.iter().all(|&len| len < 4096), "BPF_MAXINSNS");
+        assert_eq!(lengths, vec![filters.instruction_count()], "one program");
+        let reference = policy.compile_reference(arch).expect("compiles");
+        println!(
+            "{arch}: seccompiler's reference: filters {:?} instructions",
+            reference.filter_lengths()
+        );
+        assert_eq!(
+            reference.filter_lengths().len(),
+            2,
+            "enosys filter + main filter"
+        );
+        assert!(
+            reference.filter_lengths().iter().all(|&len| len < 4096),
+            "BPF_MAXINSNS"
+        );
+        // The point of the binary search: far fewer instructions for the kernel to install.
+        assert!(
+            filters.instruction_count() * 3 < reference.instruction_count(),
+            "{} vs {}",
+            filters.instruction_count(),
+            reference.instruction_count()
+        );
     }
     let start = Instant::now();
     let parsed = Policy::builtin().expect("parses");
@@ -481,4 +513,162 @@ fn host_arch_is_known() {
     }
     assert_eq!(Arch::X86_64.to_string(), "x86_64");
     assert_eq!(Arch::Aarch64.name(), "aarch64");
+}
+
+/// Argument vectors that probe the conditional tests of `policy`: every listed value, its
+/// neighbours, every single bit, all bits, and the same with high 32 bits set (which the tests
+/// must ignore), each in the tested argument position.
+fn probing_args(policy: &Policy) -> Vec<[u64; 6]> {
+    let mut out = vec![[0u64; 6], [u64::MAX; 6]];
+    for cond in &policy.conditional {
+        let mut values: Vec<u32> = match &cond.test {
+            crate::policy::ArgTest::EqAny(v) | crate::policy::ArgTest::NeAll(v) => v.clone(),
+            crate::policy::ArgTest::NoBitOf(mask) => vec![*mask],
+        };
+        let listed = values.clone();
+        for v in listed {
+            values.extend([v.wrapping_add(1), v.wrapping_sub(1), !v]);
+        }
+        values.extend((0..32).map(|bit| 1u32 << bit));
+        values.extend([0, u32::MAX, 17, 0x003d_0f00]);
+        for v in values {
+            for high in [0u64, 0xdead_beef] {
+                let mut args = [0u64; 6];
+                args[usize::from(cond.arg)] = (high << 32) | u64::from(v);
+                out.push(args);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_installed_program_has_the_verdicts_of_seccompilers_filters() {
+    let policy = builtin();
+    let probes = probing_args(&policy);
+    let other_arches = [AUDIT_ARCH_I386, 0, u32::MAX];
+    for arch in Arch::ALL {
+        let installed = policy.compile(arch).expect("compiles");
+        let reference = policy.compile_reference(arch).expect("compiles");
+        let numbers = (0..1200u32)
+            .chain(X32_SYSCALL_BIT..X32_SYSCALL_BIT + 600)
+            .chain([
+                0x3fff_ffff,
+                0x7fff_ffff,
+                0x8000_0000,
+                u32::MAX - 1,
+                u32::MAX,
+            ]);
+        let mut conditional = 0;
+        for nr in numbers {
+            // Numbers whose verdict depends on arguments get every probe, the rest two.
+            let (_, reads) =
+                run_bpf_traced(&reference.0[reference.0.len() - 1], audit(arch), nr, [0; 6]);
+            let args: &[[u64; 6]] = if reads { &probes } else { &probes[..2] };
+            conditional += usize::from(reads);
+            for a in args {
+                let want = verdict_of(&reference, audit(arch), nr, *a);
+                let got = verdict_of(&installed, audit(arch), nr, *a);
+                assert_eq!(got, want, "syscall {nr:#x} on {arch} with {a:x?}");
+            }
+            for other in other_arches {
+                let want = verdict_of(&reference, other, nr, [0; 6]);
+                assert_eq!(want, RET_KILL_PROCESS);
+                assert_eq!(verdict_of(&installed, other, nr, [0; 6]), want);
+            }
+        }
+        // clone, prctl, prlimit64 and ioctl on both architectures.
+        assert_eq!(conditional, policy.conditional.len(), "{arch}");
+    }
+}
+
+#[test]
+fn syscall_numbers_come_from_seccompiler() {
+    for arch in Arch::ALL {
+        for name in [
+            "read", "getpid", "openat", "ioctl", "clone", "clone3", "prctl", "seccomp",
+        ] {
+            assert_eq!(
+                crate::tree::syscall_number(name, arch).expect("known"),
+                nr(arch, name),
+                "{name} on {arch}"
+            );
+        }
+    }
+    assert!(crate::tree::syscall_number("open", Arch::Aarch64).is_err());
+    assert!(crate::tree::syscall_number("no_such_call", Arch::X86_64).is_err());
+}
+
+#[test]
+fn the_binary_search_is_right_for_long_and_mixed_interval_lists() {
+    use crate::policy::ArgTest;
+    use crate::tree::{intervals, search, Leaf};
+    // Every other number allowed up to 1000 (hundreds of intervals: the far jumps go through
+    // BPF_JA), a conditional leaf every 50, and the deny tail.
+    let deny = RET_ERRNO | 13;
+    let leaves: Vec<(u32, Leaf)> = (0..1000u32)
+        .filter(|n| n % 2 == 0)
+        .map(|n| {
+            let leaf = if n % 50 == 0 {
+                Leaf::Cond {
+                    arg: 2,
+                    test: ArgTest::EqAny(vec![n, n + 1]),
+                }
+            } else {
+                Leaf::Ret(RET_ALLOW)
+            };
+            (n, leaf)
+        })
+        .chain([
+            (5000, Leaf::Ret(ENOSYS)),
+            (5001, Leaf::Ret(ENOSYS)),
+            (u32::MAX, Leaf::Ret(RET_ALLOW)),
+        ])
+        .collect();
+    let ivs = intervals(leaves, deny);
+    assert_eq!(ivs.first().map(|i| i.lo), Some(0));
+    assert!(ivs.windows(2).all(|w| w[0].hi + 1 == w[1].lo), "contiguous");
+    assert_eq!(ivs.last().map(|i| i.hi), Some(u32::MAX));
+    let mut program = vec![seccompiler::sock_filter {
+        code: 0x20,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    program.extend(search(&ivs, deny));
+    assert!(
+        program.iter().any(|i| i.code == 0x05),
+        "far jumps are exercised"
+    );
+    for nr in (0..1100u32).chain([4999, 5000, 5001, 5002, u32::MAX - 1, u32::MAX]) {
+        for arg in [0u64, u64::from(nr), u64::from(nr) + 1, u64::from(nr) + 2] {
+            let want = match nr {
+                n if n < 1000 && n % 50 == 0 => {
+                    if arg == u64::from(n) || arg == u64::from(n) + 1 {
+                        RET_ALLOW
+                    } else {
+                        deny
+                    }
+                }
+                n if n < 1000 && n % 2 == 0 => RET_ALLOW,
+                5000 | 5001 => ENOSYS,
+                u32::MAX => RET_ALLOW,
+                _ => deny,
+            };
+            let got = run_bpf(&program, 0, nr, [0, 0, arg, 0, 0, 0]);
+            assert_eq!(got, want, "nr {nr} arg {arg}");
+        }
+    }
+}
+
+#[test]
+fn a_conditional_may_list_at_most_200_values() {
+    let values: Vec<String> = (0..201).map(|i| format!(r#""v{i}": {i}"#)).collect();
+    let json = format!(
+        r#"{{"default_errno": 1, "groups": {{}}, "conditional": [{{"syscall": "prctl", "arg": 0,
+        "allow_if_eq_any": {{{}}}, "comment": ""}}]}}"#,
+        values.join(", ")
+    );
+    let message = invalid_message(&json);
+    assert!(message.contains("at most 200"), "{message}");
 }
