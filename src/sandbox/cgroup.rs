@@ -2,8 +2,10 @@
 //! verdict and usage read back from the cgroup, kill-all, removal and the start-up sweep.
 //!
 //! Layout: every run gets `<parent>/<run-id>`; `<parent>` defaults to `tako-vm`. On v1 the
-//! same relative path exists under the `memory`, `cpu`, `cpuacct`, `pids` and `freezer`
-//! mounts; on v2 it lives under the unified root. An unprivileged server on v2 uses its own
+//! same relative path exists under the `memory`, `cpu`, `cpuacct` and `pids` mounts (once per
+//! hierarchy: `cpu,cpuacct` is often one mount); on v2 it lives under the unified root.
+//! No freezer: every task of a run but the helper is in the run's pid namespace, which the
+//! kernel kills as a whole when its init dies, so nothing can fork away during a kill. An unprivileged server on v2 uses its own
 //! delegated cgroup (systemd `Delegate=yes`): it moves itself into a `supervisor` leaf and
 //! puts the runs under `<own cgroup>/<parent>`.
 //!
@@ -26,7 +28,7 @@ use super::spec::Limits;
 /// The usual cgroup mount point.
 pub const ROOT: &str = "/sys/fs/cgroup";
 /// v1 controllers a run uses.
-pub const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+pub const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
 
 /// Errors of the cgroup layer.
 #[derive(Debug, thiserror::Error)]
@@ -119,8 +121,8 @@ impl Cgroups {
         let mut bases = Vec::new();
         for c in V1_CONTROLLERS {
             let Some((_, m)) = mounts.iter().find(|(n, _)| n == c) else {
-                if c == "freezer" || c == "cpuacct" {
-                    continue; // optional: kill and CPU accounting have fallbacks
+                if c == "cpuacct" {
+                    continue; // optional: the CPU time is then left out
                 }
                 return Err(CgroupError::Unavailable(format!(
                     "the v1 {c} controller is not mounted"
@@ -214,7 +216,10 @@ impl Cgroups {
             removed: false,
         };
         for (c, d) in dirs {
-            fs::create_dir(&d).map_err(io_err("create", &d))?;
+            // Controllers mounted together (`cpu,cpuacct`) share one directory.
+            if !run.dirs.iter().any(|(_, known)| *known == d) {
+                fs::create_dir(&d).map_err(io_err("create", &d))?;
+            }
             run.dirs.push((c, d));
         }
         Ok(run)
@@ -224,7 +229,9 @@ impl Cgroups {
     /// accepts is killed and removed. Returns how many were removed.
     pub fn sweep_dead(&self, is_dead: impl Fn(&str) -> bool) -> usize {
         let mut n = 0;
-        for (_, base) in self.bases() {
+        let mut bases: Vec<PathBuf> = self.bases().into_iter().map(|(_, b)| b).collect();
+        bases.dedup();
+        for base in bases {
             let Ok(rd) = fs::read_dir(&base) else {
                 continue;
             };
@@ -274,6 +281,17 @@ pub struct RunCgroup {
 }
 
 impl RunCgroup {
+    /// Each directory once (controllers mounted together share one).
+    fn unique_dirs(&self) -> Vec<&Path> {
+        let mut out: Vec<&Path> = Vec::with_capacity(self.dirs.len());
+        for (_, d) in &self.dirs {
+            if !out.contains(&d.as_path()) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
     fn dir(&self, controller: &str) -> Option<&Path> {
         match self.version {
             Version::V2 => self.dirs.first().map(|(_, d)| d.as_path()),
@@ -331,13 +349,13 @@ impl RunCgroup {
 
     /// Moves process `pid` into the cgroup (every controller on v1).
     pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
-        for (_, d) in &self.dirs {
+        for d in self.unique_dirs() {
             write(&d.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }
 
-    /// Kills every task of the run (freezing first on v1 so nothing forks meanwhile).
+    /// Kills every task of the run.
     pub fn kill_all(&self) {
         match self.version {
             Version::V2 => {
@@ -349,16 +367,6 @@ impl RunCgroup {
                 }
             }
             Version::V1 => {
-                let freezer = self.dir("freezer").map(|d| d.join("freezer.state"));
-                if let Some(f) = &freezer {
-                    let _ = fs::write(f, "FROZEN");
-                }
-                if let Some(d) = self.dir("pids").or(self.dir("memory")) {
-                    kill_procs_once(d);
-                }
-                if let Some(f) = &freezer {
-                    let _ = fs::write(f, "THAWED");
-                }
                 if let Some(d) = self.dir("pids").or(self.dir("memory")) {
                     kill_procs(d);
                 }
@@ -402,19 +410,18 @@ impl RunCgroup {
     }
 
     fn remove_now(&self) -> Result<(), CgroupError> {
-        // Usually every task is gone already and the directories go at once. Freezing and
-        // killing only when one is still busy: the v1 freezer flips a kernel static key
-        // (code patching on every CPU), which is most of the cost of a clean-up.
+        // Usually every task is gone already and the directories go at once; killing only
+        // when one is still busy.
         let busy = self
-            .dirs
-            .iter()
-            .any(|(_, d)| fs::remove_dir(d).is_err() && d.exists());
+            .unique_dirs()
+            .into_iter()
+            .any(|d| fs::remove_dir(d).is_err() && d.exists());
         if !busy {
             return Ok(());
         }
         self.kill_all();
         let mut result = Ok(());
-        for (_, d) in &self.dirs {
+        for d in self.unique_dirs() {
             if !remove_dir_retry(d) && d.exists() {
                 result = Err(CgroupError::Io {
                     op: "remove",
@@ -457,12 +464,6 @@ fn procs(dir: &Path) -> Vec<i32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
-}
-
-fn kill_procs_once(dir: &Path) {
-    for p in procs(dir) {
-        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-    }
 }
 
 fn kill_procs(dir: &Path) {
@@ -533,6 +534,42 @@ mod tests {
         assert_eq!(read_key(&f, "missing"), None);
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(mib(1_572_864), 1.5);
+    }
+
+    /// `cpu,cpuacct` mounted as one hierarchy (the usual systemd v1 layout): one directory per
+    /// run there, the run's pid written once, and usage still read from it.
+    #[test]
+    fn v1_controllers_mounted_together_share_one_directory() {
+        let root = tmp("v1-comount");
+        let both = root.join("cpu,cpuacct");
+        let mounts: Vec<(String, PathBuf)> = vec![
+            ("memory".into(), root.join("memory")),
+            ("cpu".into(), both.clone()),
+            ("cpuacct".into(), both.clone()),
+            ("pids".into(), root.join("pids")),
+        ];
+        for (_, m) in &mounts {
+            fs::create_dir_all(m).unwrap();
+        }
+        let cg = Cgroups::detect_v1(&mounts, "tako-vm").unwrap();
+        let run = cg.create("r1").unwrap();
+        assert_eq!(run.unique_dirs().len(), 3);
+        // Above any pid_max: a kill on a failed assertion's drop can hit nobody.
+        run.add(999_999_999).unwrap();
+        let shared = both.join("tako-vm/r1");
+        assert_eq!(
+            fs::read_to_string(shared.join("cgroup.procs")).unwrap(),
+            "999999999"
+        );
+        fs::write(shared.join("cpuacct.usage"), "2500000000\n").unwrap();
+        assert_eq!(run.usage().cpu_time_ms, Some(2500));
+        // A second run and the sweep see each directory once, too.
+        let other = cg.create("r2").unwrap();
+        assert_eq!(other.unique_dirs().len(), 3);
+        for r in [run, other] {
+            std::mem::forget(r); // the fake tree holds regular files; removed below
+        }
+        fs::remove_dir_all(&root).unwrap();
     }
 
     /// The v2 file protocol against a directory tree standing in for cgroupfs (the kernel
