@@ -65,6 +65,11 @@ tmp = [m for m in mounts if m.split()[1] == "/tmp"][0].split()[3].split(",")
 print("tmpopts", "noexec" in tmp, "nosuid" in tmp)
 open("/dev/shm/x", "w").write("ok"); print("shm ok")
 open("/output/x", "w").write("ok"); print("output ok")
+open("/dev/null", "w").write("x"); print("devs", len(open("/dev/zero", "rb").read(8)), len(open("/dev/urandom", "rb").read(8)))
+try:
+    os.execv("/dev/null", ["null"]); print("EXECUTED /dev/null")
+except OSError as e:
+    print("dev exec refused", e.errno)
 "#,
     );
     assert!(!out.contains("WROTE"), "{out}");
@@ -80,6 +85,9 @@ open("/output/x", "w").write("ok"); print("output ok")
     assert!(out.contains("rootopts True True True"), "{out}");
     assert!(out.contains("tmpopts True True"), "{out}");
     assert!(out.contains("shm ok") && out.contains("output ok"), "{out}");
+    // The device nodes work, and none can be executed (EACCES: not a regular file).
+    assert!(out.contains("devs 8 8"), "{out}");
+    assert!(out.contains("dev exec refused 13"), "{out}");
 }
 
 #[test]

@@ -255,18 +255,9 @@ fn setup_dev(root: &Path) -> R<()> {
         }
         let target = dev.join(name);
         fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
+        // No remount to nosuid/noexec: a device node can be neither executed nor setuid, so
+        // those flags would change nothing (and each remount is one more mount call).
         m(host.to_str(), &target, None, MsFlags::MS_BIND, None)?;
-        m(
-            None,
-            &target,
-            None,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NOEXEC
-                | locked_flags(&target),
-            None,
-        )?;
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),
