@@ -12,6 +12,11 @@
 //!
 //! Everything here runs after an `exec`, single-threaded, so forking is safe. The control
 //! socket is fd 3; stdout and stderr are the capture pipes of the supervisor.
+//!
+//! A single-threaded supervisor (the CLI) saves the helper level: it clones the init
+//! directly into new user, mount, pid, ipc, uts and net namespaces
+//! ([`init_in_namespaces_main`]); the init then only adds its cgroup namespace, once the
+//! supervisor has moved it into the run's cgroup.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -38,56 +43,27 @@ fn fail(ctl: &mut File, msg: String) -> ! {
     std::process::exit(1)
 }
 
+/// The namespaces of a sandbox but its cgroup namespace, which must be created after the move
+/// into the run's cgroup (it is rooted at the creator's cgroup).
+pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWUSER
+    .union(CloneFlags::CLONE_NEWNS)
+    .union(CloneFlags::CLONE_NEWPID)
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWNET);
+
+/// Why namespaces could not be created, with the usual fix.
+pub fn namespaces_error(e: impl std::fmt::Display) -> String {
+    format!("cannot create namespaces: {e}; unprivileged user namespaces must be enabled (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)")
+}
+
 /// Entry point of `tako-vm __sandbox-helper`. Never returns.
 pub fn helper_main() -> ! {
-    // SAFETY: the supervisor passes the control socket as fd 3; nothing else owns it.
-    let mut ctl = unsafe { File::from_raw_fd(CTL_FD) };
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if nix::unistd::getppid().as_raw() == 1 {
-        std::process::exit(1);
+    let (mut ctl, spec) = start();
+    if let Err(e) = unshare(NAMESPACES | CloneFlags::CLONE_NEWCGROUP) {
+        fail(&mut ctl, namespaces_error(e));
     }
-    let spec: SandboxSpec = match wire::read_frame(&mut ctl) {
-        Ok(Some((Kind::Spec, body))) => match serde_json::from_slice(&body) {
-            Ok(s) => s,
-            Err(e) => fail(&mut ctl, format!("bad sandbox spec: {e}")),
-        },
-        _ => std::process::exit(1),
-    };
-    let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWCGROUP;
-    if let Err(e) = unshare(flags) {
-        fail(
-            &mut ctl,
-            format!("cannot create namespaces: {e}; unprivileged user namespaces must be enabled (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)"),
-        );
-    }
-    if wire::write_frame(&mut ctl, Kind::Unshared, &[]).is_err() {
-        std::process::exit(1);
-    }
-    let mapped: Mapped = match wire::read_frame(&mut ctl) {
-        Ok(Some((Kind::Mapped, body))) => match serde_json::from_slice(&body) {
-            Ok(m) => m,
-            Err(e) => fail(&mut ctl, format!("bad id map answer: {e}")),
-        },
-        _ => std::process::exit(1),
-    };
-    if mapped.init_uid == 0 {
-        let root = (Uid::from_raw(0), Gid::from_raw(0));
-        if let Err(e) = nix::unistd::setresgid(root.1, root.1, root.1)
-            .and_then(|_| nix::unistd::setresuid(root.0, root.0, root.0))
-        {
-            fail(
-                &mut ctl,
-                format!("cannot become root of the user namespace: {e}"),
-            );
-        }
-        let _ = nix::unistd::setgroups(&[]);
-    }
+    let mapped = mapped(&mut ctl);
     // The helper and the init share the control socket: the init starts writing only after
     // the helper's last frame (InitPid) is out, signalled through this pipe.
     let (go_r, go_w) = match nix::unistd::pipe() {
@@ -126,6 +102,65 @@ pub fn helper_main() -> ! {
             }
         }
     }
+}
+
+/// Entry point of an init cloned by the supervisor straight into [`NAMESPACES`] (it is pid 1
+/// already, and the supervisor knows its pid). Never returns.
+pub fn init_in_namespaces_main() -> ! {
+    let (mut ctl, spec) = start();
+    // The supervisor has moved us into the run's cgroup before sending the spec.
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
+        fail(&mut ctl, namespaces_error(e));
+    }
+    let mapped = mapped(&mut ctl);
+    init_main(spec, ctl, mapped.eth0)
+}
+
+/// Common start of the helper and of a cloned init: the control socket (fd 3), death with
+/// the supervisor, and the spec.
+fn start() -> (File, SandboxSpec) {
+    // SAFETY: the supervisor passes the control socket as fd 3; nothing else owns it.
+    let mut ctl = unsafe { File::from_raw_fd(CTL_FD) };
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if nix::unistd::getppid().as_raw() == 1 {
+        std::process::exit(1);
+    }
+    let spec: SandboxSpec = match wire::read_frame(&mut ctl) {
+        Ok(Some((Kind::Spec, body))) => match serde_json::from_slice(&body) {
+            Ok(s) => s,
+            Err(e) => fail(&mut ctl, format!("bad sandbox spec: {e}")),
+        },
+        _ => std::process::exit(1),
+    };
+    (ctl, spec)
+}
+
+/// Reports the namespaces, waits for the id maps (and the network), and becomes root of the
+/// user namespace when the map has one.
+fn mapped(ctl: &mut File) -> Mapped {
+    if wire::write_frame(ctl, Kind::Unshared, &[]).is_err() {
+        std::process::exit(1);
+    }
+    let mapped: Mapped = match wire::read_frame(ctl) {
+        Ok(Some((Kind::Mapped, body))) => match serde_json::from_slice(&body) {
+            Ok(m) => m,
+            Err(e) => fail(ctl, format!("bad id map answer: {e}")),
+        },
+        _ => std::process::exit(1),
+    };
+    if mapped.init_uid == 0 {
+        let root = (Uid::from_raw(0), Gid::from_raw(0));
+        if let Err(e) = nix::unistd::setresgid(root.1, root.1, root.1)
+            .and_then(|_| nix::unistd::setresuid(root.0, root.0, root.0))
+        {
+            fail(
+                ctl,
+                format!("cannot become root of the user namespace: {e}"),
+            );
+        }
+        let _ = nix::unistd::setgroups(&[]);
+    }
+    mapped
 }
 
 fn init_main(spec: SandboxSpec, mut ctl: File, eth0: Option<wire::Eth0>) -> ! {

@@ -284,6 +284,7 @@ impl Runner {
                 out_r: spawned.out_r,
                 err_r: spawned.err_r,
                 pid: spawned.pid,
+                init_is_child: spawned.init_is_child,
             },
         );
         trace(t0, "sandbox gone");
@@ -319,10 +320,11 @@ impl Runner {
         let (ours, theirs) = UnixStream::pair()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let child = if self.may_fork_helper() {
-            // A single-threaded caller (the CLI) forks the helper without an exec: the same
-            // code, minus one exec of this binary (~2 ms).
-            let pid = fork_helper(theirs.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
+        let init_is_child = self.may_fork_helper();
+        let child = if init_is_child {
+            // A single-threaded caller (the CLI) clones the init itself into the namespaces,
+            // without an exec of this binary (~2 ms) and without a helper level.
+            let pid = clone_init(theirs.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
             HelperGuard {
                 pid,
                 child: None,
@@ -370,6 +372,7 @@ impl Runner {
             err_r,
             cgroup,
             pid,
+            init_is_child,
         })
     }
 
@@ -394,6 +397,7 @@ impl Runner {
             out_r,
             err_r,
             pid: helper_pid,
+            init_is_child,
         } = helper;
         if let Some(c) = cgroup {
             c.apply(&spec.limits)?;
@@ -433,7 +437,8 @@ impl Runner {
         set_nonblocking(&err_r)?;
         let pidfd = super::pidfd::open(helper_pid)?;
         let deadline = t0 + opts.host_deadline;
-        let mut init_pid: Option<i32> = None;
+        // A cloned init is known from the start; a helper reports its init (InitPid).
+        let mut init_pid: Option<i32> = init_is_child.then_some(helper_pid);
         let mut decoder = FrameDecoder::default();
         let (mut ctl_open, mut out_open, mut err_open, mut helper_alive) = (true, true, true, true);
         let mut out_r = out_r;
@@ -704,6 +709,8 @@ pub struct Spawned {
     err_r: File,
     cgroup: Option<RunCgroup>,
     pid: i32,
+    /// The child is the sandbox's init itself ([`clone_init`]), not a helper.
+    init_is_child: bool,
 }
 
 impl std::fmt::Debug for Spawned {
@@ -718,6 +725,7 @@ struct Helper {
     out_r: File,
     err_r: File,
     pid: i32,
+    init_is_child: bool,
 }
 
 /// Helpers started ahead of time (each single-use), refilled by a background thread.
@@ -865,16 +873,25 @@ fn single_threaded() -> bool {
     })
 }
 
-/// Forks the helper (no exec): fd 0 is /dev/null, 1 and 2 the capture pipes, 3 the control
-/// socket, every other descriptor closed. Only for a single-threaded caller.
-fn fork_helper(ctl: i32, out_w: i32, err_w: i32) -> io::Result<i32> {
+/// Clones the sandbox's init (no exec) straight into new user, mount, pid, ipc, uts and net
+/// namespaces ([`super::child::NAMESPACES`]): fd 0 is /dev/null, 1 and 2 the capture pipes, 3
+/// the control socket, every other descriptor closed. Only for a single-threaded caller.
+fn clone_init(ctl: i32, out_w: i32, err_w: i32) -> io::Result<i32> {
     // Nothing buffered may be written twice (once by each process).
     let _ = io::stdout().flush();
-    // SAFETY: the caller checked that this process is single-threaded, so the child may run
-    // any code; it never returns from helper_main.
-    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
-        nix::unistd::ForkResult::Child => {
+    let flags = super::child::NAMESPACES.bits() as libc::c_long | libc::SIGCHLD as libc::c_long;
+    // SAFETY: clone(2) without CLONE_VM and without a new stack behaves like fork(2): the
+    // child runs on a copy of this (single-threaded, as the caller checked) process, so it
+    // may run any code; it never returns from init_in_namespaces_main. glibc's fork-time
+    // bookkeeping is not needed: no other thread holds a lock, and raise() asks the kernel
+    // for the thread id.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match pid {
+        -1 => Err(io::Error::other(super::child::namespaces_error(
+            io::Error::last_os_error(),
+        ))),
+        pid if pid > 0 => Ok(pid as i32),
+        _ => {
             // The caller's environment never reaches the sandbox: its strings are zeroed in
             // this copy of the memory (an exec'd helper starts with an empty one).
             scrub_environment();
@@ -892,7 +909,7 @@ fn fork_helper(ctl: i32, out_w: i32, err_w: i32) -> io::Result<i32> {
                     libc::_exit(1);
                 }
             }
-            super::child::helper_main()
+            super::child::init_in_namespaces_main()
         }
     }
 }
