@@ -59,3 +59,40 @@ fn the_unit_runs_unprivileged_with_delegation_and_hardening() {
     }
     assert!(!UNIT.lines().any(|l| l.trim() == "User=root"));
 }
+
+/// For a unit with `User=` systemd implies `NoNewPrivileges=yes` when any seccomp-based
+/// option is set, and the setuid newuidmap/newgidmap that map the subuid range then fail
+/// ("write to uid_map failed: Operation not permitted"; found by scripts/systemd-check).
+#[test]
+fn the_unit_sets_nothing_that_implies_no_new_privileges() {
+    const IMPLY_NNP: [&str; 14] = [
+        "NoNewPrivileges",
+        "SystemCallFilter",
+        "SystemCallArchitectures",
+        "RestrictAddressFamilies",
+        "RestrictNamespaces",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectClock",
+        "MemoryDenyWriteExecute",
+        "RestrictRealtime",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+    ];
+    for line in UNIT.lines().map(str::trim) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if IMPLY_NNP.contains(&key) {
+            assert!(
+                matches!(value.trim(), "no" | "false" | "0" | ""),
+                "systemd/tako-vm.service: {line} implies NoNewPrivileges=yes for User=tako-vm"
+            );
+        }
+    }
+    assert!(!UNIT
+        .lines()
+        .any(|l| l.trim_start().starts_with("DynamicUser=yes")));
+}

@@ -166,6 +166,10 @@ fn mapped(ctl: &mut File) -> Mapped {
 fn init_main(spec: SandboxSpec, mut ctl: File, eth0: Option<wire::Eth0>) -> ! {
     let t0 = Instant::now();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // The usual 022, whatever the server's umask: the injected /code and /input files are
+    // created here for uid 1000 to read (under systemd's UMask=0027 they were 0440 and
+    // /code/main.py unreadable), and the payload inherits it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     if let Err(e) = mounts::enter_rootfs(&spec) {
         fail(&mut ctl, e);
     }
