@@ -147,4 +147,28 @@ fn apply_image_env(cfg: &mut Config, get: &dyn Fn(&str) -> Option<String>) {
     if let Some(v) = set("TAKO_VM_IMAGE_STORE") {
         cfg.image_store = Some(PathBuf::from(v));
     }
+    // The same variable as `tako-vm run --allow-unlimited`.
+    if let Some(v) = set("TAKO_VM_ALLOW_UNLIMITED_SANDBOXES") {
+        cfg.allow_unlimited_sandboxes = env_bool(&v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_unlimited_sandboxes_comes_from_the_same_variable_as_the_cli_flag() {
+        let run = |value: &str| {
+            let mut cfg = Config::default();
+            apply_env(&mut cfg, &|k| {
+                (k == "TAKO_VM_ALLOW_UNLIMITED_SANDBOXES").then(|| value.to_string())
+            })
+            .unwrap();
+            cfg.allow_unlimited_sandboxes
+        };
+        assert!(run("1") && run("true"));
+        assert!(!run("0") && !run("false"));
+        assert!(!Config::default().allow_unlimited_sandboxes);
+    }
 }
