@@ -165,3 +165,43 @@ fn the_payload_starts_with_default_signals() {
     assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
     assert!(!err.contains("Broken pipe"), "{err}");
 }
+
+/// The CLI clones the sandbox's init itself and puts it into its cgroup while the init builds
+/// the filesystem; the limits must hold before the payload starts, on both spawn paths: the
+/// pids limit stops a fork loop, the memory limit ends a 200 MB allocation as `oom`, and the
+/// cgroup namespace is rooted at the run's cgroup.
+#[test]
+fn both_spawn_paths_start_the_payload_inside_its_limits() {
+    let r = need_rootfs!();
+    let root = r.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let forks = dir.path().join("forks.py");
+    std::fs::write(
+        &forks,
+        "import os, time\nn = 0\ntry:\n    for _ in range(100):\n        if os.fork() == 0:\n            time.sleep(5); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('stopped', n, e.errno)\nprint([l for l in open('/proc/self/cgroup').read().split() if ':memory:' in l or ':pids:' in l])\n",
+    )
+    .unwrap();
+    let hog = dir.path().join("hog.py");
+    std::fs::write(&hog, "x = bytearray(200 << 20)\nprint('survived')\n").unwrap();
+    for exec_path in [false, true] {
+        let run = |extra: &[&str], code: &std::path::Path| {
+            let mut cmd = std::process::Command::new(common::bin());
+            cmd.args(["run", "--rootfs", root])
+                .args(extra)
+                .args(["--code", code.to_str().unwrap()]);
+            if exec_path {
+                cmd.env("TAKO_VM_HELPER_EXEC", "1");
+            }
+            let out = cmd.output().unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {out:?}"))
+        };
+        let v = run(&["--pids", "20"], &forks);
+        let stdout = v["stdout"].as_str().unwrap();
+        assert!(stdout.contains("stopped"), "exec path {exec_path}: {v}");
+        assert!(stdout.contains(":memory:/'"), "exec path {exec_path}: {v}");
+        let v = run(&["--memory", "64m"], &hog);
+        assert_eq!(v["status"], "oom", "exec path {exec_path}: {v}");
+        assert!(!v["stdout"].as_str().unwrap().contains("survived"), "{v}");
+    }
+}

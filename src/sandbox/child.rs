@@ -15,8 +15,10 @@
 //!
 //! A single-threaded supervisor (the CLI) saves the helper level: it clones the init
 //! directly into new user, mount, pid, ipc, uts and net namespaces
-//! ([`init_in_namespaces_main`]); the init then only adds its cgroup namespace, once the
-//! supervisor has moved it into the run's cgroup.
+//! ([`init_in_namespaces_main`]). While that init builds the filesystem, the supervisor
+//! creates the run's cgroup, moves the init into it and applies the limits; the init starts
+//! the payload only after that ([`Kind::Limited`]), and then adds its cgroup namespace, so
+//! it is rooted at the run's cgroup as in the helper's case.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -79,7 +81,7 @@ pub fn helper_main() -> ! {
             if File::from(go_r).read_exact(&mut byte).is_err() {
                 std::process::exit(1);
             }
-            init_main(spec, ctl, mapped.eth0)
+            init_main(spec, ctl, mapped.eth0, false)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(go_r);
@@ -108,12 +110,8 @@ pub fn helper_main() -> ! {
 /// already, and the supervisor knows its pid). Never returns.
 pub fn init_in_namespaces_main() -> ! {
     let (mut ctl, spec) = start();
-    // The supervisor has moved us into the run's cgroup before sending the spec.
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
-        fail(&mut ctl, namespaces_error(e));
-    }
     let mapped = mapped(&mut ctl);
-    init_main(spec, ctl, mapped.eth0)
+    init_main(spec, ctl, mapped.eth0, true)
 }
 
 /// Common start of the helper and of a cloned init: the control socket (fd 3), death with
@@ -163,7 +161,9 @@ fn mapped(ctl: &mut File) -> Mapped {
     mapped
 }
 
-fn init_main(spec: SandboxSpec, mut ctl: File, eth0: Option<wire::Eth0>) -> ! {
+/// The pid-namespace init. `wait_limited`: a cloned init, which waits for its cgroup
+/// ([`Kind::Limited`]) before it starts the payload.
+fn init_main(spec: SandboxSpec, mut ctl: File, eth0: Option<wire::Eth0>, wait_limited: bool) -> ! {
     let t0 = Instant::now();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // The usual 022, whatever the server's umask: the injected /code and /input files are
@@ -193,6 +193,16 @@ fn init_main(spec: SandboxSpec, mut ctl: File, eth0: Option<wire::Eth0>) -> ! {
         Ok(f) => f,
         Err(e) => fail(&mut ctl, format!("seccomp policy: {e}")),
     };
+    if wait_limited {
+        match wire::read_frame(&mut ctl) {
+            Ok(Some((Kind::Limited, _))) => {}
+            _ => std::process::exit(1),
+        }
+        // In the run's cgroup now: the cgroup namespace is rooted there.
+        if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
+            fail(&mut ctl, namespaces_error(e));
+        }
+    }
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     let _ = chld.thread_block();

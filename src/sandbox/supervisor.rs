@@ -270,12 +270,12 @@ impl Runner {
             Some(s) => s,
             None => self.spawn_helper(&opts.run_id)?,
         };
-        trace(t0, "helper ready in its cgroup");
-        let cgroup = spawned.cgroup;
+        trace(t0, "helper ready");
+        let mut cgroup = spawned.cgroup;
         let result = self.run_in(
             spec,
             opts,
-            cgroup.as_ref(),
+            &mut cgroup,
             t0,
             allowed.as_ref(),
             Helper {
@@ -312,15 +312,18 @@ impl Runner {
     /// Starts a helper in a fresh cgroup (limits not applied yet); it waits for its spec.
     /// Moving a process into a cgroup costs one RCU grace period on current kernels
     /// (~10-15 ms on cgroup v1), which is why servers keep a few of these ready.
+    ///
+    /// A cloned init ([`clone_init`]) gets its cgroup later, while it builds its filesystem
+    /// (see [`Runner::run`]).
     pub fn spawn_helper(&self, run_id: &str) -> Result<Spawned, SandboxError> {
+        let init_is_child = self.may_fork_helper();
         let cgroup = match &self.cgroups {
-            Some(c) => Some(c.create(run_id)?),
-            None => None,
+            Some(c) if !init_is_child => Some(c.create(run_id)?),
+            _ => None,
         };
         let (ours, theirs) = UnixStream::pair()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let init_is_child = self.may_fork_helper();
         let child = if init_is_child {
             // A single-threaded caller (the CLI) clones the init itself into the namespaces,
             // without an exec of this binary (~2 ms) and without a helper level.
@@ -376,11 +379,15 @@ impl Runner {
         })
     }
 
+    /// Runs the sandbox of `helper`. A helper comes in its cgroup; a cloned init
+    /// (`init_is_child`) gets it once the id maps are written: the supervisor creates the
+    /// cgroup, moves the init and applies the limits while the init builds its filesystem
+    /// on the other CPU, then sends [`Kind::Limited`], before which the init starts nothing.
     fn run_in(
         &self,
         spec: &SandboxSpec,
         opts: &RunOptions,
-        cgroup: Option<&RunCgroup>,
+        cgroup_slot: &mut Option<RunCgroup>,
         t0: Instant,
         allowed: Option<&net::Allowed>,
         helper: Helper,
@@ -399,7 +406,7 @@ impl Runner {
             pid: helper_pid,
             init_is_child,
         } = helper;
-        if let Some(c) = cgroup {
+        if let Some(c) = cgroup_slot.as_ref() {
             c.apply(&spec.limits)?;
         }
         let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
@@ -446,12 +453,14 @@ impl Runner {
         let mut buf = vec![0u8; 64 << 10];
         let mut drain_until: Option<Instant> = None;
         let mut protocol_error = false;
+        // A failure of the supervisor's own late set-up (the cloned init's cgroup).
+        let mut late_error: Option<SandboxError> = None;
 
         while ctl_open || out_open || err_open || helper_alive {
             let now = Instant::now();
             if !out.host_timeout && now >= deadline {
                 out.host_timeout = true;
-                kill_tree(init_pid, helper_pid, cgroup);
+                kill_tree(init_pid, helper_pid, cgroup_slot.as_ref());
                 drain_until = Some(now + Duration::from_secs(2));
             }
             let cancelled = opts
@@ -459,7 +468,7 @@ impl Runner {
                 .as_ref()
                 .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
             if cancelled && drain_until.is_none() {
-                kill_tree(init_pid, helper_pid, cgroup);
+                kill_tree(init_pid, helper_pid, cgroup_slot.as_ref());
                 drain_until = Some(now + Duration::from_secs(2));
             }
             if let Some(d) = drain_until {
@@ -516,7 +525,8 @@ impl Runner {
                                         break;
                                     }
                                 };
-                                let r = self.handle_frame(
+                                let mapped_now = init_is_child && frame.0 == Kind::Unshared;
+                                let mut r = self.handle_frame(
                                     frame,
                                     &mut ctl,
                                     helper_pid,
@@ -526,6 +536,20 @@ impl Runner {
                                     t0,
                                     &mut net_state,
                                 );
+                                if r.is_ok() && mapped_now {
+                                    // The init builds its filesystem meanwhile.
+                                    match self.limit_cloned_init(helper_pid, opts, &spec.limits) {
+                                        Ok(c) => {
+                                            *cgroup_slot = c;
+                                            r = wire::write_frame(&mut ctl, Kind::Limited, &[]);
+                                            trace(t0, "cgroup ready, init limited");
+                                        }
+                                        Err(e) => {
+                                            late_error = Some(e);
+                                            r = Err(io::Error::other("cgroup"));
+                                        }
+                                    }
+                                }
                                 if r.is_err() {
                                     protocol_error = true;
                                     ctl_open = false;
@@ -533,7 +557,7 @@ impl Runner {
                                 }
                             }
                             if protocol_error {
-                                kill_tree(init_pid, helper_pid, cgroup);
+                                kill_tree(init_pid, helper_pid, cgroup_slot.as_ref());
                             }
                         }
                         None => {}
@@ -573,16 +597,36 @@ impl Runner {
             let _ = io::stdout().flush();
         }
         if helper_alive {
-            kill_tree(init_pid, helper_pid, cgroup);
+            kill_tree(init_pid, helper_pid, cgroup_slot.as_ref());
         }
         child.wait();
         intake.end_current(false);
         out.artifacts = intake.done;
         out.result_json = intake.result_json;
+        if let Some(e) = late_error {
+            return Err(e);
+        }
         if protocol_error && out.setup_error.is_none() && out.exit.is_none() {
             out.setup_error = Some("the sandbox broke the control protocol".into());
         }
         Ok(out)
+    }
+
+    /// Creates the run's cgroup, moves the cloned init `pid` into it and applies the limits
+    /// (`None` when running without limits was allowed).
+    fn limit_cloned_init(
+        &self,
+        pid: i32,
+        opts: &RunOptions,
+        limits: &super::spec::Limits,
+    ) -> Result<Option<RunCgroup>, SandboxError> {
+        let Some(cgroups) = &self.cgroups else {
+            return Ok(None);
+        };
+        let c = cgroups.create(&opts.run_id)?;
+        c.add(pid)?;
+        c.apply(limits)?;
+        Ok(Some(c))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -660,7 +704,7 @@ impl Runner {
                 out.exit = Some(r);
                 Ok(())
             }
-            Kind::Spec | Kind::Mapped => Err(io::Error::other("unexpected frame")),
+            Kind::Spec | Kind::Mapped | Kind::Limited => Err(io::Error::other("unexpected frame")),
         }
     }
 }

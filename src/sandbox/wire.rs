@@ -36,6 +36,9 @@ pub enum Kind {
     ArtifactEnd = 9,
     /// init → supervisor: the payload is gone (JSON [`ExitReport`]).
     Exit = 10,
+    /// supervisor → cloned init: it is in the run's cgroup and the limits hold; start the
+    /// payload.
+    Limited = 11,
 }
 
 impl Kind {
@@ -52,6 +55,7 @@ impl Kind {
             8 => ArtifactData,
             9 => ArtifactEnd,
             10 => Exit,
+            11 => Limited,
             _ => return None,
         })
     }
