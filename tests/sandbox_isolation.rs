@@ -266,6 +266,12 @@ fn startup_sweep_kills_and_removes_leftovers_of_dead_owners() {
         .spawn()
         .unwrap();
     std::fs::write(mem.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    // The crashed run had its pids directory too: it goes with the memory one.
+    let pids = std::path::Path::new("/sys/fs/cgroup/pids")
+        .join(parent)
+        .join(dead);
+    std::fs::create_dir_all(&pids).unwrap();
+    std::fs::write(pids.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
     // A live owner's run (ours) must survive the sweep.
     let live = tako_vm::sandbox::host::new_run_id();
     let live_dir = std::path::Path::new("/sys/fs/cgroup/memory")
@@ -277,6 +283,7 @@ fn startup_sweep_kills_and_removes_leftovers_of_dead_owners() {
     let status = sleeper.wait().unwrap();
     assert!(!status.success(), "leftover process was killed");
     assert!(!mem.exists(), "leftover cgroup removed");
+    assert!(!pids.exists(), "leftover pids cgroup removed");
     assert!(live_dir.exists(), "a live owner's cgroup is kept");
     std::fs::remove_dir(&live_dir).unwrap();
 }

@@ -226,25 +226,33 @@ impl Cgroups {
     }
 
     /// Removes leftovers of runs of crashed processes: every run cgroup whose name `is_dead`
-    /// accepts is killed and removed. Returns how many were removed.
+    /// accepts is killed and removed (in every hierarchy). Returns how many runs were removed.
+    ///
+    /// Only the first hierarchy (`memory` on v1) is listed: a run's directory there is
+    /// created first and removed last, so it exists whenever any of the run's directories
+    /// does (one directory listing per start instead of four).
     pub fn sweep_dead(&self, is_dead: impl Fn(&str) -> bool) -> usize {
-        let mut n = 0;
         let mut bases: Vec<PathBuf> = self.bases().into_iter().map(|(_, b)| b).collect();
         bases.dedup();
-        for base in bases {
-            let Ok(rd) = fs::read_dir(&base) else {
+        let Some(Ok(rd)) = bases.first().map(fs::read_dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(e.file_type().is_ok_and(|t| t.is_dir()) && name != "supervisor" && is_dead(&name))
+            {
                 continue;
-            };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if e.file_type().is_ok_and(|t| t.is_dir()) && name != "supervisor" && is_dead(&name)
-                {
-                    kill_procs(&e.path());
-                    if remove_dir_retry(&e.path()) {
-                        n += 1;
-                    }
+            }
+            let mut removed = true;
+            for base in bases.iter().rev() {
+                let dir = base.join(&name);
+                if dir.exists() {
+                    kill_procs(&dir);
+                    removed &= remove_dir_retry(&dir);
                 }
             }
+            n += usize::from(removed);
         }
         n
     }
@@ -281,7 +289,7 @@ pub struct RunCgroup {
 }
 
 impl RunCgroup {
-    /// Each directory once (controllers mounted together share one).
+    /// Each directory once (controllers mounted together share one), in creation order.
     fn unique_dirs(&self) -> Vec<&Path> {
         let mut out: Vec<&Path> = Vec::with_capacity(self.dirs.len());
         for (_, d) in &self.dirs {
@@ -412,16 +420,19 @@ impl RunCgroup {
     fn remove_now(&self) -> Result<(), CgroupError> {
         // Usually every task is gone already and the directories go at once; killing only
         // when one is still busy.
+        // In reverse creation order, so the first hierarchy's directory, the one the start-up
+        // sweep lists, goes last.
         let busy = self
             .unique_dirs()
             .into_iter()
+            .rev()
             .any(|d| fs::remove_dir(d).is_err() && d.exists());
         if !busy {
             return Ok(());
         }
         self.kill_all();
         let mut result = Ok(());
-        for d in self.unique_dirs() {
+        for d in self.unique_dirs().into_iter().rev() {
             if !remove_dir_retry(d) && d.exists() {
                 result = Err(CgroupError::Io {
                     op: "remove",
