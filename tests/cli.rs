@@ -146,24 +146,30 @@ fn both_helper_spawn_paths_leave_the_payload_only_fds_0_to_2() {
     }
 }
 
-/// The payload starts with default signal dispositions and nothing blocked (our own
-/// processes ignore SIGPIPE; execve would pass that on).
+/// The payload starts with default signal dispositions, nothing blocked and an empty
+/// capability bounding set (our own processes ignore SIGPIPE, and execve would pass that on;
+/// the init sheds both before it forks the payload), on both spawn paths.
 #[test]
 fn the_payload_starts_with_default_signals() {
     let r = need_rootfs!();
-    let (code, out, err) = common::cli(&[
-        "run",
-        "--rootfs",
-        r.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -1",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
-    assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
-    assert!(!err.contains("Broken pipe"), "{err}");
+    for exec_path in [false, true] {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["run", "--rootfs", r.to_str().unwrap(), "--", "sh", "-c"]);
+        cmd.arg("grep -E '^(Sig(Ign|Blk)|CapBnd)' /proc/self/status; yes | head -1");
+        if exec_path {
+            cmd.env("TAKO_VM_HELPER_EXEC", "1");
+        }
+        let o = cmd.output().unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "exec path {exec_path}: {err}");
+        assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
+        assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
+        assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
+        assert!(!err.contains("Broken pipe"), "{err}");
+    }
 }
 
 /// The CLI clones the sandbox's init itself and puts it into its cgroup while the init builds

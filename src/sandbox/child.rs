@@ -139,6 +139,10 @@ fn mapped(ctl: &mut File) -> Mapped {
     if wire::write_frame(ctl, Kind::Unshared, &[]).is_err() {
         std::process::exit(1);
     }
+    // While the supervisor writes the id maps.
+    if let Err(e) = privs::shed_inherited() {
+        fail(ctl, e);
+    }
     let mapped: Mapped = match wire::read_frame(ctl) {
         Ok(Some((Kind::Mapped, body))) => match serde_json::from_slice(&body) {
             Ok(m) => m,

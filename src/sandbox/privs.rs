@@ -62,14 +62,20 @@ pub fn drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters
 
 enum Never {}
 
-fn try_drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters) -> R<Never> {
-    // The user's code is the preferred OOM victim, never the sandbox init.
-    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
-    // Fresh signal dispositions: execve keeps ignored signals ignored, and our Rust
-    // processes ignore SIGPIPE (so `yes | head` would print "Broken pipe" instead of ending).
-    // The raw system call, because libc refuses its own internal signals (32, 33), which an
-    // ignoring parent can also pass on. An all-zero kernel `sigaction` is SIG_DFL with no
-    // flags and an empty mask on every architecture.
+/// What the sandbox's processes must not pass on to the payload, shed once by the process
+/// that becomes (or forks) the init, while it waits for its id maps, so the payload's start
+/// does not pay for it:
+///
+/// * ignored signals: execve keeps them ignored, and our Rust processes ignore SIGPIPE (so
+///   `yes | head` would print "Broken pipe" instead of ending). Every disposition is reset to
+///   the default with the raw system call, because libc refuses its own internal signals
+///   (32, 33), which an ignoring parent can also pass on; an all-zero kernel `sigaction` is
+///   SIG_DFL with no flags and an empty mask on every architecture. The init installs no
+///   handler afterwards, so the payload inherits the defaults.
+/// * the capability bounding set (it needs CAP_SETPCAP, which the payload's uid change takes
+///   away). Dropping it leaves the caller's own effective capabilities, which the init still
+///   needs, untouched.
+pub fn shed_inherited() -> R<()> {
     let dfl = [0u64; 4];
     for sig in 1..=64 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -85,6 +91,16 @@ fn try_drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters
             };
         }
     }
+    for cap in caps::all() {
+        caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop bounding {cap}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn try_drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters) -> R<Never> {
+    // The user's code is the preferred OOM victim, never the sandbox init.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    // Signal dispositions and the bounding set were shed by the init (shed_inherited).
     let l = &spec.limits;
     let lim = |r: Resource, (s, h): (u64, u64)| {
         setrlimit(r, s, h).map_err(|e| format!("setrlimit {r:?}: {e}"))
@@ -105,10 +121,6 @@ fn try_drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters
 
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| format!("chdir {}: {e}", spec.cwd))?;
 
-    // Bounding set first: it needs CAP_SETPCAP, which the uid change below takes away.
-    for cap in caps::all() {
-        caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop bounding {cap}: {e}"))?;
-    }
     // setgroups is denied in single-id mode (the host's setgroups=deny): nothing to clear then.
     let _ = nix::unistd::setgroups(&[]);
     let (g, u) = (Gid::from_raw(SANDBOX_GID), Uid::from_raw(SANDBOX_UID));

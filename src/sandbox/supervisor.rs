@@ -136,6 +136,9 @@ pub struct Outcome {
     pub startup_ms: Option<u64>,
     /// Milliseconds of the whole run.
     pub total_ms: u64,
+    /// `usage` was read when the init reported the exit (every task of the run but the
+    /// init already gone), while the init was still tearing its namespaces down.
+    usage_read: bool,
 }
 
 fn pipe() -> io::Result<(File, File)> {
@@ -288,13 +291,19 @@ impl Runner {
             },
         );
         trace(t0, "sandbox gone");
-        let usage = cgroup.as_ref().map(|c| c.usage()).unwrap_or_default();
+        let usage_read = result.as_ref().is_ok_and(|o| o.usage_read);
+        let usage = match &cgroup {
+            Some(c) if !usage_read => c.usage(),
+            _ => Usage::default(),
+        };
         if let Some(c) = cgroup {
             let _ = c.remove();
         }
         trace(t0, "cgroup removed");
         result.map(|mut o| {
-            o.usage = usage;
+            if !o.usage_read {
+                o.usage = usage;
+            }
             o.total_ms = t0.elapsed().as_millis() as u64;
             o
         })
@@ -424,6 +433,7 @@ impl Runner {
             usage: Usage::default(),
             startup_ms: None,
             total_ms: 0,
+            usage_read: false,
         };
         let (max_file, max_total) = spec
             .output
@@ -526,6 +536,7 @@ impl Runner {
                                     }
                                 };
                                 let mapped_now = init_is_child && frame.0 == Kind::Unshared;
+                                let exited_now = frame.0 == Kind::Exit;
                                 let mut r = self.handle_frame(
                                     frame,
                                     &mut ctl,
@@ -548,6 +559,12 @@ impl Runner {
                                             late_error = Some(e);
                                             r = Err(io::Error::other("cgroup"));
                                         }
+                                    }
+                                }
+                                if r.is_ok() && exited_now {
+                                    if let Some(c) = cgroup_slot.as_ref() {
+                                        out.usage = c.usage();
+                                        out.usage_read = true;
                                     }
                                 }
                                 if r.is_err() {
