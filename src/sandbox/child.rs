@@ -65,7 +65,7 @@ pub fn helper_main() -> ! {
     if let Err(e) = unshare(NAMESPACES | CloneFlags::CLONE_NEWCGROUP) {
         fail(&mut ctl, namespaces_error(e));
     }
-    let mapped = mapped(&mut ctl);
+    let mapped = mapped(&mut ctl, true);
     // The helper and the init share the control socket: the init starts writing only after
     // the helper's last frame (InitPid) is out, signalled through this pipe.
     let (go_r, go_w) = match nix::unistd::pipe() {
@@ -110,7 +110,8 @@ pub fn helper_main() -> ! {
 /// already, and the supervisor knows its pid). Never returns.
 pub fn init_in_namespaces_main() -> ! {
     let (mut ctl, spec) = start();
-    let mapped = mapped(&mut ctl);
+    // The supervisor maps us without being asked (it made the namespaces).
+    let mapped = mapped(&mut ctl, false);
     init_main(spec, ctl, mapped.eth0, true)
 }
 
@@ -133,10 +134,10 @@ fn start() -> (File, SandboxSpec) {
     (ctl, spec)
 }
 
-/// Reports the namespaces, waits for the id maps (and the network), and becomes root of the
-/// user namespace when the map has one.
-fn mapped(ctl: &mut File) -> Mapped {
-    if wire::write_frame(ctl, Kind::Unshared, &[]).is_err() {
+/// Reports the namespaces (`report`), waits for the id maps (and the network), and becomes
+/// root of the user namespace when the map has one.
+fn mapped(ctl: &mut File, report: bool) -> Mapped {
+    if report && wire::write_frame(ctl, Kind::Unshared, &[]).is_err() {
         std::process::exit(1);
     }
     // While the supervisor writes the id maps.

@@ -466,6 +466,31 @@ impl Runner {
         // A failure of the supervisor's own late set-up (the cloned init's cgroup).
         let mut late_error: Option<SandboxError> = None;
 
+        if init_is_child {
+            // A cloned init is in its namespaces already: no round trip for the id maps. It
+            // builds its filesystem while its cgroup is set up here.
+            let mut setup = self.map_and_connect(&mut ctl, helper_pid, &mut out, &mut net_state);
+            if setup.is_ok() {
+                trace(t0, "mapped");
+                match self.limit_cloned_init(helper_pid, opts, &spec.limits) {
+                    Ok(c) => {
+                        *cgroup_slot = c;
+                        setup = wire::write_frame(&mut ctl, Kind::Limited, &[]);
+                        trace(t0, "cgroup ready, init limited");
+                    }
+                    Err(e) => {
+                        late_error = Some(e);
+                        setup = Err(io::Error::other("cgroup"));
+                    }
+                }
+            }
+            if setup.is_err() {
+                protocol_error = true;
+                ctl_open = false;
+                kill_tree(init_pid, helper_pid, cgroup_slot.as_ref());
+            }
+        }
+
         while ctl_open || out_open || err_open || helper_alive {
             let now = Instant::now();
             if !out.host_timeout && now >= deadline {
@@ -535,9 +560,8 @@ impl Runner {
                                         break;
                                     }
                                 };
-                                let mapped_now = init_is_child && frame.0 == Kind::Unshared;
                                 let exited_now = frame.0 == Kind::Exit;
-                                let mut r = self.handle_frame(
+                                let r = self.handle_frame(
                                     frame,
                                     &mut ctl,
                                     helper_pid,
@@ -547,20 +571,6 @@ impl Runner {
                                     t0,
                                     &mut net_state,
                                 );
-                                if r.is_ok() && mapped_now {
-                                    // The init builds its filesystem meanwhile.
-                                    match self.limit_cloned_init(helper_pid, opts, &spec.limits) {
-                                        Ok(c) => {
-                                            *cgroup_slot = c;
-                                            r = wire::write_frame(&mut ctl, Kind::Limited, &[]);
-                                            trace(t0, "cgroup ready, init limited");
-                                        }
-                                        Err(e) => {
-                                            late_error = Some(e);
-                                            r = Err(io::Error::other("cgroup"));
-                                        }
-                                    }
-                                }
                                 if r.is_ok() && exited_now {
                                     if let Some(c) = cgroup_slot.as_ref() {
                                         out.usage = c.usage();
@@ -646,6 +656,46 @@ impl Runner {
         Ok(Some(c))
     }
 
+    /// Writes the id maps of process `pid`'s user namespace, gives its network namespace the
+    /// run's network (if any; fail closed), and sends [`Kind::Mapped`].
+    fn map_and_connect(
+        &self,
+        ctl: &mut UnixStream,
+        pid: i32,
+        out: &mut Outcome,
+        net_state: &mut NetState,
+    ) -> io::Result<()> {
+        if let Err(e) = self.idmap.apply(pid) {
+            out.setup_error = Some(e.to_string());
+            return Err(io::Error::other("id map"));
+        }
+        if net_state.wanted {
+            // Fail closed: without a working, filtered network the run does not start.
+            match net::Egress::create(
+                pid,
+                net_state.run_id,
+                self.net_pool,
+                net_state.allowed,
+                self.keep_net_table,
+            ) {
+                Ok(l) => net_state.lease = Some(l),
+                Err(e) => {
+                    out.setup_error = Some(e.to_string());
+                    return Err(io::Error::other("network"));
+                }
+            }
+        }
+        // The control socket is non-blocking: this small frame fits its buffer.
+        let body = serde_json::to_vec(&Mapped {
+            init_uid: self.idmap.init_uid(),
+            eth0: net_state.lease.as_ref().and_then(|l| l.eth0()),
+        })
+        .map_err(io::Error::other)?;
+        let mut frame = Vec::new();
+        wire::write_frame(&mut frame, Kind::Mapped, &body)?;
+        write_all_retry(ctl, &frame)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn handle_frame(
         &self,
@@ -661,35 +711,7 @@ impl Runner {
         match kind {
             Kind::Unshared => {
                 trace(t0, "namespaces created");
-                if let Err(e) = self.idmap.apply(helper_pid) {
-                    out.setup_error = Some(e.to_string());
-                    return Err(io::Error::other("id map"));
-                }
-                if net_state.wanted {
-                    // Fail closed: without a working, filtered network the run does not start.
-                    match net::Egress::create(
-                        helper_pid,
-                        net_state.run_id,
-                        self.net_pool,
-                        net_state.allowed,
-                        self.keep_net_table,
-                    ) {
-                        Ok(l) => net_state.lease = Some(l),
-                        Err(e) => {
-                            out.setup_error = Some(e.to_string());
-                            return Err(io::Error::other("network"));
-                        }
-                    }
-                }
-                // The control socket is non-blocking: this small frame fits its buffer.
-                let body = serde_json::to_vec(&Mapped {
-                    init_uid: self.idmap.init_uid(),
-                    eth0: net_state.lease.as_ref().and_then(|l| l.eth0()),
-                })
-                .map_err(io::Error::other)?;
-                let mut frame = Vec::new();
-                wire::write_frame(&mut frame, Kind::Mapped, &body)?;
-                write_all_retry(ctl, &frame)
+                self.map_and_connect(ctl, helper_pid, out, net_state)
             }
             Kind::InitPid => {
                 let p: InitPid = serde_json::from_slice(&body).map_err(io::Error::other)?;
