@@ -1,14 +1,16 @@
 //! The `tako-vm` binary.
 //!
-//! `#![no_main]`: the C `main` below skips the Rust runtime's start-up, whose main-thread
+//! No Rust `main`: the C `main` below skips the Rust runtime's start-up, whose main-thread
 //! stack guard reads `/proc/self/maps` (glibc's `pthread_getattr_np`) on every start, a
 //! measurable part of a sandbox's start from the CLI. What the runtime would set up and we
 //! rely on is done here: SIGPIPE ignored (writes to a closed pipe return EPIPE). Arguments
 //! still come from `std::env::args` (glibc hands them to the Rust runtime at load time), and
 //! panics work as usual; a stack overflow ends in SIGSEGV without the runtime's message.
-#![no_main]
+//! The test build of this target keeps the test harness's own `main`.
+#![cfg_attr(not(test), no_main)]
 
 /// The process entry point (the C `main`).
+#[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(
     _argc: std::ffi::c_int,
