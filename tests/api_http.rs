@@ -116,6 +116,19 @@ fn validation_items_are_pydantic_exact() {
     assert_eq!(detail(&r)[0]["type"], "json_invalid");
     assert_eq!(detail(&r)[0]["msg"], "JSON decode error");
     assert_eq!(detail(&r)[0]["loc"], json!(["body", 9]), "Python's offset");
+    assert_eq!(detail(&r)[0]["ctx"], json!({"error": "Expecting value"}));
+    let r = s.raw(
+        "POST",
+        "/execute",
+        &[],
+        Some(("application/json", "{\"code\": \"é".as_bytes())),
+    );
+    // Python's JSONDecodeError: the string's start, in characters.
+    assert_eq!(detail(&r)[0]["loc"], json!(["body", 9]));
+    assert_eq!(
+        detail(&r)[0]["ctx"],
+        json!({"error": "Unterminated string starting at"})
+    );
     let r = s.raw("POST", "/jobs/x/rerun", &[], None);
     assert_eq!(
         r.json(),

@@ -229,25 +229,35 @@ pub fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>,
             Err(e)
         }
         Err(err) => {
-            // Python's character offset: the end of the text when it stops too early, else
-            // where parsing failed (serde gives a line and a byte column).
-            let end = if err.is_eof() {
-                body.len()
-            } else {
-                let line_start: usize = body
-                    .split_inclusive(|b| *b == b'\n')
-                    .take(err.line().saturating_sub(1))
-                    .map(<[u8]>::len)
-                    .sum();
-                (line_start + err.column().saturating_sub(1)).min(body.len())
-            };
-            let pos = String::from_utf8_lossy(&body[..end]).chars().count();
+            // Python's offset and message (FastAPI reports JSONDecodeError.pos and .msg).
+            // Where Python would have parsed the text (NaN, Infinity, lone surrogates) or it
+            // is not UTF-8: serde's position, as a character offset, and its message.
+            let python = std::str::from_utf8(body)
+                .ok()
+                .and_then(super::pyjson::error);
+            let (pos, msg) = python.map_or_else(
+                || {
+                    let end = if err.is_eof() {
+                        body.len()
+                    } else {
+                        let line_start: usize = body
+                            .split_inclusive(|b| *b == b'\n')
+                            .take(err.line().saturating_sub(1))
+                            .map(<[u8]>::len)
+                            .sum();
+                        (line_start + err.column().saturating_sub(1)).min(body.len())
+                    };
+                    let pos = String::from_utf8_lossy(&body[..end]).chars().count();
+                    (pos, err.to_string())
+                },
+                |(pos, msg)| (pos, msg.to_string()),
+            );
             e.push(
                 "json_invalid",
                 json!(["body", pos]),
                 "JSON decode error",
                 &json!({}),
-                Some(json!({"error": err.to_string()})),
+                Some(json!({ "error": msg })),
             );
             Err(e)
         }
