@@ -211,3 +211,39 @@ fn both_spawn_paths_start_the_payload_inside_its_limits() {
         assert!(!v["stdout"].as_str().unwrap().contains("survived"), "{v}");
     }
 }
+
+/// The caller's environment reaches neither the payload (whose environment is the contract's)
+/// nor, readable, the memory of the sandbox's init (cloned from the CLI, which zeroes its copy
+/// of the environment strings; `/proc/1/environ` is refused anyway), on both spawn paths.
+#[test]
+fn the_callers_environment_stays_outside() {
+    let r = need_rootfs!();
+    let secret = "tako-test-secret-7c1d9e";
+    let probe = format!(
+        "import os\nprint('env', any('{secret}' in v for v in os.environ.values()))\ntry:\n    print('init env', '{secret}' in open('/proc/1/environ', 'rb').read().decode('latin-1'))\nexcept OSError as e:\n    print('init env refused', e.errno)\n"
+    );
+    for exec_path in [false, true] {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args([
+            "run",
+            "--rootfs",
+            r.to_str().unwrap(),
+            "--",
+            "python3",
+            "-c",
+            &probe,
+        ])
+        .env("TAKO_TEST_SECRET", secret);
+        if exec_path {
+            cmd.env("TAKO_VM_HELPER_EXEC", "1");
+        }
+        let o = cmd.output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{o:?}");
+        assert!(out.contains("env False"), "exec path {exec_path}: {out}");
+        assert!(
+            out.contains("init env refused 13") || out.contains("init env False"),
+            "exec path {exec_path}: {out}"
+        );
+    }
+}
