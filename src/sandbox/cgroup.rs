@@ -583,6 +583,83 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
     }
 
+    /// A run's v2 life cycle on a real cgroup2 mount: create, move a process in, read the
+    /// CPU usage, kill everything through `cgroup.kill`, remove, and the start-up sweep. This
+    /// host is v1 with an empty cgroup2 hierarchy beside it (`/sys/fs/cgroup/unified`, no
+    /// memory/cpu/pids controllers), so the limits themselves are covered by
+    /// [`v2_limits_and_usage_files`] only. Needs root and that mount; skips otherwise.
+    #[test]
+    fn v2_run_life_cycle_on_a_real_cgroup2_mount() {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        let root = nix::unistd::geteuid().is_root();
+        if !root || !is_cgroup2(unified) {
+            let required = std::env::var("TAKO_TEST_REQUIRE").as_deref() == Ok("1")
+                && unified.join("cgroup.procs").exists();
+            assert!(!required, "root and the cgroup2 mount are required");
+            eprintln!(
+                "SKIP: needs root and a cgroup2 mount at {}",
+                unified.display()
+            );
+            return;
+        }
+        let base = unified.join(format!("tako-vm-test-v2-{}", std::process::id()));
+        fs::create_dir_all(&base).unwrap();
+        let cg = Cgroups {
+            version: Version::V2,
+            v2_base: base.clone(),
+            v1_bases: Vec::new(),
+        };
+        let run = cg.create("999999999.1.v2run").unwrap();
+        assert!(
+            run.dir("").unwrap().join("cgroup.kill").exists(),
+            "Linux 5.14+"
+        );
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 100 & exec sleep 100"])
+            .spawn()
+            .unwrap();
+        run.add(child.id() as i32).unwrap();
+        let own = fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+        assert!(
+            own.lines()
+                .any(|l| l.starts_with("0::/") && l.ends_with("/999999999.1.v2run")),
+            "{own}"
+        );
+        // The forked sleeper joined too: cgroup.procs lists both.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(procs(run.dir("").unwrap()).len(), 2);
+        assert!(run.usage().cpu_time_ms.is_some(), "cpu.stat usage_usec");
+        run.kill_all();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        for _ in 0..100 {
+            if procs(run.dir("").unwrap()).is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        run.remove().unwrap();
+        assert!(!base.join("999999999.1.v2run").exists());
+        // A dead owner's leftover with a process inside is killed and removed by the sweep.
+        let left = cg.create("999999999.2.v2left").unwrap();
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        left.add(orphan.id() as i32).unwrap();
+        std::mem::forget(left);
+        assert_eq!(cg.sweep_dead(|name| name.starts_with("999999999.")), 1);
+        assert!(
+            orphan.wait().unwrap().code().is_none(),
+            "killed by the sweep"
+        );
+        assert!(!base.join("999999999.2.v2left").exists());
+        fs::remove_dir(&base).unwrap();
+    }
+
     /// The v2 file protocol against a directory tree standing in for cgroupfs (the kernel
     /// behaviour itself is covered by the root integration tests on the v1 CI host).
     #[test]
