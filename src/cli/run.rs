@@ -128,7 +128,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         helper_exe: None,
         net_pool: a.network_pool,
         // With --rootfs no configuration (and so no secret) was loaded.
-        fork_helper: a.rootfs.is_some(),
+        clone_init: a.rootfs.is_some(),
         ..HostConfig::default()
     })?;
     let id = host::new_run_id();

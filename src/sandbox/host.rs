@@ -21,10 +21,10 @@ pub struct HostConfig {
     pub keep_net_table: bool,
     /// Helpers to keep pre-started (each in its cgroup, waiting for a spec); 0 for a CLI.
     pub prestart: usize,
-    /// May fork the helper without an exec when single-threaded (the CLI with `--rootfs`).
-    /// Only for a process that loaded no secrets (no configuration file): the forked
-    /// helper, and the sandbox init after it, keep a copy of the caller's memory.
-    pub fork_helper: bool,
+    /// May clone the sandbox init itself, without a helper and without an exec, when
+    /// single-threaded (the CLI with `--rootfs`). Only for a process that loaded no secrets
+    /// (no configuration file): the cloned init keeps a copy of the caller's memory.
+    pub clone_init: bool,
 }
 
 impl Default for HostConfig {
@@ -36,7 +36,7 @@ impl Default for HostConfig {
             net_pool: super::net::DEFAULT_POOL,
             keep_net_table: false,
             prestart: 0,
-            fork_helper: false,
+            clone_init: false,
         }
     }
 }
@@ -100,7 +100,7 @@ impl Runner {
             cgroups,
             net_pool: cfg.net_pool,
             keep_net_table: cfg.keep_net_table,
-            fork_helper: cfg.fork_helper,
+            clone_init: cfg.clone_init,
             pool: None,
         };
         if cfg.prestart > 0 {

@@ -79,8 +79,8 @@ pub struct Runner {
     pub keep_net_table: bool,
     /// Pre-started helpers (servers); `None`: every run starts its own.
     pub pool: Option<std::sync::Arc<Pool>>,
-    /// See [`super::HostConfig::fork_helper`].
-    pub fork_helper: bool,
+    /// See [`super::HostConfig::clone_init`].
+    pub clone_init: bool,
 }
 
 /// Per-run options on the host side.
@@ -136,9 +136,6 @@ pub struct Outcome {
     pub startup_ms: Option<u64>,
     /// Milliseconds of the whole run.
     pub total_ms: u64,
-    /// `usage` was read when the init reported the exit (every task of the run but the
-    /// init already gone), while the init was still tearing its namespaces down.
-    usage_read: bool,
 }
 
 fn pipe() -> io::Result<(File, File)> {
@@ -291,28 +288,20 @@ impl Runner {
             },
         );
         trace(t0, "sandbox gone");
-        let usage_read = result.as_ref().is_ok_and(|o| o.usage_read);
-        let usage = match &cgroup {
-            Some(c) if !usage_read => c.usage(),
-            _ => Usage::default(),
-        };
         if let Some(c) = cgroup {
             let _ = c.remove();
         }
         trace(t0, "cgroup removed");
         result.map(|mut o| {
-            if !o.usage_read {
-                o.usage = usage;
-            }
             o.total_ms = t0.elapsed().as_millis() as u64;
             o
         })
     }
 
-    /// Whether the helper can be forked without an exec: a single-threaded process (the CLI)
-    /// whose helper binary is itself.
-    fn may_fork_helper(&self) -> bool {
-        self.fork_helper
+    /// Whether the init may be cloned here ([`clone_init`]): a single-threaded process (the
+    /// CLI) whose helper binary is itself.
+    fn may_clone_init(&self) -> bool {
+        self.clone_init
             && single_threaded()
             && std::env::current_exe().is_ok_and(|me| me == self.helper_exe)
             && std::env::var_os("TAKO_VM_HELPER_EXEC").is_none()
@@ -325,7 +314,7 @@ impl Runner {
     /// A cloned init ([`clone_init`]) gets its cgroup later, while it builds its filesystem
     /// (see [`Runner::run`]).
     pub fn spawn_helper(&self, run_id: &str) -> Result<Spawned, SandboxError> {
-        let init_is_child = self.may_fork_helper();
+        let init_is_child = self.may_clone_init();
         let cgroup = match &self.cgroups {
             Some(c) if !init_is_child => Some(c.create(run_id)?),
             _ => None,
@@ -433,8 +422,10 @@ impl Runner {
             usage: Usage::default(),
             startup_ms: None,
             total_ms: 0,
-            usage_read: false,
         };
+        // Usage is read when the init reports the exit (every task of the run but the init
+        // is gone then), while the init still tears its namespaces down; else at the end.
+        let mut usage_read = false;
         let (max_file, max_total) = spec
             .output
             .as_ref()
@@ -574,7 +565,7 @@ impl Runner {
                                 if r.is_ok() && exited_now {
                                     if let Some(c) = cgroup_slot.as_ref() {
                                         out.usage = c.usage();
-                                        out.usage_read = true;
+                                        usage_read = true;
                                     }
                                 }
                                 if r.is_err() {
@@ -627,6 +618,11 @@ impl Runner {
             kill_tree(init_pid, helper_pid, cgroup_slot.as_ref());
         }
         child.wait();
+        if !usage_read {
+            if let Some(c) = cgroup_slot.as_ref() {
+                out.usage = c.usage();
+            }
+        }
         intake.end_current(false);
         out.artifacts = intake.done;
         out.result_json = intake.result_json;
@@ -897,7 +893,7 @@ struct NetState<'a> {
 /// The helper process; killed and reaped on every path that leaves it behind.
 struct HelperGuard {
     pid: i32,
-    /// `None` when it was forked without an exec ([`fork_helper`]).
+    /// `None` for an init cloned without an exec ([`clone_init`]).
     child: Option<std::process::Child>,
     reaped: bool,
 }
