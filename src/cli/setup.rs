@@ -52,7 +52,7 @@ fn has_range(file: &str, user: &str) -> bool {
 
 /// The path of a program (`PATH`, then the sbin directories), as the sandbox finds it.
 fn which(bin: &str) -> Option<String> {
-    crate::sandbox::pasta::find_tool(bin).map(|p| p.display().to_string())
+    crate::sandbox::host::find_program(bin).map(|p| p.display().to_string())
 }
 
 fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {

@@ -93,11 +93,7 @@ pub fn find_uv(configured: Option<&Path>) -> Result<PathBuf, String> {
             Err(format!("uv_path {} does not exist", p.display()))
         };
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .map(|d| d.join("uv"))
-        .find(|p| p.is_file())
-        .ok_or("no uv on PATH")?;
+    let found = crate::sandbox::host::find_program("uv").ok_or("no uv on PATH")?;
     if !is_script(&found) {
         return Ok(found.canonicalize().unwrap_or(found));
     }

@@ -1,6 +1,6 @@
 //! Choosing how this host runs sandboxes, and the start-up sweep of leftovers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::cgroup::{CgroupError, Cgroups};
 use super::idmap::IdMap;
@@ -39,6 +39,23 @@ impl Default for HostConfig {
             clone_init: false,
         }
     }
+}
+
+/// Finds a host program: `PATH`, then the sbin and bin directories an unprivileged `PATH`
+/// may lack (the host tools tako-vm runs: nft, pasta, uv; and `tako-vm setup`'s checks).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The `nft` binary, looked up once per process (plain `nft` when it is not found, so the
+/// error names it).
+pub fn nft_program() -> &'static Path {
+    static NFT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    NFT.get_or_init(|| find_program("nft").unwrap_or_else(|| "nft".into()))
 }
 
 /// A token naming this process: pid and start time, so a reused pid is not mistaken for us.

@@ -22,6 +22,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
+use super::host::nft_program;
 use super::spec::{InjectedDir, InjectedFile, SandboxSpec};
 
 /// Our nftables table.
@@ -214,7 +215,11 @@ fn tool_error(what: &str, e: io::Error) -> NetError {
 }
 
 fn nft(what: &str, script: &str) -> Result<String, NetError> {
-    run_tool(what, Command::new("nft").arg("-f").arg("-"), Some(script))
+    run_tool(
+        what,
+        Command::new(nft_program()).arg("-f").arg("-"),
+        Some(script),
+    )
 }
 
 /// A host-wide exclusive lock (flock on a file in /run/tako-vm).
@@ -328,12 +333,9 @@ pub fn table_script(pool: (Ipv4Addr, u8), resolvers: &[Ipv4Addr], o: TableOption
 }
 
 fn table_exists() -> bool {
-    Command::new("nft")
-        .args(["list", "table", "inet", TABLE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    let mut list = Command::new(nft_program());
+    list.args(["list", "table", "inet", TABLE]);
+    run_tool("list table", &mut list, None).is_ok()
 }
 
 fn our_interfaces() -> Vec<String> {
@@ -488,7 +490,7 @@ pub fn sweep() -> Result<(), NetError> {
     let live = our_interfaces();
     let listing = run_tool(
         "list table",
-        Command::new("nft").args(["list", "table", "inet", TABLE]),
+        Command::new(nft_program()).args(["list", "table", "inet", TABLE]),
         None,
     )?;
     let mut script = String::new();
@@ -514,7 +516,7 @@ pub fn sweep() -> Result<(), NetError> {
         for m in maps {
             let map = run_tool(
                 "list map",
-                Command::new("nft").args(["list", "map", "inet", TABLE, m]),
+                Command::new(nft_program()).args(["list", "map", "inet", TABLE, m]),
                 None,
             )?;
             for part in map.split([',', '{', '}', '\n']) {

@@ -41,28 +41,23 @@ use super::pidfd;
 /// Where the sandbox sends DNS queries; pasta forwards them to the host's first resolver.
 pub const DNS_FORWARD: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 53);
 
-/// Looks for a tool in `PATH`, then in the sbin directories an unprivileged `PATH` may lack.
-/// `TAKO_VM_PASTA` names the pasta binary explicitly.
-pub fn find_tool(name: &str) -> Option<PathBuf> {
-    if name == "pasta" {
-        if let Some(p) = std::env::var_os("TAKO_VM_PASTA") {
-            let p = PathBuf::from(p);
-            return p.is_file().then_some(p);
-        }
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+/// The pasta binary (`TAKO_VM_PASTA`, else the host's), looked up once per process.
+pub fn pasta_program() -> Option<&'static Path> {
+    static PASTA: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PASTA
+        .get_or_init(|| match std::env::var_os("TAKO_VM_PASTA") {
+            Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+            None => super::host::find_program("pasta"),
+        })
+        .as_deref()
 }
 
 /// Why this host cannot give an unprivileged server a filtered network, if it cannot.
 pub fn unavailable() -> Option<String> {
-    if find_tool("pasta").is_none() {
+    if pasta_program().is_none() {
         return Some("pasta is not installed (Debian/Ubuntu package `passt`)".into());
     }
-    if find_tool("nft").is_none() {
+    if super::host::find_program("nft").is_none() {
         return Some(
             "nft is not installed (package `nftables`); it filters the sandbox's traffic".into(),
         );
@@ -257,7 +252,7 @@ fn nft_inside(pid: i32, script: &str) -> Result<(), NetError> {
     let userns = File::open(format!("/proc/{pid}/ns/user"))?;
     let netns = File::open(format!("/proc/{pid}/ns/net"))?;
     let (u, n) = (userns.as_raw_fd(), netns.as_raw_fd());
-    let mut cmd = Command::new(find_tool("nft").unwrap_or_else(|| "nft".into()));
+    let mut cmd = Command::new(super::host::nft_program());
     cmd.args(["-f", "-"]);
     // SAFETY: the closure makes raw system calls only (async-signal-safe).
     unsafe {
@@ -315,8 +310,7 @@ impl PastaLease {
             pidfd: None,
             pid_file,
         };
-        let pasta = find_tool("pasta").unwrap_or_else(|| "pasta".into());
-        let mut cmd = Command::new(pasta);
+        let mut cmd = Command::new(pasta_program().unwrap_or(Path::new("pasta")));
         // The sandbox's interface is eth0 whatever the host's is called (as on the veth path).
         cmd.args([
             "--config-net",
