@@ -234,7 +234,7 @@ pub fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>,
             // is not UTF-8: serde's position, as a character offset, and its message.
             let python = std::str::from_utf8(body)
                 .ok()
-                .and_then(super::pyjson::error);
+                .and_then(crate::exec::pyjson::decode_error);
             let (pos, msg) = python.map_or_else(
                 || {
                     let end = if err.is_eof() {

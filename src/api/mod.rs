@@ -9,7 +9,6 @@ mod artifacts;
 mod handlers;
 pub mod http;
 pub mod openapi;
-mod pyjson;
 mod routes;
 pub mod validate;
 pub mod views;

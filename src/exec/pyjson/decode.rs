@@ -1,11 +1,11 @@
-//! Where and why Python's `json` module rejects a request body: the `loc` offset and the
-//! `ctx.error` message of the `json_invalid` error (FastAPI reports `JSONDecodeError.pos` and
+//! Where and why Python's `json` module rejects a text: the `loc` offset and the `ctx.error`
+//! message of the API's `json_invalid` error (FastAPI reports `JSONDecodeError.pos` and
 //! `.msg`). A small re-implementation of the error paths of CPython's C scanner
 //! (`Modules/_json.c`, Python 3.11), run only on bodies that serde_json refused.
 
 /// Python's verdict on `text`: `None` when Python would parse it (NaN, Infinity, lone
 /// surrogates, which serde_json refuses), else the character offset and the message.
-pub fn error(text: &str) -> Option<(usize, &'static str)> {
+pub fn decode_error(text: &str) -> Option<(usize, &'static str)> {
     // json.loads(bytes) decodes UTF-8 with "utf-8-sig": a leading BOM is not part of the text.
     let s: Vec<char> = text
         .strip_prefix('\u{feff}')
@@ -192,7 +192,7 @@ impl Scanner<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::error;
+    use super::decode_error;
 
     /// Expected values printed by CPython 3.11: `json.loads(b)` → `(e.pos, e.msg)`.
     #[test]
@@ -255,7 +255,7 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            assert_eq!(error(text), *want, "{text:?}");
+            assert_eq!(decode_error(text), *want, "{text:?}");
         }
     }
 }

@@ -1,10 +1,11 @@
-//! Byte-exact reproductions of the Python `json` encodings used by the contract.
+//! Byte-exact reproductions of the Python `json` behaviour the contract and the API show.
 //!
 //! | function | Python equivalent | used for |
 //! |---|---|---|
 //! | [`dumps_ascii`] | `json.dumps(v)` | `/input/data.json`, the 1 048 576-char `input_data` rule |
 //! | [`canonical`] | `json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` | `input_hash` (§4.9) |
 //! | [`input_json_file`] | `json.dumps(v, sort_keys=True, separators=(",", ":"))` | the `_input.json` replay file (§4.6) |
+//! | [`decode_error`] | `json.loads(b)` raising `JSONDecodeError` (`.pos`, `.msg`) | the API's `json_invalid` error |
 //!
 //! Object key order is the `Map`'s order (insertion order: serde_json is built with
 //! `preserve_order`) unless sorted; sorting is by code point, like Python's `str` order.
@@ -14,6 +15,10 @@
 //! integers outside the `i64`/`u64` range were already parsed as floats, and the
 //! literal `-0` was parsed as the float `-0.0`, so they print as Python would print
 //! those floats, not the original integers.
+
+mod decode;
+
+pub use decode::decode_error;
 
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
