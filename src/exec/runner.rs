@@ -163,14 +163,18 @@ pub fn run_options(run: &CodeRun) -> RunOptions {
 
 /// Runs code under the contract and interprets the outcome.
 pub fn execute(runner: &Runner, run: &CodeRun) -> ExecutionResult {
-    let spec = sandbox_spec(run);
-    match runner.run(&spec, &run_options(run)) {
-        Ok(outcome) => interpret(run, outcome),
-        Err(e) => sandbox_failure(&e),
-    }
+    try_execute(runner, run).unwrap_or_else(|e| sandbox_failure(&e))
 }
 
-fn sandbox_failure(e: &SandboxError) -> ExecutionResult {
+/// [`execute`], telling a sandbox that could not be started (an infrastructure failure,
+/// which a server retries) from a run that happened, whatever its own outcome.
+pub fn try_execute(runner: &Runner, run: &CodeRun) -> Result<ExecutionResult, SandboxError> {
+    let outcome = runner.run(&sandbox_spec(run), &run_options(run))?;
+    Ok(interpret(run, outcome))
+}
+
+/// The record of a run whose sandbox could not be started (or no sandbox backend at all).
+pub fn sandbox_failure(e: &dyn std::fmt::Display) -> ExecutionResult {
     let (status, err) = classify::service_unavailable(&format!("sandbox unavailable: {e}"));
     ExecutionResult::refused(status, err, Some(-1))
 }

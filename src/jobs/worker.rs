@@ -239,23 +239,16 @@ impl Service {
         r.status = status;
         r.error = Some(err);
         r.ended_us = Some(time::now_us());
-        self.dead_letter(&r, req, meta, ErrorType::InternalError, msg, 0);
+        self.dead_letter(&r, req, meta, msg);
         if let Err(e) = self.store.update(&r) {
             eprintln!("tako-vm: cannot store record {}: {e}", r.execution_id);
         }
         self.store.get(&r.execution_id).ok().flatten().unwrap_or(r)
     }
 
-    /// Adds the DLQ entry of a job (its `job_data` is a redacted summary, §4.10).
-    fn dead_letter(
-        &self,
-        r: &ExecutionRecord,
-        req: &JobRequest,
-        meta: &SubmitMeta,
-        error_type: ErrorType,
-        msg: &str,
-        retry_count: u32,
-    ) {
+    /// Adds the DLQ entry of a job whose worker failed (`internal_error`, no retries; its
+    /// `job_data` is a redacted summary, §4.10).
+    fn dead_letter(&self, r: &ExecutionRecord, req: &JobRequest, meta: &SubmitMeta, msg: &str) {
         let mut data = serde_json::Map::new();
         data.insert(
             "job_type".into(),
@@ -294,9 +287,9 @@ impl Service {
             id: 0,
             job_id: r.execution_id.clone(),
             job_data: Value::Object(data),
-            error_type: error_type.as_str().into(),
+            error_type: ErrorType::InternalError.as_str().into(),
             error_message: Some(sanitize(msg)),
-            retry_count: retry_count.into(),
+            retry_count: 0,
             created_us: time::now_us(),
             client_ip: meta.client_ip.clone(),
             correlation_id: meta.correlation_id.clone(),
@@ -397,9 +390,8 @@ impl Service {
         let runner = match &self.runner {
             Ok(r) => r.clone(),
             Err(e) => {
-                let (s, err) = classify::service_unavailable(&format!("sandbox unavailable: {e}"));
                 rec.started_us = Some(started_us);
-                apply_result(&mut rec, ExecutionResult::refused(s, err, Some(-1)));
+                apply_result(&mut rec, runner::sandbox_failure(e));
                 rec.ended_us = Some(time::now_us());
                 rec.duration_ms = Some(start.elapsed().as_millis() as u64);
                 return Ok(rec);
@@ -475,7 +467,7 @@ impl Service {
             // Only a sandbox that could not be started is an infrastructure failure: the
             // classification of a run's own output (e.g. "circuit breaker" on stderr) never
             // retries it nor counts against the breaker.
-            let ran = runner.run(&runner::sandbox_spec(&run), &runner::run_options(&run));
+            let ran = runner::try_execute(runner, &run);
             {
                 let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
                 match &ran {
@@ -485,12 +477,8 @@ impl Service {
             }
             attempt += 1;
             let failure = match ran {
-                Ok(outcome) => return runner::interpret(&run, outcome),
-                Err(e) => {
-                    let (s, err) =
-                        classify::service_unavailable(&format!("sandbox unavailable: {e}"));
-                    ExecutionResult::refused(s, err, Some(-1))
-                }
+                Ok(result) => return result,
+                Err(e) => runner::sandbox_failure(&e),
             };
             if attempt >= max {
                 return failure;
