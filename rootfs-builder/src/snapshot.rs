@@ -236,21 +236,27 @@ pub struct SnapshotStore {
     pub(crate) root: PathBuf,
 }
 
+/// Opens (creating) the lock file `path` and takes `flock(op)` on it; the lock lasts as long
+/// as the returned file.
+fn locked(path: &Path, op: libc::c_int) -> std::io::Result<fs::File> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    // SAFETY: flock(2) on a descriptor owned by `f`, which outlives the call.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 struct Lock(fs::File);
 
 impl Lock {
     fn acquire(path: &Path) -> Result<Lock, SnapshotError> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err("open", path))?;
-        // SAFETY: flock(2) on a descriptor owned by `f`, which outlives the call.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err("lock", path)(std::io::Error::last_os_error()));
-        }
-        Ok(Lock(f))
+        locked(path, libc::LOCK_EX)
+            .map(Lock)
+            .map_err(io_err("lock", path))
     }
 }
 
@@ -315,11 +321,6 @@ impl std::fmt::Debug for SnapshotUse {
     }
 }
 
-fn flock(f: &fs::File, op: libc::c_int) -> bool {
-    // SAFETY: flock(2) on a descriptor owned by `f`, which outlives the call.
-    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
-}
-
 impl SnapshotStore {
     fn use_lock(&self, key: &str) -> PathBuf {
         self.root.join("locks").join(format!("use-{key}"))
@@ -332,15 +333,11 @@ impl SnapshotStore {
         if key.is_empty() || key.contains(['/', '.']) {
             return None;
         }
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.use_lock(key))
-            .ok()?;
-        if !flock(&f, libc::LOCK_SH) {
-            return None;
-        }
-        self.by_key(key).map(|_| SnapshotUse { _lock: f })
+        let f = locked(&self.use_lock(key), libc::LOCK_SH).ok()?;
+        self.dir(key)
+            .join("rootfs")
+            .is_dir()
+            .then_some(SnapshotUse { _lock: f })
     }
 
     /// Opens (creating) the store under `root` (the image store's directory).
@@ -515,25 +512,20 @@ impl SnapshotStore {
                     continue;
                 }
             }
-            // A snapshot sandboxes run on is held (shared): skip it. The exclusive lock stays
-            // while it is removed, so nobody can take a hold on a half-removed tree.
-            let lock = if name.starts_with('.') {
+            // A snapshot sandboxes run on is held (shared): skip it, as one whose lock cannot
+            // be taken at all. The exclusive lock stays while it is removed, so nobody can take
+            // a hold on a half-removed tree. Staging trees are never held.
+            let staging = name.starts_with('.');
+            let _removing = if staging {
                 None
             } else {
-                fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.use_lock(&name))
-                    .ok()
+                match locked(&self.use_lock(&name), libc::LOCK_EX | libc::LOCK_NB) {
+                    Ok(l) => Some(l),
+                    Err(_) => continue,
+                }
             };
-            if lock
-                .as_ref()
-                .is_some_and(|l| !flock(l, libc::LOCK_EX | libc::LOCK_NB))
-            {
-                continue;
-            }
             tree::remove(&e.path()).map_err(io_err("remove", &e.path()))?;
-            if !name.starts_with('.') {
+            if !staging {
                 let _ = fs::remove_file(self.use_lock(&name));
             }
             removed += 1;
@@ -586,5 +578,17 @@ mod hold_tests {
             "a removed snapshot is never handed out"
         );
         assert!(store.hold("../x").is_none());
+    }
+
+    /// A snapshot whose hold lock cannot be taken at all is kept: gc cannot tell whether a
+    /// sandbox runs on it.
+    #[test]
+    fn gc_keeps_a_snapshot_whose_lock_cannot_be_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(tmp.path()).unwrap();
+        fake_snapshot(&store, "cc33");
+        fs::create_dir_all(store.use_lock("cc33")).unwrap();
+        assert_eq!(store.gc().unwrap().0, 0);
+        assert!(store.by_key("cc33").is_some());
     }
 }

@@ -222,15 +222,13 @@ impl Environments for SnapshotEnvironments {
     }
 
     fn resolve_default(&self, jt: &JobType) -> Result<ResolvedEnv, EnvError> {
-        if self.snaps.status(DEFAULT_JOB_TYPE).is_some() {
-            let named = || {
-                self.snaps
-                    .status(DEFAULT_JOB_TYPE)
-                    .ok_or_else(|| SnapshotError::NotBuilt(DEFAULT_JOB_TYPE.into()))
-            };
-            if let Ok(env) = self.held(named) {
-                return Ok(env);
-            }
+        let named = || {
+            self.snaps
+                .status(DEFAULT_JOB_TYPE)
+                .ok_or_else(|| SnapshotError::NotBuilt(DEFAULT_JOB_TYPE.into()))
+        };
+        if let Ok(env) = self.held(named) {
+            return Ok(env);
         }
         match self.default_image(jt) {
             Some(env) => Ok(env),
