@@ -262,8 +262,8 @@ fn configure_eth0(n: wire::Eth0) -> std::io::Result<()> {
     netlink::link_up(i)?;
     netlink::add_default_route(i, n.gateway)?;
     if let Some((addr, gateway)) = n.v6 {
-        netlink::add_address6(i, addr, 126)?;
-        netlink::add_default_route6(i, gateway)?;
+        netlink::add_address(i, addr, 126)?;
+        netlink::add_default_route(i, gateway)?;
     }
     Ok(())
 }

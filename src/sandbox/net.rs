@@ -727,7 +727,7 @@ impl NetLease {
             let i = super::netlink::index_of(&name)?;
             super::netlink::add_address(i, s.host, 30)?;
             if self.ipv6 {
-                super::netlink::add_address6(i, s.host6, 126)?;
+                super::netlink::add_address(i, s.host6, 126)?;
             }
             super::netlink::link_up(i)
         };

@@ -7,7 +7,7 @@
 //! for an acknowledgement and fails with the kernel's errno.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -202,45 +202,37 @@ pub fn link_up(index: i32) -> io::Result<()> {
     m.send()
 }
 
-/// Adds `addr/prefix` to a link.
-pub fn add_address(index: i32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+/// The address family byte and the octets of `addr`.
+fn family(addr: &IpAddr) -> (u8, Vec<u8>) {
+    match addr {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    }
+}
+
+/// Adds `addr/prefix` to a link. IPv6 addresses are usable at once (no duplicate address
+/// detection: the address is ours alone on a point-to-point veth).
+pub fn add_address(index: i32, addr: impl Into<IpAddr>, prefix: u8) -> io::Result<()> {
+    let addr = addr.into();
+    let (fam, octets) = family(&addr);
+    let flags = if addr.is_ipv6() { IFA_F_NODAD } else { 0 };
     let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
-    m.0.extend_from_slice(&[libc::AF_INET as u8, prefix, 0, 0]); // ifaddrmsg
+    m.0.extend_from_slice(&[fam, prefix, flags, 0]); // ifaddrmsg
     m.0.extend_from_slice(&(index as u32).to_ne_bytes());
-    m.attr(IFA_LOCAL, &addr.octets());
-    m.attr(IFA_ADDRESS, &addr.octets());
+    m.attr(IFA_LOCAL, &octets);
+    m.attr(IFA_ADDRESS, &octets);
     m.send()
 }
 
-/// Adds `addr/prefix` (IPv6) to a link, usable at once (no duplicate address detection:
-/// the address is ours alone on a point-to-point veth).
-pub fn add_address6(index: i32, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
-    let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
-    m.0.extend_from_slice(&[libc::AF_INET6 as u8, prefix, IFA_F_NODAD, 0]); // ifaddrmsg
-    m.0.extend_from_slice(&(index as u32).to_ne_bytes());
-    m.attr(IFA_LOCAL, &addr.octets());
-    m.attr(IFA_ADDRESS, &addr.octets());
-    m.send()
-}
-
-/// Adds the IPv6 default route via `gateway` on link `index`.
-pub fn add_default_route6(index: i32, gateway: Ipv6Addr) -> io::Result<()> {
-    let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
-    m.0.extend_from_slice(&[libc::AF_INET6 as u8, 0, 0, 0, 254, 3, 0, 1]);
-    m.0.extend_from_slice(&0u32.to_ne_bytes());
-    m.attr(RTA_GATEWAY, &gateway.octets());
-    m.attr(RTA_OIF, &(index as u32).to_ne_bytes());
-    m.send()
-}
-
-/// Adds the IPv4 default route via `gateway` on link `index`.
-pub fn add_default_route(index: i32, gateway: Ipv4Addr) -> io::Result<()> {
+/// Adds the default route (of the gateway's family) via `gateway` on link `index`.
+pub fn add_default_route(index: i32, gateway: impl Into<IpAddr>) -> io::Result<()> {
+    let (fam, octets) = family(&gateway.into());
     let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
     // rtmsg: family, dst_len, src_len, tos, table main, protocol boot, scope universe,
     // type unicast, flags.
-    m.0.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0, 254, 3, 0, 1]);
+    m.0.extend_from_slice(&[fam, 0, 0, 0, 254, 3, 0, 1]);
     m.0.extend_from_slice(&0u32.to_ne_bytes());
-    m.attr(RTA_GATEWAY, &gateway.octets());
+    m.attr(RTA_GATEWAY, &octets);
     m.attr(RTA_OIF, &(index as u32).to_ne_bytes());
     m.send()
 }
