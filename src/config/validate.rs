@@ -114,9 +114,8 @@ pub fn job_type_errors(jt: &mut JobTypeConfig, prefix: &str) -> Vec<String> {
 
 /// A domain name, an IPv4 address or an IPv4 CIDR (what the sandbox network resolves).
 pub fn valid_allowed_host(h: &str) -> bool {
-    if let Some((ip, len)) = h.split_once('/') {
-        return ip.parse::<std::net::Ipv4Addr>().is_ok()
-            && len.parse::<u8>().is_ok_and(|l| l <= 32);
+    if h.contains('/') {
+        return crate::sandbox::net::parse_cidr4(h).is_some();
     }
     if h.parse::<std::net::Ipv4Addr>().is_ok() {
         return true;

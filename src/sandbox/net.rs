@@ -39,14 +39,19 @@ const KEEPERS_DIR: &str = "/run/tako-vm/keepers";
 /// One empty file per allowlist chain (named by slot): the start-up sweep needs `nft` only
 /// when one of them belongs to an interface that is gone.
 const CHAINS_DIR: &str = "/run/tako-vm/chains";
+/// An IPv4 CIDR `a.b.c.d/len` (len ≤ 32).
+pub fn parse_cidr4(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((ip.parse().ok()?, len))
+}
+
 /// Parses a sandbox address pool (`network_pool`): an IPv4 CIDR inside 10.0.0.0/8,
 /// 172.16.0.0/12 or 192.168.0.0/16, aligned, with room for at least one /30.
 pub fn parse_pool(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let bad =
         || format!("network_pool must be a private IPv4 CIDR such as 10.200.0.0/16, not {s:?}");
-    let (ip, len) = s.trim().split_once('/').ok_or_else(bad)?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
+    let (ip, len) = parse_cidr4(s.trim()).ok_or_else(bad)?;
     if !(8..=30).contains(&len) || !ip.is_private() {
         return Err(bad());
     }
@@ -332,6 +337,11 @@ pub fn table_script(pool: (Ipv4Addr, u8), resolvers: &[Ipv4Addr], o: TableOption
     )
 }
 
+/// The nft commands that remove the allowlist chain of slot `name` (`run_<name>`).
+fn chain_removal(name: &str) -> String {
+    format!("flush chain inet {TABLE} run_{name}\ndelete chain inet {TABLE} run_{name}\n")
+}
+
 fn table_exists() -> bool {
     let mut list = Command::new(nft_program());
     list.args(["list", "table", "inet", TABLE]);
@@ -500,9 +510,7 @@ pub fn sweep() -> Result<(), NetError> {
         };
         let slot: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
         if !live.iter().any(|i| *i == ifname(&slot)) {
-            script.push_str(&format!(
-                "flush chain inet {TABLE} run_{slot}\ndelete chain inet {TABLE} run_{slot}\n"
-            ));
+            script.push_str(&chain_removal(&slot));
         }
     }
     if !script.is_empty() {
@@ -598,12 +606,8 @@ pub fn resolve_allowed(hosts: &[String]) -> Result<Allowed, NetError> {
     let v6 = host_has_ipv6();
     for h in hosts {
         let h = h.trim();
-        if let Some((ip, len)) = h.split_once('/') {
-            let ip: Ipv4Addr = ip.parse().map_err(|_| NetError::Resolve(h.into()))?;
-            let len: u8 = len.parse().map_err(|_| NetError::Resolve(h.into()))?;
-            if len > 32 {
-                return Err(NetError::Resolve(h.into()));
-            }
+        if h.contains('/') {
+            let (ip, len) = parse_cidr4(h).ok_or_else(|| NetError::Resolve(h.into()))?;
             a.elements.push(format!("{ip}/{len}"));
             continue;
         }
@@ -781,9 +785,9 @@ impl Drop for NetLease {
                 let _ = nft(
                     "remove allowlist",
                     &format!(
-                        "delete element inet {TABLE} egress {{ {} }}\n{six}flush chain inet {TABLE} run_{n}\ndelete chain inet {TABLE} run_{n}\n",
+                        "delete element inet {TABLE} egress {{ {} }}\n{six}{}",
                         slot.sandbox,
-                        n = slot.name()
+                        chain_removal(&slot.name())
                     ),
                 );
                 let _ = fs::remove_file(format!("{CHAINS_DIR}/{}", slot.name()));
