@@ -125,24 +125,21 @@ fn bad_arguments_are_clear_errors() {
     assert!(out.starts_with("tako-vm "));
 }
 
-/// The CLI forks its helper without an exec (it is single-threaded); both that path and the
-/// exec path (`TAKO_VM_HELPER_EXEC=1`, what a server uses) hand the payload fds 0-2 only.
+/// Both spawn paths (the CLI's cloned init, and the exec'd helper a server uses) hand the
+/// payload fds 0-2 only.
 #[test]
 fn both_helper_spawn_paths_leave_the_payload_only_fds_0_to_2() {
     let r = need_rootfs!();
     let root = r.to_str().unwrap();
     let probe = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))";
-    for exec_path in [false, true] {
-        let mut cmd = std::process::Command::new(common::bin());
-        cmd.args(["run", "--rootfs", root, "--", "python3", "-c", probe]);
-        if exec_path {
-            cmd.env("TAKO_VM_HELPER_EXEC", "1");
-        }
-        let out = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{out:?}");
+    for (path, env) in common::SPAWN_PATHS {
+        let (code, stdout, err) = common::cli_env(
+            &["run", "--rootfs", root, "--", "python3", "-c", probe],
+            env,
+        );
+        assert_eq!(code, 0, "{path}: {err}");
         // 3 is the listing's own directory descriptor.
-        assert_eq!(stdout.trim(), "[0, 1, 2, 3]", "exec path {exec_path}");
+        assert_eq!(stdout.trim(), "[0, 1, 2, 3]", "{path}");
     }
 }
 
@@ -152,19 +149,19 @@ fn both_helper_spawn_paths_leave_the_payload_only_fds_0_to_2() {
 #[test]
 fn the_payload_starts_with_default_signals() {
     let r = need_rootfs!();
-    for exec_path in [false, true] {
-        let mut cmd = std::process::Command::new(common::bin());
-        cmd.args(["run", "--rootfs", r.to_str().unwrap(), "--", "sh", "-c"]);
-        cmd.arg("grep -E '^(Sig(Ign|Blk)|CapBnd)' /proc/self/status; yes | head -1");
-        if exec_path {
-            cmd.env("TAKO_VM_HELPER_EXEC", "1");
-        }
-        let o = cmd.output().unwrap();
-        let (out, err) = (
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-        );
-        assert!(o.status.success(), "exec path {exec_path}: {err}");
+    let probe = "grep -E '^(Sig(Ign|Blk)|CapBnd)' /proc/self/status; yes | head -1";
+    for (path, env) in common::SPAWN_PATHS {
+        let args = [
+            "run",
+            "--rootfs",
+            r.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            probe,
+        ];
+        let (code, out, err) = common::cli_env(&args, env);
+        assert_eq!(code, 0, "{path}: {err}");
         assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
         assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
         assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
@@ -189,25 +186,21 @@ fn both_spawn_paths_start_the_payload_inside_its_limits() {
     .unwrap();
     let hog = dir.path().join("hog.py");
     std::fs::write(&hog, "x = bytearray(200 << 20)\nprint('survived')\n").unwrap();
-    for exec_path in [false, true] {
+    for (path, env) in common::SPAWN_PATHS {
         let run = |extra: &[&str], code: &std::path::Path| {
-            let mut cmd = std::process::Command::new(common::bin());
-            cmd.args(["run", "--rootfs", root])
-                .args(extra)
-                .args(["--code", code.to_str().unwrap()]);
-            if exec_path {
-                cmd.env("TAKO_VM_HELPER_EXEC", "1");
-            }
-            let out = cmd.output().unwrap();
-            serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .unwrap_or_else(|e| panic!("{e}: {out:?}"))
+            let mut args = vec!["run", "--rootfs", root];
+            args.extend_from_slice(extra);
+            args.extend(["--code", code.to_str().unwrap()]);
+            let (_, out, err) = common::cli_env(&args, env);
+            serde_json::from_str::<serde_json::Value>(&out)
+                .unwrap_or_else(|e| panic!("{path}: {e}: {out} {err}"))
         };
         let v = run(&["--pids", "20"], &forks);
         let stdout = v["stdout"].as_str().unwrap();
-        assert!(stdout.contains("stopped"), "exec path {exec_path}: {v}");
-        assert!(stdout.contains(":memory:/'"), "exec path {exec_path}: {v}");
+        assert!(stdout.contains("stopped"), "{path}: {v}");
+        assert!(stdout.contains(":memory:/'"), "{path}: {v}");
         let v = run(&["--memory", "64m"], &hog);
-        assert_eq!(v["status"], "oom", "exec path {exec_path}: {v}");
+        assert_eq!(v["status"], "oom", "{path}: {v}");
         assert!(!v["stdout"].as_str().unwrap().contains("survived"), "{v}");
     }
 }
@@ -222,9 +215,8 @@ fn the_callers_environment_stays_outside() {
     let probe = format!(
         "import os\nprint('env', any('{secret}' in v for v in os.environ.values()))\ntry:\n    print('init env', '{secret}' in open('/proc/1/environ', 'rb').read().decode('latin-1'))\nexcept OSError as e:\n    print('init env refused', e.errno)\n"
     );
-    for exec_path in [false, true] {
-        let mut cmd = std::process::Command::new(common::bin());
-        cmd.args([
+    for (path, env) in common::SPAWN_PATHS {
+        let args = [
             "run",
             "--rootfs",
             r.to_str().unwrap(),
@@ -232,18 +224,15 @@ fn the_callers_environment_stays_outside() {
             "python3",
             "-c",
             &probe,
-        ])
-        .env("TAKO_TEST_SECRET", secret);
-        if exec_path {
-            cmd.env("TAKO_VM_HELPER_EXEC", "1");
-        }
-        let o = cmd.output().unwrap();
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{o:?}");
-        assert!(out.contains("env False"), "exec path {exec_path}: {out}");
+        ];
+        let mut env = env.to_vec();
+        env.push(("TAKO_TEST_SECRET", secret));
+        let (code, out, err) = common::cli_env(&args, &env);
+        assert_eq!(code, 0, "{path}: {err}");
+        assert!(out.contains("env False"), "{path}: {out}");
         assert!(
             out.contains("init env refused 13") || out.contains("init env False"),
-            "exec path {exec_path}: {out}"
+            "{path}: {out}"
         );
     }
 }

@@ -88,8 +88,21 @@ pub fn exec(rootfs: &std::path::Path, code: &str) -> ExecutionResult {
 
 /// `tako-vm run` with arguments; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
+    cli_env(args, &[])
+}
+
+/// The two ways a sandbox is started: the CLI clones its init itself; a server (and
+/// `TAKO_VM_HELPER_EXEC=1`) execs a helper. (name, environment that selects it)
+pub const SPAWN_PATHS: [(&str, &[(&str, &str)]); 2] = [
+    ("cloned init", &[]),
+    ("exec'd helper", &[("TAKO_VM_HELPER_EXEC", "1")]),
+];
+
+/// [`cli`] with extra environment variables.
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run tako-vm");
     (
