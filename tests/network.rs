@@ -14,11 +14,14 @@ use tako_vm::sandbox::{host, HostConfig, NetworkSpec, Runner};
 /// Network tests run one at a time: they share the host's nftables table and interfaces.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn runner_with_pool(pool: (std::net::Ipv4Addr, u8)) -> Runner {
+/// A runner on `pool`; with `keep_net_table` it keeps the table for this process's
+/// lifetime, as a server does.
+fn test_runner(pool: (std::net::Ipv4Addr, u8), keep_net_table: bool) -> Runner {
     Runner::detect(&HostConfig {
         cgroup_parent: "tako-vm-test-net".into(),
         helper_exe: Some(common::bin()),
         net_pool: pool,
+        keep_net_table,
         ..HostConfig::default()
     })
     .unwrap()
@@ -72,7 +75,7 @@ fn network_enabled_reaches_pypi_with_tls_verification() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     host_ip_forward();
-    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let runner = test_runner(tako_vm::sandbox::net::DEFAULT_POOL, false);
     let res = net_run(&runner, &r, FETCH_PYPI, &[]);
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
     assert!(
@@ -116,7 +119,7 @@ for addr in [gw, "127.0.0.1"] + {host_addrs:?}:
         print("blocked", addr)
 "#
     );
-    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let runner = test_runner(tako_vm::sandbox::net::DEFAULT_POOL, false);
     let res = net_run(&runner, &r, &code, &[]);
     drop(listener);
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
@@ -136,7 +139,7 @@ fn concurrent_sandboxes_cannot_reach_each_other() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     host_ip_forward();
     // A pool of exactly two /30s: the two sandboxes are 10.201.0.2 and 10.201.0.6.
-    let runner = runner_with_pool(("10.201.0.0".parse().unwrap(), 29));
+    let runner = test_runner(("10.201.0.0".parse().unwrap(), 29), false);
     let server = r#"
 import socket
 s = socket.socket(); s.bind(("0.0.0.0", 5555)); s.listen(); s.settimeout(8)
@@ -171,7 +174,7 @@ fn allowed_hosts_limit_egress_to_the_listed_destinations() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     host_ip_forward();
-    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let runner = test_runner(tako_vm::sandbox::net::DEFAULT_POOL, false);
     {
         let _peer = PeerHost::start();
         // Without allowed_hosts, a public destination is reachable…
@@ -205,7 +208,7 @@ fn hundred_network_runs_leave_nothing_behind() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     host_ip_forward();
-    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let runner = test_runner(tako_vm::sandbox::net::DEFAULT_POOL, false);
     let netns_before = sh("ip netns list");
     for i in 0..100 {
         let allowed: &[&str] = if i % 2 == 0 { &[] } else { &["198.51.100.7"] };
@@ -221,13 +224,7 @@ fn a_kept_table_survives_other_processes_and_goes_when_released() {
     let r = need_rootfs!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     host_ip_forward();
-    let runner = Runner::detect(&HostConfig {
-        cgroup_parent: "tako-vm-test-net".into(),
-        helper_exe: Some(common::bin()),
-        keep_net_table: true,
-        ..HostConfig::default()
-    })
-    .unwrap();
+    let runner = test_runner(tako_vm::sandbox::net::DEFAULT_POOL, true);
     let res = net_run(&runner, &r, "print(1)", &["198.51.100.7"]);
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
     assert!(sh("nft list tables").contains("tako_vm"));
@@ -252,6 +249,47 @@ fn a_kept_table_survives_other_processes_and_goes_when_released() {
     nothing_of_ours_left();
 }
 
+/// A long-lived server keeps its table while the host's resolvers may change (DHCP, VPN):
+/// each run brings the table's `dns4` set back to the resolvers it hands the sandbox.
+#[test]
+fn a_stale_resolver_set_is_repaired_by_the_next_run() {
+    let r = need_rootfs!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    host_ip_forward();
+    let runner = test_runner(tako_vm::sandbox::net::DEFAULT_POOL, true);
+    let resolve = "import socket\nprint('resolved', socket.gethostbyname('pypi.org'))";
+    let res = net_run(&runner, &r, resolve, &[]);
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    let host = tako_vm::sandbox::net::veth_resolvers();
+    assert!(
+        !host.is_empty(),
+        "this host has no resolver a sandbox can reach"
+    );
+    let dns4 = || sh("nft list set inet tako_vm dns4");
+    for h in &host {
+        assert!(dns4().contains(&h.to_string()), "{}", dns4());
+    }
+    // The host's resolvers "change" (TEST-NET-1, nothing answers there).
+    let stale: Vec<std::net::Ipv4Addr> = vec!["192.0.2.53".parse().unwrap()];
+    assert!(tako_vm::sandbox::net::sync_dns(&stale).unwrap());
+    assert!(dns4().contains("192.0.2.53"), "{}", dns4());
+    assert!(!dns4().contains(&host[0].to_string()), "{}", dns4());
+    // Unchanged: nothing to do.
+    assert!(!tako_vm::sandbox::net::sync_dns(&stale).unwrap());
+    // The next run finds the set out of date, repairs it, and resolves.
+    let res = net_run(&runner, &r, resolve, &[]);
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert!(res.stdout.starts_with("resolved "), "{}", res.stdout);
+    assert!(!dns4().contains("192.0.2.53"), "{}", dns4());
+    for h in &host {
+        assert!(dns4().contains(&h.to_string()), "{}", dns4());
+    }
+    tako_vm::sandbox::net::finish_teardowns();
+    tako_vm::sandbox::net::release_table_for_this_process();
+    assert!(tako_vm::sandbox::net::remove_table_if_idle().unwrap());
+    nothing_of_ours_left();
+}
+
 /// IPv6 where the host has it (an address from our unique-local pool, NAT66, the same
 /// fail-closed policy), else cleanly absent (no address, nothing sent).
 #[test]
@@ -267,7 +305,7 @@ fn ipv6_follows_the_host_and_the_same_policy() {
     };
     let v6_forward_before = forwarding6();
     let host_v6 = tako_vm::sandbox::net::host_has_ipv6();
-    let runner = runner_with_pool(tako_vm::sandbox::net::DEFAULT_POOL);
+    let runner = test_runner(tako_vm::sandbox::net::DEFAULT_POOL, false);
     let peer = PeerHost::start();
     let listener = std::net::TcpListener::bind("[::]:0");
     let port = listener

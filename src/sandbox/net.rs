@@ -244,7 +244,7 @@ impl HostLock {
     }
 }
 
-/// IPv4 nameservers of the host's `/etc/resolv.conf`.
+/// IPv4 nameservers of a `resolv.conf`.
 pub fn host_resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
     resolv_conf
         .lines()
@@ -253,6 +253,72 @@ pub fn host_resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
             (it.next()? == "nameserver").then(|| it.next()?.parse().ok())?
         })
         .collect()
+}
+
+/// Where systemd-resolved lists its upstream servers.
+const RESOLVED_UPSTREAM: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The resolvers a sandbox on the veth path can reach: the non-loopback IPv4 nameservers of
+/// `resolv_conf`, or, when it names only loopback ones (a local stub such as
+/// systemd-resolved's 127.0.0.53, which a sandbox cannot reach), those of `upstream()`.
+pub fn reachable_resolvers(resolv_conf: &str, upstream: impl FnOnce() -> String) -> Vec<Ipv4Addr> {
+    let remote = |text: &str| -> Vec<Ipv4Addr> {
+        host_resolvers(text)
+            .into_iter()
+            .filter(|r| !r.is_loopback() && !r.is_unspecified())
+            .collect()
+    };
+    let direct = remote(resolv_conf);
+    if direct.is_empty() {
+        remote(&upstream())
+    } else {
+        direct
+    }
+}
+
+/// [`reachable_resolvers`] of this host, read now.
+pub fn veth_resolvers() -> Vec<Ipv4Addr> {
+    reachable_resolvers(
+        &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        || fs::read_to_string(RESOLVED_UPSTREAM).unwrap_or_default(),
+    )
+}
+
+/// The resolvers the table's `dns4` set was last filled with.
+const DNS_FILE: &str = "/run/tako-vm/nft-dns4";
+
+fn resolver_list(resolvers: &[Ipv4Addr]) -> String {
+    let list: Vec<String> = resolvers.iter().map(|r| r.to_string()).collect();
+    list.join(", ")
+}
+
+/// Brings the existing table's `dns4` set in line with `resolvers` (the host's resolvers
+/// can change while a server keeps the table). Costs a file read when nothing changed.
+/// Returns true when it changed the set. Call it under the host lock.
+fn sync_dns_locked(resolvers: &[Ipv4Addr]) -> Result<bool, NetError> {
+    let want = resolver_list(resolvers);
+    if fs::read_to_string(DNS_FILE).is_ok_and(|have| have == want) {
+        return Ok(false);
+    }
+    let mut script = format!("flush set inet {TABLE} dns4\n");
+    if !resolvers.is_empty() {
+        script.push_str(&format!("add element inet {TABLE} dns4 {{ {want} }}\n"));
+    }
+    nft("update resolvers", &script)?;
+    fs::write(DNS_FILE, want)?;
+    Ok(true)
+}
+
+/// [`sync_dns_locked`] under the host lock, for a table that exists (false otherwise).
+pub fn sync_dns(resolvers: &[Ipv4Addr]) -> Result<bool, NetError> {
+    if !std::path::Path::new(TABLE_FLAG).exists() {
+        return Ok(false);
+    }
+    let _lock = HostLock::take()?;
+    if !table_exists() {
+        return Ok(false);
+    }
+    sync_dns_locked(resolvers)
 }
 
 /// What the table is made for.
@@ -271,8 +337,7 @@ pub fn table_script(pool: (Ipv4Addr, u8), resolvers: &[Ipv4Addr], o: TableOption
     let dns = if resolvers.is_empty() {
         String::new()
     } else {
-        let list: Vec<String> = resolvers.iter().map(|r| r.to_string()).collect();
-        format!("elements = {{ {} }}", list.join(", "))
+        format!("elements = {{ {} }}", resolver_list(resolvers))
     };
     let pool = format!("{}/{}", pool.0, pool.1);
     let mut foreign = String::new();
@@ -362,15 +427,17 @@ fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
     // The flag is written before the table is created and removed after it is deleted
     // (both under the host lock, and /run does not survive a reboot): without it, no table
     // of ours can be in use, and the `nft` call that would check is skipped.
+    let resolvers = veth_resolvers();
     if std::path::Path::new(TABLE_FLAG).exists() && table_exists() {
+        sync_dns_locked(&resolvers)?;
         return Ok(());
     }
     let off = |p: &str| fs::read_to_string(p).unwrap_or_default().trim() == "0";
     let was_off = off("/proc/sys/net/ipv4/ip_forward");
     let ipv6 = host_has_ipv6();
     let was6_off = ipv6 && off("/proc/sys/net/ipv6/conf/all/forwarding");
-    let resolvers = host_resolvers(&fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     fs::write(TABLE_FLAG, if ipv6 { "ipv6" } else { "" })?;
+    let _ = fs::remove_file(DNS_FILE);
     // One transaction: whatever is left of a table by that name goes, the new one comes.
     nft(
         "create table",
@@ -387,6 +454,7 @@ fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
             )
         ),
     )?;
+    fs::write(DNS_FILE, resolver_list(&resolvers))?;
     if was_off {
         fs::write(FORWARD_FLAG, "")?;
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
@@ -430,6 +498,7 @@ pub fn remove_table_if_idle() -> Result<bool, NetError> {
         }
     }
     let _ = fs::remove_file(TABLE_FLAG);
+    let _ = fs::remove_file(DNS_FILE);
     if fs::remove_file(FORWARD_FLAG).is_ok() {
         let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "0");
     }
@@ -852,7 +921,7 @@ impl Egress {
         if Egress::rootless() {
             vec![super::pasta::DNS_FORWARD]
         } else {
-            host_resolvers(&fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+            veth_resolvers()
         }
     }
 }
@@ -932,6 +1001,28 @@ mod tests {
         assert_eq!(a.elements, ["198.51.100.0/24", "203.0.113.7"]);
         assert!(resolve_allowed(&["10.0.0.0/40".into()]).is_err());
         assert!(resolve_allowed(&["no-such-host.invalid".into()]).is_err());
+    }
+
+    #[test]
+    fn a_loopback_stub_resolver_is_replaced_by_its_upstreams() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let upstream =
+            || "nameserver 192.0.2.1\nnameserver 127.0.0.1\nnameserver 192.0.2.2\n".to_string();
+        // systemd-resolved's stub (Ubuntu's default): a sandbox cannot reach it.
+        let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n";
+        assert_eq!(
+            reachable_resolvers(stub, upstream),
+            [ip("192.0.2.1"), ip("192.0.2.2")]
+        );
+        // Direct resolvers win; loopback ones among them are dropped.
+        let direct = "nameserver 127.0.0.1\nnameserver 10.255.255.53\n";
+        assert_eq!(
+            reachable_resolvers(direct, || panic!("not needed")),
+            [ip("10.255.255.53")]
+        );
+        // Nothing reachable anywhere: none (DNS fails in the sandbox, nothing else opens).
+        assert!(reachable_resolvers("nameserver 127.0.0.1\n", String::new).is_empty());
+        assert!(reachable_resolvers("", || "nameserver 0.0.0.0\n".into()).is_empty());
     }
 
     #[test]
