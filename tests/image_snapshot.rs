@@ -17,15 +17,20 @@ use tako_vm::exec::record::Status;
 use tako_vm::image::builder::{BuilderConfig, SandboxBuildHost};
 use tako_vm::image::{ImageStore, NoProgress, Registry};
 
-/// The sandbox build host, counting the uv installs it runs.
+/// The sandbox build host, counting the uv installs it runs; `base` replaces the pulled
+/// base image (a crafted rootfs).
 struct Counting<'a> {
     inner: SandboxBuildHost<'a>,
     installs: AtomicUsize,
+    base: Option<BaseImage>,
 }
 
 impl BuildHost for Counting<'_> {
     fn base_image(&self, r: &str, f: bool) -> Result<BaseImage, String> {
-        self.inner.base_image(r, f)
+        match &self.base {
+            Some(b) => Ok(b.clone()),
+            None => self.inner.base_image(r, f),
+        }
     }
     fn uv(&self) -> Result<(PathBuf, String), String> {
         self.inner.uv()
@@ -87,6 +92,7 @@ impl World {
                 &NoProgress,
             ),
             installs: AtomicUsize::new(0),
+            base: None,
         }
     }
 }
@@ -232,4 +238,83 @@ fn shared_code_lands_on_pythonpath_and_concurrent_builds_share_one() {
     );
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
     assert_eq!(res.stdout.trim(), "42");
+}
+
+/// A base image is untrusted content: paths in it (and those its Python names) must not
+/// lead the builder's own file operations (create, write, chown) out of the rootfs.
+#[test]
+fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
+    let Some(w) = world() else { return };
+    let fixture = common::rootfs().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let rootfs = scratch.path().join("rootfs");
+    let st = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(&fixture)
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("victim"), "keep").unwrap();
+    std::fs::create_dir(outside.path().join("sub")).unwrap();
+    let untouched = || {
+        let mut names: Vec<_> = std::fs::read_dir(outside.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["sub", "victim"],
+            "the builder wrote outside the rootfs"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.path().join("victim")).unwrap(),
+            "keep"
+        );
+        use std::os::unix::fs::MetadataExt;
+        for p in [outside.path().to_path_buf(), outside.path().join("sub")] {
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().uid(),
+                0,
+                "{} chowned",
+                p.display()
+            );
+        }
+    };
+    let mut host = w.host();
+    host.base = Some(BaseImage {
+        digest: "sha256:".to_string() + &"ab".repeat(32),
+        rootfs: rootfs.clone(),
+        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+    });
+    let src = tempfile::tempdir().unwrap();
+    let helper = src.path().join("helpers.py");
+    std::fs::write(&helper, "X = 1\n").unwrap();
+    let mut s = spec("hostile", &[]);
+    s.shared_code = vec![helper];
+
+    // The image's `/usr/local` (where its Python installs) is a symlink to a host
+    // directory: refused, before anything is created or chowned there.
+    let local = rootfs.join("usr/local");
+    std::fs::rename(&local, rootfs.join("usr/local.real")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &local).unwrap();
+    let err = w.snaps.build(&s, &host).unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err}");
+    untouched();
+
+    // `/tako-build` and `/app/shared_code` of the image lead outside: replaced, never
+    // written through; the build succeeds.
+    std::fs::remove_file(&local).unwrap();
+    std::fs::rename(rootfs.join("usr/local.real"), &local).unwrap();
+    std::os::unix::fs::symlink(outside.path(), rootfs.join("tako-build")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), rootfs.join("app/shared_code")).unwrap();
+    let snap = w.snaps.build(&s, &host).unwrap_or_else(|e| panic!("{e}"));
+    untouched();
+    assert!(!snap.rootfs.join("tako-build").exists());
+    let shared = snap.rootfs.join("app/shared_code");
+    assert!(std::fs::symlink_metadata(&shared).unwrap().is_dir());
+    assert!(shared.join("helpers.py").is_file());
 }

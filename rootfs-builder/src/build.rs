@@ -43,9 +43,21 @@ impl SnapshotStore {
         reqs.sort();
         reqs.dedup();
 
+        // Every path below the staging rootfs that the host itself creates, writes or
+        // chowns is checked to be a real directory of the image (`dir_within`): an image
+        // with e.g. `/app` or the site-packages directory as a symlink to a host path
+        // must not lead these operations out of the rootfs.
         let shared_dir = rootfs.join(SHARED_CODE_DIR.trim_start_matches('/'));
         if !spec.shared_code.is_empty() {
-            fs::create_dir_all(&shared_dir).map_err(io_err("create", &shared_dir))?;
+            let app = Path::new(SHARED_CODE_DIR)
+                .parent()
+                .unwrap_or(Path::new("/"));
+            tree::dir_within(&rootfs, &app.to_string_lossy(), true)
+                .map_err(io_err("create", &shared_dir))?;
+            // Whatever the image has there is replaced, never written through.
+            tree::remove(&shared_dir).map_err(io_err("remove", &shared_dir))?;
+            tree::dir_within(&rootfs, SHARED_CODE_DIR, true)
+                .map_err(io_err("create", &shared_dir))?;
             for p in &spec.shared_code {
                 let to = shared_dir.join(p.file_name().unwrap_or_default());
                 tree::copy_file(p, &to).map_err(io_err("copy shared_code", p))?;
@@ -59,6 +71,8 @@ impl SnapshotStore {
 
         if !reqs.is_empty() || !spec.shared_code.is_empty() {
             let build = rootfs.join(BUILD_DIR.trim_start_matches('/'));
+            // Ours alone: an image's own `/tako-build` (a symlink to a host file, say) goes.
+            tree::remove(&build).map_err(io_err("remove", &build))?;
             for d in ["cache", "tmp"] {
                 fs::create_dir_all(build.join(d)).map_err(io_err("create", &build))?;
             }
@@ -84,11 +98,16 @@ impl SnapshotStore {
                     writable.push(p.clone());
                 }
             }
+            let mut writable_dirs = Vec::new();
             for w in &writable {
-                let host_dir = rootfs.join(w.trim_start_matches('/'));
-                fs::create_dir_all(&host_dir).map_err(io_err("create", &host_dir))?;
-                tree::chown_dirs(&host_dir, suid, sgid).map_err(io_err("chown", &host_dir))?;
-                binds.push(bind(&host_dir, w, true));
+                let host_dir = tree::dir_within(&rootfs, w, true).map_err(|e| {
+                    SnapshotError::Invalid(format!("python install directory {w}: {e}"))
+                })?;
+                writable_dirs.push(host_dir);
+            }
+            for (w, host_dir) in writable.iter().zip(&writable_dirs) {
+                tree::chown_dirs(host_dir, suid, sgid).map_err(io_err("chown", host_dir))?;
+                binds.push(bind(host_dir, w, true));
             }
             if !spec.shared_code.is_empty() {
                 tree::chown_dirs(&shared_dir, suid, sgid).map_err(io_err("chown", &shared_dir))?;
@@ -96,8 +115,8 @@ impl SnapshotStore {
             }
             let (extra_args, extra_dirs) = host.uv_extra();
             for d in &extra_dirs {
-                let t = rootfs.join(d.to_string_lossy().trim_start_matches('/'));
-                fs::create_dir_all(&t).map_err(io_err("create", &t))?;
+                tree::dir_within(&rootfs, &d.to_string_lossy(), true)
+                    .map_err(io_err("create mount point", d))?;
                 binds.push(bind(d, &d.to_string_lossy(), false));
             }
             let mut script = String::from("set -e\n");
@@ -151,9 +170,8 @@ impl SnapshotStore {
             }
             tree::remove(&build).map_err(io_err("remove", &build))?;
             tree::remove(&scratch).map_err(io_err("remove", &scratch))?;
-            for w in &writable {
-                let d = rootfs.join(w.trim_start_matches('/'));
-                tree::reclaim(&d, suid, euid, egid).map_err(io_err("reclaim", &d))?;
+            for d in &writable_dirs {
+                tree::reclaim(d, suid, euid, egid).map_err(io_err("reclaim", d))?;
             }
             if !spec.shared_code.is_empty() {
                 tree::reclaim(&shared_dir, suid, euid, egid)

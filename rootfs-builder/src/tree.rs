@@ -3,7 +3,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 /// Recreates the tree `src` at `dst`: directories as new directories (same mode), regular
 /// files as hard links (copies, with their mtime, when linking fails, e.g. across file
@@ -25,6 +25,49 @@ pub fn clone_tree(src: &Path, dst: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `root/rel` as a real directory inside `root`. No component of `rel` may be a symlink or
+/// anything but a directory, so a path that an image (or the Python in it) names cannot
+/// lead the host's own file operations outside `root`. Missing components are created
+/// (mode 0755) when `create`.
+pub fn dir_within(root: &Path, rel: &str, create: bool) -> io::Result<PathBuf> {
+    let mut p = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(n) => p.push(n),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{rel:?} is not a plain path"),
+                ))
+            }
+        }
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) => {
+                let what = if m.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "not a directory"
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is {what} in the image (refused: {rel} must be a real directory)",
+                        p.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                fs::create_dir(&p)?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(p)
 }
 
 /// Copies a regular file keeping its mode and mtime.
@@ -93,6 +136,34 @@ pub fn remove(p: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dir_within_never_leaves_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("usr/lib/python3")).unwrap();
+        std::os::unix::fs::symlink("/", r.join("srv")).unwrap();
+        fs::write(r.join("file"), "").unwrap();
+        assert_eq!(dir_within(r, "/usr/lib", false).unwrap(), r.join("usr/lib"));
+        // Created on demand, as real directories.
+        let made = dir_within(r, "/usr/local/lib/python3.11/site-packages", true).unwrap();
+        assert!(fs::symlink_metadata(&made).unwrap().is_dir());
+        assert!(dir_within(r, "/opt/x", false).is_err());
+        // Through a symlink (final or intermediate, relative or absolute): refused.
+        for bad in [
+            "/usr/lib/python3",
+            "/usr/lib/python3/dist-packages",
+            "/srv/wheels",
+            "/file/x",
+            "/usr/../etc",
+            "usr/./lib/../../etc",
+        ] {
+            assert!(dir_within(r, bad, true).is_err(), "{bad}");
+        }
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn clones_share_files_and_keep_symlinks() {
