@@ -22,6 +22,8 @@ use tako_vm::image::{ImageStore, NoProgress, Registry};
 struct Counting<'a> {
     inner: SandboxBuildHost<'a>,
     installs: AtomicUsize,
+    /// Byte-compile runs of a base image's Python.
+    compiles: AtomicUsize,
     base: Option<BaseImage>,
 }
 
@@ -41,6 +43,9 @@ impl BuildHost for Counting<'_> {
     fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String> {
         if run.argv[0] == "/bin/sh" {
             self.installs.fetch_add(1, Ordering::SeqCst);
+        }
+        if run.argv.iter().any(|a| a == "compileall") {
+            self.compiles.fetch_add(1, Ordering::SeqCst);
         }
         self.inner.run(run)
     }
@@ -92,6 +97,7 @@ impl World {
                 &NoProgress,
             ),
             installs: AtomicUsize::new(0),
+            compiles: AtomicUsize::new(0),
             base: None,
         }
     }
@@ -240,11 +246,9 @@ fn shared_code_lands_on_pythonpath_and_concurrent_builds_share_one() {
     assert_eq!(res.stdout.trim(), "42");
 }
 
-/// A base image is untrusted content: paths in it (and those its Python names) must not
-/// lead the builder's own file operations (create, write, chown) out of the rootfs.
-#[test]
-fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
-    let Some(w) = world() else { return };
+/// A base image of our own: a hard-link clone of the fixture rootfs in a temporary
+/// directory (which stands for the image's directory in the store).
+fn crafted_base() -> (tempfile::TempDir, BaseImage) {
     let fixture = common::rootfs().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let rootfs = scratch.path().join("rootfs");
@@ -255,6 +259,99 @@ fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
         .status()
         .unwrap();
     assert!(st.success());
+    let base = BaseImage {
+        digest: "sha256:".to_string() + &"ab".repeat(32),
+        rootfs,
+        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+    };
+    (scratch, base)
+}
+
+/// The official python images ship no `.pyc` files; the sandbox's rootfs is read-only, so
+/// the base image's standard library is byte-compiled once, in a sandbox, in place, and
+/// every snapshot shares it. Nothing in the store is left to the sandbox user.
+#[test]
+fn a_base_image_without_bytecode_is_compiled_once_in_a_sandbox() {
+    let Some(w) = world() else { return };
+    let (scratch, base) = crafted_base();
+    // Strip the fixture's bytecode, as the official images do (unlinking in our clone).
+    let stdlib = base.rootfs.join("usr/lib/python3.11");
+    let st = std::process::Command::new("find")
+        .arg(&stdlib)
+        .args([
+            "-name",
+            "__pycache__",
+            "-type",
+            "d",
+            "-prune",
+            "-exec",
+            "rm",
+            "-rf",
+            "{}",
+            "+",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!stdlib.join("json/__pycache__").exists());
+    let mut host = w.host();
+    host.base = Some(base.clone());
+
+    let snap = w
+        .snaps
+        .build(&spec("plain", &[]), &host)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(host.compiles.load(Ordering::SeqCst), 1);
+    assert!(scratch
+        .path()
+        .join(rootfs_builder::bytecode::MARKER)
+        .is_file());
+    assert!(stdlib
+        .join("json/__pycache__/__init__.cpython-311.pyc")
+        .is_file());
+    // Everything the sandbox wrote is ours again, read-only for others.
+    let st = std::process::Command::new("find")
+        .arg(&stdlib)
+        .args([
+            "(", "!", "-uid", "0", "-o", "-perm", "/022", ")", "!", "-type", "l", "-print",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+
+    // The snapshot shares it, and Python finds the bytecode valid (no compile at import).
+    let check = "import json, os, importlib._bootstrap_external as b\n\
+        data = open(json.__cached__, 'rb').read()\n\
+        st = os.stat(json.__file__)\n\
+        b._validate_timestamp_pyc(data[:16], int(st.st_mtime), st.st_size, 'json', {})\n\
+        print('valid', json.__cached__)";
+    let res = common::exec_with(&snap.rootfs, check, |run| run.env = snap.env.clone());
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert!(
+        res.stdout
+            .starts_with("valid /usr/lib/python3.11/json/__pycache__/"),
+        "{}",
+        res.stdout
+    );
+
+    // Once per image: another job type on it compiles nothing.
+    let mut other = spec("plain-too", &[]);
+    other.environment.insert("X".into(), "1".into());
+    w.snaps.build(&other, &host).unwrap();
+    assert_eq!(host.compiles.load(Ordering::SeqCst), 1);
+}
+
+/// A base image is untrusted content: paths in it (and those its Python names) must not
+/// lead the builder's own file operations (create, write, chown) out of the rootfs.
+#[test]
+fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
+    let Some(w) = world() else { return };
+    let (_scratch, base) = crafted_base();
+    let rootfs = base.rootfs.clone();
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("victim"), "keep").unwrap();
     std::fs::create_dir(outside.path().join("sub")).unwrap();
@@ -285,11 +382,7 @@ fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
         }
     };
     let mut host = w.host();
-    host.base = Some(BaseImage {
-        digest: "sha256:".to_string() + &"ab".repeat(32),
-        rootfs: rootfs.clone(),
-        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
-    });
+    host.base = Some(base);
     let src = tempfile::tempdir().unwrap();
     let helper = src.path().join("helpers.py");
     std::fs::write(&helper, "X = 1\n").unwrap();

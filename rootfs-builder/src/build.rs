@@ -85,7 +85,7 @@ impl SnapshotStore {
             fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
             tree::chown_dirs(&scratch, suid, sgid).map_err(io_err("chown", &scratch))?;
 
-            let paths = self.probe_paths(host, &rootfs, &env)?;
+            let paths = probe_paths(host, &rootfs, &env)?;
             let mut binds = vec![
                 bind(uv, "/tako-build/uv", false),
                 bind(&cache, "/tako-build/cache", true),
@@ -207,51 +207,59 @@ impl SnapshotStore {
         fs::write(&meta, serde_json::to_vec_pretty(&snap).expect("serialises"))
             .map_err(io_err("write", &meta))
     }
+}
 
-    fn probe_paths(
-        &self,
-        host: &dyn BuildHost,
-        rootfs: &Path,
-        env: &[(String, String)],
-    ) -> Result<PyPaths, SnapshotError> {
-        let code = "import json,sys,sysconfig;p=sysconfig.get_paths();print(json.dumps({'executable':sys.executable,'data':p['data'],'purelib':p['purelib'],'platlib':p['platlib'],'scripts':p['scripts']}))";
-        let out = host
-            .run(&InstallRun {
-                rootfs: rootfs.to_path_buf(),
-                argv: vec!["python3".into(), "-c".into(), code.into()],
-                env: env.to_vec(),
-                binds: vec![],
-                network: false,
-            })
-            .map_err(SnapshotError::Sandbox)?;
-        if !out.success {
-            return Err(SnapshotError::Invalid(format!(
-                "the base image has no usable python3 ({}): {}",
-                out.status,
-                out.stderr.trim()
-            )));
-        }
-        let p: PyPaths = serde_json::from_str(out.stdout.trim())
-            .map_err(|e| SnapshotError::Invalid(format!("python3 paths of the base image: {e}")))?;
-        for d in [&p.data, &p.purelib, &p.platlib, &p.scripts, &p.executable] {
-            if !d.starts_with('/') || d.contains("..") || d == "/" {
-                return Err(SnapshotError::Invalid(format!("unusable python path {d}")));
-            }
-        }
-        Ok(p)
+/// Where the Python of `rootfs` lives and installs (a sandbox run of its `python3`).
+pub(crate) fn probe_paths(
+    host: &dyn BuildHost,
+    rootfs: &Path,
+    env: &[(String, String)],
+) -> Result<PyPaths, SnapshotError> {
+    let code = "import json,sys,sysconfig;p=sysconfig.get_paths();print(json.dumps({'executable':sys.executable,'stdlib':p['stdlib'],'data':p['data'],'purelib':p['purelib'],'platlib':p['platlib'],'scripts':p['scripts']}))";
+    let out = host
+        .run(&InstallRun {
+            rootfs: rootfs.to_path_buf(),
+            argv: vec!["python3".into(), "-c".into(), code.into()],
+            env: env.to_vec(),
+            binds: vec![],
+            network: false,
+        })
+        .map_err(SnapshotError::Sandbox)?;
+    if !out.success {
+        return Err(SnapshotError::Invalid(format!(
+            "the base image has no usable python3 ({}): {}",
+            out.status,
+            out.stderr.trim()
+        )));
     }
+    let p: PyPaths = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| SnapshotError::Invalid(format!("python3 paths of the base image: {e}")))?;
+    for d in [
+        &p.stdlib,
+        &p.data,
+        &p.purelib,
+        &p.platlib,
+        &p.scripts,
+        &p.executable,
+    ] {
+        if !d.starts_with('/') || d.contains("..") || d == "/" {
+            return Err(SnapshotError::Invalid(format!("unusable python path {d}")));
+        }
+    }
+    Ok(p)
 }
 
 #[derive(Debug, Deserialize)]
-struct PyPaths {
-    executable: String,
+pub(crate) struct PyPaths {
+    pub(crate) executable: String,
+    pub(crate) stdlib: String,
     data: String,
     purelib: String,
     platlib: String,
     scripts: String,
 }
 
-fn bind(host: &Path, target: &str, writable: bool) -> BindMount {
+pub(crate) fn bind(host: &Path, target: &str, writable: bool) -> BindMount {
     BindMount {
         host: host.to_path_buf(),
         target: target.to_string(),
@@ -259,17 +267,17 @@ fn bind(host: &Path, target: &str, writable: bool) -> BindMount {
     }
 }
 
-fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+pub(crate) fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
     env.retain(|(ek, _)| ek != k);
     env.push((k.to_string(), v.to_string()));
 }
 
-fn nix_euid() -> u32 {
+pub(crate) fn nix_euid() -> u32 {
     // SAFETY: geteuid(2) cannot fail and has no side effects.
     unsafe { libc::geteuid() }
 }
 
-fn nix_egid() -> u32 {
+pub(crate) fn nix_egid() -> u32 {
     // SAFETY: getegid(2) cannot fail and has no side effects.
     unsafe { libc::getegid() }
 }

@@ -7,6 +7,7 @@
 //! requirements installed by uv in a builder sandbox, content-addressed and immutable.
 
 mod build;
+pub mod bytecode;
 pub mod requirements;
 pub mod snapshot;
 mod tree;

@@ -107,6 +107,8 @@ pub struct InstallRun {
 pub struct InstallOutcome {
     /// Exit code 0.
     pub success: bool,
+    /// The exit code, when the command exited (not killed, not timed out).
+    pub exit_code: Option<i32>,
     /// Human-readable end (exit code, signal, timeout, OOM).
     pub status: String,
     /// Captured stdout.
@@ -250,10 +252,10 @@ fn locked(path: &Path, op: libc::c_int) -> std::io::Result<fs::File> {
     Ok(f)
 }
 
-struct Lock(fs::File);
+pub(crate) struct Lock(fs::File);
 
 impl Lock {
-    fn acquire(path: &Path) -> Result<Lock, SnapshotError> {
+    pub(crate) fn acquire(path: &Path) -> Result<Lock, SnapshotError> {
         locked(path, libc::LOCK_EX)
             .map(Lock)
             .map_err(io_err("lock", path))
@@ -458,6 +460,7 @@ impl SnapshotStore {
         if let Some(s) = self.by_key(&key) {
             return Ok(s);
         }
+        crate::bytecode::compile_base(host, &base)?;
         let lock_path = self.root.join("locks").join(format!("{key}.lock"));
         let _lock = Lock::acquire(&lock_path)?;
         if let Some(s) = self.by_key(&key) {

@@ -37,7 +37,21 @@ pub fn rootfs_for(
         let Some(rec) = images.lookup(reference)? else {
             bail!("no local image {reference}; pull it first: tako-vm pull {reference}");
         };
-        let dir = unpack::ensure_rootfs(&images, &rec, &CliProgress::new())?;
+        let progress = CliProgress::new();
+        let dir = unpack::ensure_rootfs(&images, &rec, &progress)?;
+        // Its Python byte-compiled once.
+        if !rootfs_builder::bytecode::compiled(&dir) {
+            let base = rootfs_builder::BaseImage {
+                digest: rec.digest.clone(),
+                rootfs: dir.clone(),
+                env: rec.env_pairs(),
+            };
+            let reg = Registry::new(store.registry_config())?;
+            let runner = Runner::detect(&cfg.host_config()).context("sandbox")?;
+            let host =
+                SandboxBuildHost::new(&runner, &images, &reg, cfg.builder_config(), &progress);
+            rootfs_builder::bytecode::compile_base(&host, &base)?;
+        }
         return Ok((dir, rec.env_pairs(), None));
     }
     let Some(name) = job_type else {

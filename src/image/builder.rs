@@ -255,6 +255,11 @@ impl BuildHost for SandboxBuildHost<'_> {
             .is_some_and(|x| x.code == Some(0) && !x.timed_out);
         Ok(InstallOutcome {
             success,
+            exit_code: o
+                .exit
+                .as_ref()
+                .filter(|x| !x.timed_out)
+                .and_then(|x| x.code),
             status,
             stdout: o.stdout.finish(256 << 10).text,
             stderr: o.stderr.finish(256 << 10).text,

@@ -174,6 +174,20 @@ impl SnapshotEnvironments {
     fn default_image(&self, jt: &JobType) -> Option<ResolvedEnv> {
         let rec = self.images.lookup(DEFAULT_BASE_IMAGE).ok()??;
         let rootfs = unpack::ensure_rootfs(&self.images, &rec, &NoProgress).ok()?;
+        // Its Python byte-compiled once; a run goes ahead without, only slower.
+        if !rootfs_builder::bytecode::compiled(&rootfs) {
+            let base = BaseImage {
+                digest: rec.digest.clone(),
+                rootfs: rootfs.clone(),
+                env: rec.env_pairs(),
+            };
+            let done = self.host().map_err(|e| e.to_string()).and_then(|h| {
+                rootfs_builder::bytecode::compile_base(&h, &base).map_err(|e| e.to_string())
+            });
+            if let Err(e) = done {
+                eprintln!("tako-vm: byte-compiling {DEFAULT_BASE_IMAGE} failed; runs on it compile at every start: {e}");
+            }
+        }
         let mut env = rec.env_pairs();
         for (k, v) in valid_environment(jt) {
             env.retain(|(ek, _)| *ek != k);
