@@ -411,3 +411,66 @@ fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
     assert!(std::fs::symlink_metadata(&shared).unwrap().is_dir());
     assert!(shared.join("helpers.py").is_file());
 }
+
+/// Per-request `requirements` come from API callers, and an sdist's build backend runs in
+/// the builder sandbox: such builds get a uv cache of their own, so they cannot change what
+/// the shared cache hands to the job types' builds. The probe: a local sdist whose in-tree
+/// build backend writes a file into the cache it was given.
+#[test]
+fn runtime_requirement_builds_cannot_touch_the_shared_uv_cache() {
+    let Some(w) = world() else { return };
+    let links = tempfile::tempdir().unwrap();
+    let pkg = links.path().join("poisoner-1.0");
+    std::fs::create_dir(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("pyproject.toml"),
+        "[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"poisoner\"\nversion = \"1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("backend.py"),
+        "import os\nopen(os.path.join(os.environ.get('UV_CACHE_DIR', '/tako-build/cache'), 'POISONED'), 'w').write('x')\n\n\
+         def get_requires_for_build_wheel(config_settings=None):\n    return []\n\n\
+         def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n    raise RuntimeError('poisoner: no wheel')\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("PKG-INFO"),
+        "Metadata-Version: 2.1\nName: poisoner\nVersion: 1.0\n",
+    )
+    .unwrap();
+    let st = std::process::Command::new("tar")
+        .current_dir(links.path())
+        .args(["czf", "poisoner-1.0.tar.gz", "poisoner-1.0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_dir_all(&pkg).unwrap();
+    let config = BuilderConfig {
+        find_links: Some(links.path().to_path_buf()),
+        ..BuilderConfig::default()
+    };
+    let host = SandboxBuildHost::new(&w.runner, &w.images, &w.registry, config, &NoProgress);
+    let shared = w.images.root().join("snapshots/uv-cache");
+    let poisoned = || shared.join("POISONED").exists();
+
+    // An API caller's requirement: its build fails (no wheel), the shared cache is untouched.
+    let err = w
+        .snaps
+        .resolve_with_requirements(&spec("default", &[]), &["poisoner".to_string()], &host)
+        .unwrap_err();
+    assert!(err.to_string().contains("poisoner"), "{err}");
+    assert!(
+        !poisoned(),
+        "a runtime-requirements build wrote into the shared uv cache"
+    );
+
+    // Control (the probe works): as a job type's own requirement, the operator's trust
+    // domain, the same build code does reach the shared cache.
+    let err = w
+        .snaps
+        .build(&spec("operator", &["poisoner"]), &host)
+        .unwrap_err();
+    assert!(err.to_string().contains("poisoner"), "{err}");
+    assert!(poisoned(), "the probe did not run");
+}

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use crate::requirements::valid_environment;
 use crate::snapshot::{
-    io_err, BaseImage, BindMount, BuildHost, InstallRun, JobTypeSpec, Snapshot, SnapshotError,
-    SnapshotStore, BUILD_DIR, SHARED_CODE_DIR,
+    io_err, BaseImage, BindMount, BuildHost, CacheScope, InstallRun, JobTypeSpec, Snapshot,
+    SnapshotError, SnapshotStore, BUILD_DIR, SHARED_CODE_DIR,
 };
 use crate::tree;
 
@@ -26,6 +26,7 @@ impl SnapshotStore {
         uv_version: &str,
         key: &str,
         staging: &Path,
+        cache_scope: CacheScope,
     ) -> Result<(), SnapshotError> {
         host.step(&format!(
             "building {} on {reference}",
@@ -77,8 +78,12 @@ impl SnapshotStore {
                 fs::create_dir_all(build.join(d)).map_err(io_err("create", &build))?;
             }
             fs::write(build.join("uv"), b"").map_err(io_err("create", &build))?;
-            // The uv cache is shared by builds; the scratch dir is this build's.
-            let cache = self.root.join("uv-cache");
+            // The uv cache is shared by job-type builds, or this build's own (CacheScope);
+            // the scratch dir is this build's.
+            let cache = match cache_scope {
+                CacheScope::Shared => self.root.join("uv-cache"),
+                CacheScope::Private => staging.join("uv-cache"),
+            };
             fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
             tree::chown_dirs(&cache, suid, sgid).map_err(io_err("chown", &cache))?;
             let scratch = staging.join("tmp");
@@ -113,18 +118,20 @@ impl SnapshotStore {
                 tree::chown_dirs(&shared_dir, suid, sgid).map_err(io_err("chown", &shared_dir))?;
                 binds.push(bind(&shared_dir, SHARED_CODE_DIR, true));
             }
-            let (extra_args, extra_dirs) = host.uv_extra();
-            for d in &extra_dirs {
-                tree::dir_within(&rootfs, &d.to_string_lossy(), true)
-                    .map_err(io_err("create mount point", d))?;
-                binds.push(bind(d, &d.to_string_lossy(), false));
+            // Under /tako-build (ours), not at its host path: that could be under a
+            // directory the sandbox mounts over (/tmp), or lead through the image's symlinks.
+            let mut index = "";
+            if let Some(d) = host.find_links() {
+                let at = build.join("find-links");
+                fs::create_dir(&at).map_err(io_err("create", &at))?;
+                binds.push(bind(&d, &format!("{BUILD_DIR}/find-links"), false));
+                index = " --find-links /tako-build/find-links --no-index";
             }
             let mut script = String::from("set -e\n");
             if !reqs.is_empty() {
                 script.push_str(&format!(
-                    "/tako-build/uv pip install --no-config --no-progress --system --break-system-packages --compile-bytecode --python {} {} -- \"$@\"\n",
+                    "/tako-build/uv pip install --no-config --no-progress --system --break-system-packages --compile-bytecode --python {}{index} -- \"$@\"\n",
                     paths.executable,
-                    extra_args.join(" ")
                 ));
             }
             if !spec.shared_code.is_empty() {
@@ -170,6 +177,9 @@ impl SnapshotStore {
             }
             tree::remove(&build).map_err(io_err("remove", &build))?;
             tree::remove(&scratch).map_err(io_err("remove", &scratch))?;
+            if cache_scope == CacheScope::Private {
+                tree::remove(&cache).map_err(io_err("remove", &cache))?;
+            }
             for d in &writable_dirs {
                 tree::reclaim(d, suid, euid, egid).map_err(io_err("reclaim", d))?;
             }

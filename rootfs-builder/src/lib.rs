@@ -13,7 +13,7 @@ pub mod snapshot;
 mod tree;
 
 pub use snapshot::{
-    BaseImage, BindMount, BuildHost, InstallOutcome, InstallRun, JobTypeSpec, Snapshot,
+    BaseImage, BindMount, BuildHost, CacheScope, InstallOutcome, InstallRun, JobTypeSpec, Snapshot,
     SnapshotError, SnapshotStore, SnapshotUse,
 };
 

@@ -128,13 +128,30 @@ pub trait BuildHost: Sync {
     fn sandbox_owner(&self) -> (u32, u32);
     /// Runs one command in a builder sandbox (limits, startup timeout, network if asked).
     fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String>;
-    /// Extra uv arguments (e.g. `--find-links DIR --no-index` for offline builds) and the
-    /// host directories they need, bound read-only at the same path.
-    fn uv_extra(&self) -> (Vec<String>, Vec<PathBuf>) {
-        (Vec::new(), Vec::new())
+    /// Offline builds: a host directory of wheels and sdists to install from instead of
+    /// an index (bound read-only at `/tako-build/find-links`; uv gets `--find-links` and
+    /// `--no-index`).
+    fn find_links(&self) -> Option<PathBuf> {
+        None
     }
     /// Progress messages.
     fn step(&self, _message: &str) {}
+}
+
+/// Which uv cache a build's sandbox gets.
+///
+/// The cache is writable in the builder sandbox, and a requirement's build code (an sdist's
+/// build backend) runs there: it could change what the cache hands to later builds. Job
+/// types are the operator's (one trust domain), and their builds share `<root>/snapshots/uv-cache`.
+/// Per-request `requirements` come from API callers, so their builds get a cache of their
+/// own, removed afterwards: they download what they install, once per requirement set
+/// (the snapshot is then cached by key), and never see or touch the shared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    /// `<root>/snapshots/uv-cache`, shared by job-type builds.
+    Shared,
+    /// A fresh cache in the build's staging directory, removed before it is published.
+    Private,
 }
 
 /// A built snapshot.
@@ -423,7 +440,7 @@ impl SnapshotStore {
         spec: &JobTypeSpec,
         host: &dyn BuildHost,
     ) -> Result<Snapshot, SnapshotError> {
-        let s = self.build_keyed(spec, host)?;
+        let s = self.build_keyed(spec, host, CacheScope::Shared)?;
         self.set_name(&spec.name, &s.key)?;
         Ok(s)
     }
@@ -439,13 +456,14 @@ impl SnapshotStore {
         validate_requirements(extra).map_err(SnapshotError::Invalid)?;
         let mut s = spec.clone();
         s.requirements.extend(extra.iter().cloned());
-        self.build_keyed(&s, host)
+        self.build_keyed(&s, host, CacheScope::Private)
     }
 
     fn build_keyed(
         &self,
         spec: &JobTypeSpec,
         host: &dyn BuildHost,
+        cache: CacheScope,
     ) -> Result<Snapshot, SnapshotError> {
         validate_requirements(&spec.requirements).map_err(SnapshotError::Invalid)?;
         let reference = spec.base_reference();
@@ -479,6 +497,7 @@ impl SnapshotStore {
             &uv_version,
             &key,
             &staging,
+            cache,
         );
         if res.is_err() {
             let _ = tree::remove(&staging);

@@ -174,18 +174,8 @@ impl BuildHost for SandboxBuildHost<'_> {
         (uid, uid)
     }
 
-    fn uv_extra(&self) -> (Vec<String>, Vec<PathBuf>) {
-        match &self.config.find_links {
-            Some(d) => (
-                vec![
-                    "--find-links".into(),
-                    d.display().to_string(),
-                    "--no-index".into(),
-                ],
-                vec![d.clone()],
-            ),
-            None => (Vec::new(), Vec::new()),
-        }
+    fn find_links(&self) -> Option<PathBuf> {
+        self.config.find_links.clone()
     }
 
     fn step(&self, message: &str) {

@@ -296,8 +296,8 @@ impl BuildHost for Host<'_> {
         self.inner.run(run)
     }
 
-    fn uv_extra(&self) -> (Vec<String>, Vec<PathBuf>) {
-        self.inner.uv_extra()
+    fn find_links(&self) -> Option<PathBuf> {
+        self.inner.find_links()
     }
 
     fn step(&self, message: &str) {
