@@ -120,6 +120,18 @@ fn bad_arguments_are_clear_errors() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid size"), "{err}");
+    // A mount point that is a symlink (here to the host's /) is refused, not followed.
+    let scratch = tempfile::tempdir().unwrap();
+    let linked = scratch.path().join("rootfs");
+    common::hardlink_copy(&r, &linked);
+    std::fs::remove_dir(linked.join("tmp")).unwrap();
+    std::os::unix::fs::symlink("/", linked.join("tmp")).unwrap();
+    let (code, _, err) = common::cli(&["run", "--rootfs", linked.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not prepared for tako-vm") && err.contains("/tmp"),
+        "{err}"
+    );
     let (code, out, _) = common::cli(&["version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("tako-vm "));

@@ -252,13 +252,7 @@ fn crafted_base() -> (tempfile::TempDir, BaseImage) {
     let fixture = common::rootfs().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let rootfs = scratch.path().join("rootfs");
-    let st = std::process::Command::new("cp")
-        .arg("-al")
-        .arg(&fixture)
-        .arg(&rootfs)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::hardlink_copy(&fixture, &rootfs);
     let base = BaseImage {
         digest: "sha256:".to_string() + &"ab".repeat(32),
         rootfs,

@@ -53,11 +53,11 @@ impl SnapshotStore {
             let app = Path::new(SHARED_CODE_DIR)
                 .parent()
                 .unwrap_or(Path::new("/"));
-            tree::dir_within(&rootfs, &app.to_string_lossy(), true)
+            tree::dir_within(&rootfs, &app.to_string_lossy(), tree::Want::Create)
                 .map_err(io_err("create", &shared_dir))?;
             // Whatever the image has there is replaced, never written through.
             tree::remove(&shared_dir).map_err(io_err("remove", &shared_dir))?;
-            tree::dir_within(&rootfs, SHARED_CODE_DIR, true)
+            tree::dir_within(&rootfs, SHARED_CODE_DIR, tree::Want::Create)
                 .map_err(io_err("create", &shared_dir))?;
             for p in &spec.shared_code {
                 let to = shared_dir.join(p.file_name().unwrap_or_default());
@@ -105,7 +105,7 @@ impl SnapshotStore {
             }
             let mut writable_dirs = Vec::new();
             for w in &writable {
-                let host_dir = tree::dir_within(&rootfs, w, true).map_err(|e| {
+                let host_dir = tree::dir_within(&rootfs, w, tree::Want::Create).map_err(|e| {
                     SnapshotError::Invalid(format!("python install directory {w}: {e}"))
                 })?;
                 writable_dirs.push(host_dir);

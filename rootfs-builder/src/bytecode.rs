@@ -46,9 +46,10 @@ pub fn compile_base(host: &dyn BuildHost, base: &BaseImage) -> Result<(), Snapsh
     }
     host.step("byte-compiling the Python of the base image (once per image)");
     let paths = probe_paths(host, &base.rootfs, &base.env)?;
-    let stdlib = tree::dir_within(&base.rootfs, &paths.stdlib, false).map_err(|e| {
-        SnapshotError::Invalid(format!("python standard library {}: {e}", paths.stdlib))
-    })?;
+    let stdlib =
+        tree::dir_within(&base.rootfs, &paths.stdlib, tree::Want::Existing).map_err(|e| {
+            SnapshotError::Invalid(format!("python standard library {}: {e}", paths.stdlib))
+        })?;
     let (suid, sgid) = host.sandbox_owner();
     let handed = tree::chown_dirs(&stdlib, suid, sgid).map_err(io_err("chown", &stdlib));
     let run = handed.and_then(|()| compile(host, base, &paths.executable, &paths.stdlib, &stdlib));

@@ -48,7 +48,7 @@ pub const SANDBOX_USER: (&str, u32) = ("sandbox", 1000);
 pub fn check(rootfs: &Path) -> Vec<String> {
     let mut missing: Vec<String> = MOUNT_POINTS
         .iter()
-        .filter(|d| !rootfs.join(d).is_dir())
+        .filter(|d| tree::dir_within(rootfs, d, tree::Want::Existing).is_err())
         .map(|d| format!("/{d}"))
         .collect();
     for f in MOUNT_FILES {
@@ -64,43 +64,45 @@ pub fn check(rootfs: &Path) -> Vec<String> {
 }
 
 fn has_sandbox_user(rootfs: &Path) -> bool {
-    fs::read_to_string(rootfs.join("etc/passwd"))
-        .map(|p| p.lines().any(|l| l.split(':').nth(2) == Some("1000")))
-        .unwrap_or(false)
+    read_regular(&rootfs.join("etc/passwd"))
+        .lines()
+        .any(|l| l.split(':').nth(2) == Some("1000"))
 }
 
 /// Adds the mount points and the `sandbox` user (uid/gid 1000, home `/home/sandbox`).
+///
+/// `rootfs` is an unpacked image: untrusted content. Nothing here follows a symlink of it
+/// (an image whose `/home/sandbox` or `/etc/passwd` is a symlink to a host path must not
+/// make the host chown or rewrite that path): mount points and `/etc` must be real
+/// directories (symlinks there are replaced by empty ones), and the files written are
+/// replaced, never written through.
 pub fn prepare(rootfs: &Path) -> io::Result<()> {
     for d in MOUNT_POINTS {
-        fs::create_dir_all(rootfs.join(d))?;
+        tree::dir_within(rootfs, d, tree::Want::Replace)?;
     }
-    fs::create_dir_all(rootfs.join("etc"))?;
+    let etc = tree::dir_within(rootfs, "etc", tree::Want::Replace)?;
     for f in MOUNT_FILES {
         let p = rootfs.join(f);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_file() => {}
-            Ok(_) => {
-                fs::remove_file(&p)?;
-                fs::write(&p, "")?;
-            }
-            Err(_) => fs::write(&p, "")?,
+        if !is_regular(&p) {
+            write_regular(&p, "")?;
         }
     }
-    let hosts = rootfs.join("etc/hosts");
+    let hosts = etc.join("hosts");
     if fs::metadata(&hosts)?.len() == 0 {
-        fs::write(&hosts, HOSTS)?;
+        write_regular(&hosts, HOSTS)?;
     }
     if !has_sandbox_user(rootfs) {
         append_line(
-            &rootfs.join("etc/passwd"),
+            &etc.join("passwd"),
             "sandbox:x:1000:1000::/home/sandbox:/bin/sh",
         )?;
     }
-    let group = fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let group = read_regular(&etc.join("group"));
     if !group.lines().any(|l| l.split(':').nth(2) == Some("1000")) {
-        append_line(&rootfs.join("etc/group"), "sandbox:x:1000:")?;
+        append_line(&etc.join("group"), "sandbox:x:1000:")?;
     }
-    std::os::unix::fs::chown(rootfs.join("home/sandbox"), Some(1000), Some(1000)).or_else(|e| {
+    let home = tree::dir_within(rootfs, "home/sandbox", tree::Want::Replace)?;
+    std::os::unix::fs::lchown(home, Some(1000), Some(1000)).or_else(|e| {
         // Unprivileged preparation cannot chown; the directory stays readable.
         if e.kind() == io::ErrorKind::PermissionDenied {
             Ok(())
@@ -110,14 +112,38 @@ pub fn prepare(rootfs: &Path) -> io::Result<()> {
     })
 }
 
+fn is_regular(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// The contents of a regular file; "" for anything else (a symlink is not followed).
+fn read_regular(path: &Path) -> String {
+    if is_regular(path) {
+        fs::read_to_string(path).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+/// Writes `text` to `path`, replacing whatever is there (a symlink is removed, not
+/// followed; a regular file is rewritten).
+fn write_regular(path: &Path, text: &str) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path)?,
+        Ok(m) if !m.file_type().is_file() => fs::remove_file(path)?,
+        _ => {}
+    }
+    fs::write(path, text)
+}
+
 fn append_line(path: &Path, line: &str) -> io::Result<()> {
-    let mut text = fs::read_to_string(path).unwrap_or_default();
+    let mut text = read_regular(path);
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
     text.push_str(line);
     text.push('\n');
-    fs::write(path, text)
+    write_regular(path, &text)
 }
 
 #[cfg(test)]
@@ -143,5 +169,55 @@ mod tests {
         );
         assert!(passwd.starts_with("root:x:0:0:root:/root:/bin/sh\n"));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An image is untrusted: its symlinks must not lead `prepare` (run as root by a
+    /// server) to chown or rewrite host paths.
+    #[test]
+    fn prepare_never_follows_the_images_symlinks() {
+        use std::os::unix::fs::{symlink, MetadataExt};
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let o = outside.path();
+        fs::write(o.join("passwd"), "host:x:0:0::/:/bin/sh\n").unwrap();
+        fs::create_dir(o.join("dir")).unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::create_dir_all(r.join("home")).unwrap();
+        symlink(o.join("passwd"), r.join("etc/passwd")).unwrap();
+        symlink(o.join("passwd"), r.join("etc/group")).unwrap();
+        symlink(o.join("passwd"), r.join("etc/hosts")).unwrap();
+        symlink(o.join("dir"), r.join("home/sandbox")).unwrap();
+        symlink(o, r.join("app")).unwrap();
+        symlink("/", r.join("tmp")).unwrap();
+        let before = fs::metadata(o.join("dir")).unwrap();
+        prepare(r).unwrap();
+        assert!(check(r).is_empty(), "{:?}", check(r));
+        // The host side is untouched…
+        assert_eq!(
+            fs::read_to_string(o.join("passwd")).unwrap(),
+            "host:x:0:0::/:/bin/sh\n"
+        );
+        let after = fs::metadata(o.join("dir")).unwrap();
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        assert_eq!(fs::read_dir(o).unwrap().count(), 2);
+        // …and the rootfs has real directories and files of its own.
+        for d in ["home/sandbox", "app", "tmp"] {
+            assert!(fs::symlink_metadata(r.join(d)).unwrap().is_dir(), "{d}");
+        }
+        for f in ["etc/passwd", "etc/group", "etc/hosts"] {
+            assert!(is_regular(&r.join(f)), "{f}");
+        }
+        assert!(fs::read_to_string(r.join("etc/passwd"))
+            .unwrap()
+            .starts_with("sandbox:x:1000"));
+        if nix_is_root() {
+            assert_eq!(fs::metadata(r.join("home/sandbox")).unwrap().uid(), 1000);
+        }
+    }
+
+    fn nix_is_root() -> bool {
+        // SAFETY: geteuid(2) cannot fail and has no side effects.
+        unsafe { libc::geteuid() == 0 }
     }
 }

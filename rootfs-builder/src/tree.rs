@@ -27,11 +27,23 @@ pub fn clone_tree(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// What [`dir_within`] does with a component that is missing, or is not a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The directory must exist: missing or not a directory is an error.
+    Existing,
+    /// Missing components are created; a symlink or other non-directory is an error.
+    Create,
+    /// Missing components are created; a symlink or other non-directory is removed and
+    /// replaced by an empty directory (mount points and our own directories in a rootfs
+    /// we own).
+    Replace,
+}
+
 /// `root/rel` as a real directory inside `root`. No component of `rel` may be a symlink or
 /// anything but a directory, so a path that an image (or the Python in it) names cannot
-/// lead the host's own file operations outside `root`. Missing components are created
-/// (mode 0755) when `create`.
-pub fn dir_within(root: &Path, rel: &str, create: bool) -> io::Result<PathBuf> {
+/// lead the host's own file operations outside `root`. New directories get mode 0755.
+pub fn dir_within(root: &Path, rel: &str, want: Want) -> io::Result<PathBuf> {
     let mut p = root.to_path_buf();
     for c in Path::new(rel).components() {
         match c {
@@ -44,8 +56,12 @@ pub fn dir_within(root: &Path, rel: &str, create: bool) -> io::Result<PathBuf> {
                 ))
             }
         }
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {}
+        let create = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => false,
+            Ok(_) if want == Want::Replace => {
+                fs::remove_file(&p)?;
+                true
+            }
             Ok(m) => {
                 let what = if m.file_type().is_symlink() {
                     "a symlink"
@@ -60,11 +76,12 @@ pub fn dir_within(root: &Path, rel: &str, create: bool) -> io::Result<PathBuf> {
                     ),
                 ));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                fs::create_dir(&p)?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && want != Want::Existing => true,
             Err(e) => return Err(e),
+        };
+        if create {
+            fs::create_dir(&p)?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
         }
     }
     Ok(p)
@@ -146,11 +163,14 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), r.join("usr/lib/python3")).unwrap();
         std::os::unix::fs::symlink("/", r.join("srv")).unwrap();
         fs::write(r.join("file"), "").unwrap();
-        assert_eq!(dir_within(r, "/usr/lib", false).unwrap(), r.join("usr/lib"));
+        assert_eq!(
+            dir_within(r, "/usr/lib", Want::Existing).unwrap(),
+            r.join("usr/lib")
+        );
         // Created on demand, as real directories.
-        let made = dir_within(r, "/usr/local/lib/python3.11/site-packages", true).unwrap();
+        let made = dir_within(r, "/usr/local/lib/python3.11/site-packages", Want::Create).unwrap();
         assert!(fs::symlink_metadata(&made).unwrap().is_dir());
-        assert!(dir_within(r, "/opt/x", false).is_err());
+        assert!(dir_within(r, "/opt/x", Want::Existing).is_err());
         // Through a symlink (final or intermediate, relative or absolute): refused.
         for bad in [
             "/usr/lib/python3",
@@ -160,8 +180,16 @@ mod tests {
             "/usr/../etc",
             "usr/./lib/../../etc",
         ] {
-            assert!(dir_within(r, bad, true).is_err(), "{bad}");
+            assert!(dir_within(r, bad, Want::Create).is_err(), "{bad}");
         }
+        // Replace: the symlinks give way to real (empty) directories.
+        let home = dir_within(r, "/usr/lib/python3/dist-packages", Want::Replace).unwrap();
+        assert!(fs::symlink_metadata(&home).unwrap().is_dir());
+        assert!(fs::symlink_metadata(r.join("usr/lib/python3"))
+            .unwrap()
+            .is_dir());
+        assert!(dir_within(r, "/file/x", Want::Replace).is_ok());
+        assert!(dir_within(r, "/usr/../etc", Want::Replace).is_err());
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 

@@ -51,11 +51,24 @@ fn m(
 }
 
 fn need_dir(root: &Path, rel: &str) -> R<std::path::PathBuf> {
-    let p = root.join(rel.trim_start_matches('/'));
-    if !p.is_dir() {
-        return Err(format!(
-            "the rootfs has no directory {rel}; prepare it with rootfs-builder (tako-vm images are prepared automatically)"
-        ));
+    // Each component a real directory: a mount point reached through a symlink of the
+    // rootfs would be resolved against the host's tree (before pivot_root).
+    let mut p = root.to_path_buf();
+    for c in Path::new(rel.trim_start_matches('/')).components() {
+        p.push(c);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "the rootfs's {rel} goes through a symlink; mount points must be real directories (prepare it with rootfs-builder; tako-vm images are prepared automatically)"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "the rootfs has no directory {rel}; prepare it with rootfs-builder (tako-vm images are prepared automatically)"
+                ))
+            }
+        }
     }
     Ok(p)
 }

@@ -133,3 +133,15 @@ pub fn cgroup_v1() -> bool {
     std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
         || std::path::Path::new("/sys/fs/cgroup/memory").is_dir()
 }
+
+/// A hard-link copy of the tree `from` at `to` (`cp -al`): a rootfs to alter in a test
+/// (unlinking and replacing entries leaves `from` as it was).
+pub fn hardlink_copy(from: &std::path::Path, to: &std::path::Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -al {} {}", from.display(), to.display());
+}
