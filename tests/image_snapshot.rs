@@ -24,6 +24,8 @@ struct Counting<'a> {
     installs: AtomicUsize,
     /// Byte-compile runs of a base image's Python.
     compiles: AtomicUsize,
+    /// Byte-compile runs of installed packages (what the bytecode cache did not have).
+    bytecode_runs: AtomicUsize,
     base: Option<BaseImage>,
 }
 
@@ -46,6 +48,9 @@ impl BuildHost for Counting<'_> {
         }
         if run.argv.iter().any(|a| a == "compileall") {
             self.compiles.fetch_add(1, Ordering::SeqCst);
+        }
+        if run.argv.iter().any(|a| a == rootfs_builder::pyc::COMPILE) {
+            self.bytecode_runs.fetch_add(1, Ordering::SeqCst);
         }
         self.inner.run(run)
     }
@@ -98,6 +103,7 @@ impl World {
             ),
             installs: AtomicUsize::new(0),
             compiles: AtomicUsize::new(0),
+            bytecode_runs: AtomicUsize::new(0),
             base: None,
         }
     }
@@ -141,6 +147,38 @@ fn data_processing_builds_from_pypi_runs_pandas_and_rebuilds_as_a_no_op() {
         rootfs_builder::snapshot::snapshot_key(&dp, &snap.base_digest, &snap.uv_version).unwrap(),
         snap.key
     );
+
+    // Another job type with numpy: installed again, but not compiled again. Its bytecode
+    // comes from the cache, as hard links of the first snapshot's files, and Python takes
+    // it as valid unchecked-hash bytecode (PEP 552 flags 0b01).
+    assert_eq!(host.bytecode_runs.load(Ordering::SeqCst), 1);
+    let ml = w
+        .snaps
+        .build(&spec("ml-inference", &["numpy"]), &host)
+        .unwrap();
+    assert_eq!(host.installs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        host.bytecode_runs.load(Ordering::SeqCst),
+        1,
+        "numpy compiled again"
+    );
+    let pyc = "usr/local/lib/python3.11/dist-packages/numpy/__pycache__/__init__.cpython-311.pyc";
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        std::fs::metadata(snap.rootfs.join(pyc)).unwrap(),
+        std::fs::metadata(ml.rootfs.join(pyc)).unwrap(),
+    );
+    assert_eq!((a.ino(), a.uid(), a.mode() & 0o022), (b.ino(), 0, 0));
+    let check = "import numpy, importlib.util\n\
+        data = open(numpy.__cached__, 'rb').read(16)\n\
+        assert data[:4] == importlib.util.MAGIC_NUMBER\n\
+        print(int.from_bytes(data[4:8], 'little'), numpy.array([1, 2]).sum())";
+    let res = common::exec_with(&ml.rootfs, check, |run| {
+        run.env = ml.env.clone();
+        run.limits.memory_bytes = Some(1 << 30);
+    });
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert_eq!(res.stdout.trim(), "1 3");
 }
 
 #[test]
@@ -185,6 +223,16 @@ fn runtime_requirements_are_cached_and_failures_leave_nothing() {
         host.installs.load(Ordering::SeqCst),
         1,
         "second request installs nothing"
+    );
+    // Compiled in the snapshot, but nothing kept for job types (an API caller's build).
+    assert!(a
+        .rootfs
+        .join("usr/local/lib/python3.11/dist-packages/__pycache__/six.cpython-311.pyc")
+        .is_file());
+    let cache = w.images.root().join("snapshots/bytecode-cache");
+    assert!(
+        !cache.exists(),
+        "a per-request build wrote the bytecode cache"
     );
 
     let bad = vec!["six; rm -rf /".to_string()];

@@ -12,7 +12,7 @@ use crate::snapshot::{
     io_err, BaseImage, BindMount, BuildHost, CacheScope, InstallRun, JobTypeSpec, Snapshot,
     SnapshotError, SnapshotStore, BUILD_DIR, SHARED_CODE_DIR,
 };
-use crate::tree;
+use crate::{pyc, tree};
 
 impl SnapshotStore {
     #[allow(clippy::too_many_arguments)]
@@ -130,7 +130,7 @@ impl SnapshotStore {
             let mut script = String::from("set -e\n");
             if !reqs.is_empty() {
                 script.push_str(&format!(
-                    "/tako-build/uv pip install --no-config --no-progress --system --break-system-packages --compile-bytecode --python {}{index} -- \"$@\"\n",
+                    "/tako-build/uv pip install --no-config --no-progress --system --break-system-packages --python {}{index} -- \"$@\"\n",
                     paths.executable,
                 ));
             }
@@ -158,22 +158,67 @@ impl SnapshotStore {
                 "installing {} with uv {uv_version}",
                 reqs.join(" ")
             ));
-            let out = host
-                .run(&InstallRun {
-                    rootfs: rootfs.clone(),
-                    argv,
-                    env: benv,
-                    binds,
-                    network: !reqs.is_empty(),
-                })
-                .map_err(SnapshotError::Sandbox)?;
+            let mut run = InstallRun {
+                rootfs: rootfs.clone(),
+                argv,
+                env: benv,
+                binds,
+                network: !reqs.is_empty(),
+            };
+            let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
             if !out.success {
-                let tail: String = out.stderr.trim().chars().rev().take(4000).collect();
-                return Err(SnapshotError::BuildFailed {
-                    name: spec.name.clone(),
-                    status: out.status,
-                    stderr: tail.chars().rev().collect(),
-                });
+                return Err(build_failed(&spec.name, out));
+            }
+
+            // Bytecode: cached (job-type builds) or compiled now (crate::pyc).
+            let bytecode_cache = match cache_scope {
+                CacheScope::Shared => Some(self.root.join(pyc::CACHE_DIR).join(&paths.magic)),
+                CacheScope::Private => None,
+            };
+            let mut site_dirs = Vec::new();
+            for d in [&paths.purelib, &paths.platlib] {
+                if let Ok(h) = tree::dir_within(&rootfs, d, tree::Want::Existing) {
+                    if !site_dirs.contains(&h) {
+                        site_dirs.push(h);
+                    }
+                }
+            }
+            let sources = pyc::uncompiled(&site_dirs, &paths.cache_tag)
+                .map_err(io_err("list sources", &rootfs))?;
+            let found = sources.len();
+            let todo = match &bytecode_cache {
+                Some(c) => pyc::link_cached(c, sources, &paths.cache_tag)
+                    .map_err(io_err("link bytecode", c))?,
+                None => sources,
+            };
+            if !todo.is_empty() {
+                host.step(&format!(
+                    "byte-compiling {} of {found} installed files ({} from the cache)",
+                    todo.len(),
+                    found - todo.len()
+                ));
+                let mut list = Vec::new();
+                for s in &todo {
+                    let inside =
+                        Path::new("/").join(s.path.strip_prefix(&rootfs).unwrap_or(&s.path));
+                    list.extend_from_slice(inside.as_os_str().as_encoded_bytes());
+                    list.push(0);
+                }
+                let list_path = scratch.join("compile-list");
+                fs::write(&list_path, list).map_err(io_err("write", &list_path))?;
+                run.argv = vec![
+                    paths.executable.clone(),
+                    "-I".into(),
+                    "-S".into(),
+                    "-c".into(),
+                    pyc::COMPILE.into(),
+                    "/tako-build/tmp/compile-list".into(),
+                ];
+                run.network = false;
+                let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
+                if !out.success {
+                    return Err(build_failed(&spec.name, out));
+                }
             }
             tree::remove(&build).map_err(io_err("remove", &build))?;
             tree::remove(&scratch).map_err(io_err("remove", &scratch))?;
@@ -182,6 +227,9 @@ impl SnapshotStore {
             }
             for d in &writable_dirs {
                 tree::reclaim(d, suid, euid, egid).map_err(io_err("reclaim", d))?;
+            }
+            if let Some(c) = &bytecode_cache {
+                pyc::keep(c, &todo, &paths.cache_tag).map_err(io_err("keep bytecode", c))?;
             }
             if !spec.shared_code.is_empty() {
                 tree::reclaim(&shared_dir, suid, euid, egid)
@@ -219,13 +267,22 @@ impl SnapshotStore {
     }
 }
 
+fn build_failed(name: &str, out: crate::InstallOutcome) -> SnapshotError {
+    let tail: String = out.stderr.trim().chars().rev().take(4000).collect();
+    SnapshotError::BuildFailed {
+        name: name.to_string(),
+        status: out.status,
+        stderr: tail.chars().rev().collect(),
+    }
+}
+
 /// Where the Python of `rootfs` lives and installs (a sandbox run of its `python3`).
 pub(crate) fn probe_paths(
     host: &dyn BuildHost,
     rootfs: &Path,
     env: &[(String, String)],
 ) -> Result<PyPaths, SnapshotError> {
-    let code = "import json,sys,sysconfig;p=sysconfig.get_paths();print(json.dumps({'executable':sys.executable,'stdlib':p['stdlib'],'data':p['data'],'purelib':p['purelib'],'platlib':p['platlib'],'scripts':p['scripts']}))";
+    let code = "import importlib.util,json,sys,sysconfig;p=sysconfig.get_paths();print(json.dumps({'executable':sys.executable,'cache_tag':sys.implementation.cache_tag,'magic':importlib.util.MAGIC_NUMBER.hex(),'stdlib':p['stdlib'],'data':p['data'],'purelib':p['purelib'],'platlib':p['platlib'],'scripts':p['scripts']}))";
     let out = host
         .run(&InstallRun {
             rootfs: rootfs.to_path_buf(),
@@ -256,12 +313,23 @@ pub(crate) fn probe_paths(
             return Err(SnapshotError::Invalid(format!("unusable python path {d}")));
         }
     }
+    for n in [&p.cache_tag, &p.magic] {
+        if !pyc::safe_name(n) {
+            return Err(SnapshotError::Invalid(format!(
+                "unusable python cache tag {n:?}"
+            )));
+        }
+    }
     Ok(p)
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct PyPaths {
     pub(crate) executable: String,
+    /// `sys.implementation.cache_tag` (`cpython-311`).
+    cache_tag: String,
+    /// `importlib.util.MAGIC_NUMBER` in hex.
+    magic: String,
     pub(crate) stdlib: String,
     data: String,
     purelib: String,

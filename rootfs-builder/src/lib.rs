@@ -8,6 +8,7 @@
 
 mod build;
 pub mod bytecode;
+pub mod pyc;
 pub mod requirements;
 pub mod snapshot;
 mod tree;

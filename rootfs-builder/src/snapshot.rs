@@ -521,6 +521,9 @@ impl SnapshotStore {
             if matches!(name.as_str(), "names" | "locks" | "uv-cache") {
                 continue;
             }
+            if name == crate::pyc::CACHE_DIR {
+                continue; // pruned below, once the unnamed snapshots are gone
+            }
             if named.contains(&name) {
                 if let Some(s) = self.by_key(&name) {
                     bases.push(s.base_digest);
@@ -552,6 +555,8 @@ impl SnapshotStore {
             }
             removed += 1;
         }
+        let cache = self.root.join(crate::pyc::CACHE_DIR);
+        crate::pyc::prune(&cache).map_err(io_err("prune", &cache))?;
         Ok((removed, bases))
     }
 }
