@@ -454,6 +454,33 @@ fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
     assert!(shared.join("helpers.py").is_file());
 }
 
+/// Writes `<dir>/<name>-1.0.tar.gz`: an sdist whose in-tree build backend (PEP 517
+/// `backend-path`) is `backend` (Python source); uv runs it in the builder sandbox.
+fn local_sdist(dir: &std::path::Path, name: &str, backend: &str) {
+    let pkg = dir.join(format!("{name}-1.0"));
+    std::fs::create_dir(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("pyproject.toml"),
+        format!("[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"1.0\"\n"),
+    )
+    .unwrap();
+    std::fs::write(pkg.join("backend.py"), backend).unwrap();
+    std::fs::write(
+        pkg.join("PKG-INFO"),
+        format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"),
+    )
+    .unwrap();
+    let st = std::process::Command::new("tar")
+        .current_dir(dir)
+        .arg("czf")
+        .arg(format!("{name}-1.0.tar.gz"))
+        .arg(format!("{name}-1.0"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_dir_all(&pkg).unwrap();
+}
+
 /// Per-request `requirements` come from API callers, and an sdist's build backend runs in
 /// the builder sandbox: such builds get a uv cache of their own, so they cannot change what
 /// the shared cache hands to the job types' builds. The probe: a local sdist whose in-tree
@@ -462,32 +489,13 @@ fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
 fn runtime_requirement_builds_cannot_touch_the_shared_uv_cache() {
     let Some(w) = world() else { return };
     let links = tempfile::tempdir().unwrap();
-    let pkg = links.path().join("poisoner-1.0");
-    std::fs::create_dir(&pkg).unwrap();
-    std::fs::write(
-        pkg.join("pyproject.toml"),
-        "[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"poisoner\"\nversion = \"1.0\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        pkg.join("backend.py"),
+    local_sdist(
+        links.path(),
+        "poisoner",
         "import os\nopen(os.path.join(os.environ.get('UV_CACHE_DIR', '/tako-build/cache'), 'POISONED'), 'w').write('x')\n\n\
          def get_requires_for_build_wheel(config_settings=None):\n    return []\n\n\
          def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n    raise RuntimeError('poisoner: no wheel')\n",
-    )
-    .unwrap();
-    std::fs::write(
-        pkg.join("PKG-INFO"),
-        "Metadata-Version: 2.1\nName: poisoner\nVersion: 1.0\n",
-    )
-    .unwrap();
-    let st = std::process::Command::new("tar")
-        .current_dir(links.path())
-        .args(["czf", "poisoner-1.0.tar.gz", "poisoner-1.0"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    std::fs::remove_dir_all(&pkg).unwrap();
+    );
     let config = BuilderConfig {
         find_links: Some(links.path().to_path_buf()),
         ..BuilderConfig::default()
@@ -515,4 +523,60 @@ fn runtime_requirement_builds_cannot_touch_the_shared_uv_cache() {
         .unwrap_err();
     assert!(err.to_string().contains("poisoner"), "{err}");
     assert!(poisoned(), "the probe did not run");
+}
+
+/// The host writes the list of sources to compile into the scratch directory the install
+/// sandbox had: whatever build code left at that name (a symlink to a host file) is
+/// replaced, never written through. The probe: an sdist whose backend plants that symlink
+/// and builds a valid wheel.
+#[test]
+fn build_code_cannot_make_the_host_write_through_its_symlinks() {
+    let Some(w) = world() else { return };
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    let links = tempfile::tempdir().unwrap();
+    let backend = format!(
+        r#"import base64, hashlib, os, zipfile
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    try:
+        os.symlink({victim:?}, '/tako-build/tmp/compile-list')
+    except FileExistsError:
+        pass
+    name = 'planter-1.0-py3-none-any.whl'
+    files = {{
+        'planter/__init__.py': b'X = 1\n',
+        'planter-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: planter\nVersion: 1.0\n',
+        'planter-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+    }}
+    record = []
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), 'w') as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+            record.append(f'{{path}},sha256={{digest}},{{len(data)}}')
+        record.append('planter-1.0.dist-info/RECORD,,')
+        z.writestr('planter-1.0.dist-info/RECORD', '\n'.join(record) + '\n')
+    return name
+"#
+    );
+    local_sdist(links.path(), "planter", &backend);
+    let config = BuilderConfig {
+        find_links: Some(links.path().to_path_buf()),
+        ..BuilderConfig::default()
+    };
+    let host = SandboxBuildHost::new(&w.runner, &w.images, &w.registry, config, &NoProgress);
+    let snap = w
+        .snaps
+        .build(&spec("planted", &["planter"]), &host)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    let pyc = snap.rootfs.join(
+        "usr/local/lib/python3.11/dist-packages/planter/__pycache__/__init__.cpython-311.pyc",
+    );
+    assert!(pyc.is_file(), "planter was installed and compiled");
 }

@@ -204,8 +204,16 @@ impl SnapshotStore {
                     list.extend_from_slice(inside.as_os_str().as_encoded_bytes());
                     list.push(0);
                 }
+                // The scratch directory was the install sandbox's: never write through
+                // whatever it may have left at this name.
                 let list_path = scratch.join("compile-list");
-                fs::write(&list_path, list).map_err(io_err("write", &list_path))?;
+                tree::remove(&list_path).map_err(io_err("remove", &list_path))?;
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&list_path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &list))
+                    .map_err(io_err("write", &list_path))?;
                 run.argv = vec![
                     paths.executable.clone(),
                     "-I".into(),
