@@ -89,7 +89,10 @@ fn walk(dir: &Path, tag: &str, out: &mut Vec<Source>) -> io::Result<()> {
             && p.extension().is_some_and(|x| x == "py")
             && fs::symlink_metadata(pyc_path(&p, tag)).is_err()
         {
-            let sha256 = hex::encode(Sha256::digest(fs::read(&p)?));
+            // Streamed: the file is the builder's (it could be huge, or sparse).
+            let mut hasher = Sha256::new();
+            io::copy(&mut fs::File::open(&p)?, &mut hasher)?;
+            let sha256 = hex::encode(hasher.finalize());
             out.push(Source { path: p, sha256 });
         }
     }
