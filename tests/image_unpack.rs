@@ -183,6 +183,7 @@ fn devices_are_skipped_hard_links_work_and_modes_are_readable() {
             .dir("bin/")
             .file("bin/tool", "#!/bin/sh\n", 0o4700)
             .file("bin/data", "d", 0o600)
+            .file("bin/shared", "w", 0o666)
             .link("bin/tool2", tar::EntryType::Link, "bin/tool")
             .dir("etc/")
             .file("etc/shadow", "root:*:", 0o640),
@@ -196,6 +197,8 @@ fn devices_are_skipped_hard_links_work_and_modes_are_readable() {
         "setuid dropped, readable and executable for all"
     );
     assert_eq!(mode("bin/data"), 0o644);
+    // Never writable by others: snapshots share the inode, builders see it.
+    assert_eq!(mode("bin/shared"), 0o644);
     assert_eq!(mode("etc/shadow"), 0o640);
     use std::os::unix::fs::MetadataExt;
     assert_eq!(

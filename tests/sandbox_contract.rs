@@ -402,4 +402,22 @@ fn prestarted_helpers_run_with_the_limits_of_their_run() {
     // A pre-started helper gets the limits of the run that takes it.
     let res = run("x = bytearray(300 * 1024 * 1024)", 64 << 20);
     assert_eq!(res.status, Status::Oom, "{res:?}");
+    // Closed (a server at shutdown), the pool leaves no helper and no cgroup behind, even
+    // one its refill thread was starting just then.
+    pool.close();
+    assert_eq!(pool.ready(), 0);
+    for c in ["memory", "pids"] {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(c)
+            .join("tako-vm-test-pool");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{}: {left:?}", dir.display());
+    }
 }

@@ -147,7 +147,10 @@ pub fn readable_mode(mode: u32, is_dir: bool, rel: &Path) -> u32 {
     );
     let mut m = mode & 0o1777;
     if !is_dir {
-        m &= 0o777;
+        // Never writable by group or others: a file's inode is shared (hard links) by every
+        // snapshot built on the image, and a builder sandbox sees those links in its
+        // writable install directories; only the owner (the store's user) may write it.
+        m &= 0o755;
     } else {
         m |= 0o700;
     }

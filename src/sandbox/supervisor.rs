@@ -813,6 +813,8 @@ pub struct Pool {
     wake: std::sync::Condvar,
     size: usize,
     closed: std::sync::atomic::AtomicBool,
+    /// The refill thread, joined by [`Pool::close`].
+    refill: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -830,9 +832,10 @@ impl Pool {
             wake: std::sync::Condvar::new(),
             size,
             closed: std::sync::atomic::AtomicBool::new(false),
+            refill: std::sync::Mutex::new(None),
         });
         let p = pool.clone();
-        let _ = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("tako-prestart".into())
             .spawn(move || loop {
                 {
@@ -845,14 +848,24 @@ impl Pool {
                     return;
                 }
                 match runner.spawn_helper(&super::host::new_run_id()) {
-                    Ok(s) if p.is_closed() => drop(s),
-                    Ok(s) => p.ready.lock().unwrap_or_else(|e| e.into_inner()).push(s),
+                    Ok(s) => {
+                        // Checked under the lock `close` drains with: a helper started
+                        // while it closed is dropped here, never left in the list.
+                        let mut ready = p.ready.lock().unwrap_or_else(|e| e.into_inner());
+                        if p.is_closed() {
+                            drop(ready);
+                            drop(s);
+                        } else {
+                            ready.push(s);
+                        }
+                    }
                     Err(e) => {
                         eprintln!("tako-vm: cannot pre-start a sandbox helper: {e}");
                         std::thread::sleep(Duration::from_secs(1));
                     }
                 }
             });
+        *pool.refill.lock().unwrap_or_else(|e| e.into_inner()) = handle.ok();
         pool
     }
 
@@ -868,11 +881,20 @@ impl Pool {
     }
 
     /// Stops refilling and kills the ready helpers, removing their cgroups (at shutdown).
+    /// Returns once the refill thread has ended, so a helper it was starting is gone too.
     pub fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        {
+            // Under the lock the refill thread waits with: it cannot miss the wake-up.
+            let _ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+        let refill = self.refill.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = refill {
+            let _ = h.join();
+        }
         let drained: Vec<Spawned> =
             std::mem::take(&mut *self.ready.lock().unwrap_or_else(|e| e.into_inner()));
-        self.wake.notify_all();
         drop(drained); // HelperGuard kills and reaps, RunCgroup removes
     }
 
