@@ -580,3 +580,31 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     );
     assert!(pyc.is_file(), "planter was installed and compiled");
 }
+
+/// Cached and uncached sources in one directory: the cached `.pyc` files are linked only
+/// after the rest was compiled, so the compile run can still write into that
+/// `__pycache__` (found in review: it was root's first, and the rest stayed uncompiled).
+#[test]
+fn a_partly_cached_directory_is_compiled_whole() {
+    let Some(w) = world() else { return };
+    let host = w.host();
+    w.snaps
+        .build(&spec("six-only", &["six==1.16.0"]), &host)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let both = w
+        .snaps
+        .build(
+            &spec("six-and-more", &["six==1.16.0", "typing_extensions==4.12.2"]),
+            &host,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cache = both
+        .rootfs
+        .join("usr/local/lib/python3.11/dist-packages/__pycache__");
+    for m in ["six", "typing_extensions"] {
+        assert!(
+            cache.join(format!("{m}.cpython-311.pyc")).is_file(),
+            "{m} has no bytecode"
+        );
+    }
+}

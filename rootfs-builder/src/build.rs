@@ -183,13 +183,19 @@ impl SnapshotStore {
                     }
                 }
             }
-            let sources = pyc::uncompiled(&site_dirs, &paths.cache_tag)
-                .map_err(io_err("list sources", &rootfs))?;
+            let sources = pyc::uncompiled(
+                &rootfs,
+                &site_dirs,
+                &paths.cache_tag,
+                bytecode_cache.is_some(),
+            )
+            .map_err(io_err("list sources", &rootfs))?;
             let found = sources.len();
-            let todo = match &bytecode_cache {
-                Some(c) => pyc::link_cached(c, sources, &paths.cache_tag)
-                    .map_err(io_err("link bytecode", c))?,
-                None => sources,
+            // The hits are linked once the tree is root's again (below), so that nothing
+            // the compile run needs to write into is root's before it.
+            let (hits, todo) = match &bytecode_cache {
+                Some(c) => pyc::split_cached(c, sources),
+                None => (Vec::new(), sources),
             };
             if !todo.is_empty() {
                 host.step(&format!(
@@ -199,8 +205,7 @@ impl SnapshotStore {
                 ));
                 let mut list = Vec::new();
                 for s in &todo {
-                    let inside =
-                        Path::new("/").join(s.path.strip_prefix(&rootfs).unwrap_or(&s.path));
+                    let inside = Path::new("/").join(&s.rel);
                     list.extend_from_slice(inside.as_os_str().as_encoded_bytes());
                     list.push(0);
                 }
@@ -237,7 +242,10 @@ impl SnapshotStore {
                 tree::reclaim(d, suid, euid, egid).map_err(io_err("reclaim", d))?;
             }
             if let Some(c) = &bytecode_cache {
-                pyc::keep(c, &todo, &paths.cache_tag).map_err(io_err("keep bytecode", c))?;
+                pyc::link_cached(&rootfs, c, &hits, &paths.cache_tag)
+                    .map_err(io_err("link bytecode", c))?;
+                pyc::keep(&rootfs, c, &todo, &paths.cache_tag)
+                    .map_err(io_err("keep bytecode", c))?;
             }
             if !spec.shared_code.is_empty() {
                 tree::reclaim(&shared_dir, suid, euid, egid)

@@ -31,9 +31,11 @@ pub const CACHE_DIR: &str = "bytecode-cache";
 
 /// Runs in the builder sandbox as `python3 -I -S -c COMPILE LIST`: compiles the
 /// NUL-separated paths of LIST to unchecked-hash `.pyc` files next to them. A file that does
-/// not compile stays source only (as with any install); the counts go to stdout.
-pub const COMPILE: &str = r#"import concurrent.futures as cf, os, py_compile, sys
-files = [f for f in open(sys.argv[1], 'rb').read().decode('utf-8', 'surrogateescape').split('\0') if f]
+/// not compile stays source only (as with any install); the counts go to stdout. Workers
+/// are forked (not the forkserver Python 3.14 defaults to, which cannot import a `-c`
+/// script's function), at most 4.
+pub const COMPILE: &str = r#"import multiprocessing as mp, os, py_compile, sys
+files = [os.fsdecode(f) for f in open(sys.argv[1], 'rb').read().split(b'\0') if f]
 mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
 def one(f):
     try:
@@ -41,110 +43,145 @@ def one(f):
         return 0
     except Exception:
         return 1
-workers = len(os.sched_getaffinity(0))
+workers = min(len(os.sched_getaffinity(0)), 4)
 if workers > 1 and len(files) > 64:
-    with cf.ProcessPoolExecutor(workers) as ex:
-        failed = sum(ex.map(one, files, chunksize=16))
+    with mp.get_context('fork').Pool(workers) as pool:
+        failed = sum(pool.map(one, files, chunksize=16))
 else:
     failed = sum(map(one, files))
 print('compiled', len(files) - failed, 'failed', failed)
 "#;
 
-/// An installed source without bytecode: its host path and the sha256 of its contents.
+/// Sources larger than this are compiled but not cached (nor hashed).
+const MAX_CACHED: u64 = 16 << 20;
+
+/// An installed source without bytecode.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// Host path inside the staging rootfs.
-    pub path: PathBuf,
-    /// sha256 hex of the contents.
-    pub sha256: String,
+    /// Path relative to the rootfs.
+    pub rel: PathBuf,
+    /// sha256 hex of the contents; `None` when it is not to be cached.
+    pub sha256: Option<String>,
+}
+
+/// The file name Python gives the `.pyc` of `py` (`<stem>.<tag>.pyc`), from the raw bytes
+/// of the name as Python's own (surrogate-escaped) naming yields.
+fn pyc_name(py: &Path, tag: &str) -> std::ffi::OsString {
+    let mut name = py.file_stem().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(tag);
+    name.push(".pyc");
+    name
 }
 
 /// Where Python looks for the `.pyc` of `py` (`__pycache__/<stem>.<tag>.pyc`).
 pub fn pyc_path(py: &Path, tag: &str) -> PathBuf {
-    let stem = py.file_stem().unwrap_or_default().to_string_lossy();
-    py.with_file_name("__pycache__")
-        .join(format!("{stem}.{tag}.pyc"))
+    py.with_file_name("__pycache__").join(pyc_name(py, tag))
 }
 
-/// The `.py` files under `dirs` (real directories of the staging rootfs) that have no
-/// `.pyc` for `tag` yet. Symlinks are neither followed nor compiled.
-pub fn uncompiled(dirs: &[PathBuf], tag: &str) -> io::Result<Vec<Source>> {
+/// The `.py` files under `dirs` (real directories inside `rootfs`) that have no `.pyc` for
+/// `tag` yet. Symlinks are neither followed nor compiled. With `hash`, each gets the sha256
+/// of its contents (streamed: a build can leave huge or sparse files).
+pub fn uncompiled(
+    rootfs: &Path,
+    dirs: &[PathBuf],
+    tag: &str,
+    hash: bool,
+) -> io::Result<Vec<Source>> {
     let mut out = Vec::new();
     for d in dirs {
-        walk(d, tag, &mut out)?;
+        walk(rootfs, d, tag, hash, &mut out)?;
     }
     Ok(out)
 }
 
-fn walk(dir: &Path, tag: &str, out: &mut Vec<Source>) -> io::Result<()> {
+fn walk(rootfs: &Path, dir: &Path, tag: &str, hash: bool, out: &mut Vec<Source>) -> io::Result<()> {
     for e in fs::read_dir(dir)? {
         let e = e?;
         let ft = e.file_type()?;
         let p = e.path();
         if ft.is_dir() {
             if e.file_name() != "__pycache__" {
-                walk(&p, tag, out)?;
+                walk(rootfs, &p, tag, hash, out)?;
             }
         } else if ft.is_file()
             && p.extension().is_some_and(|x| x == "py")
             && fs::symlink_metadata(pyc_path(&p, tag)).is_err()
         {
-            // Streamed: the file is the builder's (it could be huge, or sparse).
-            let mut hasher = Sha256::new();
-            io::copy(&mut fs::File::open(&p)?, &mut hasher)?;
-            let sha256 = hex::encode(hasher.finalize());
-            out.push(Source { path: p, sha256 });
+            let sha256 = if hash && e.metadata()?.len() <= MAX_CACHED {
+                let mut hasher = Sha256::new();
+                io::copy(&mut fs::File::open(&p)?, &mut hasher)?;
+                Some(hex::encode(hasher.finalize()))
+            } else {
+                None
+            };
+            let rel = p.strip_prefix(rootfs).unwrap_or(&p).to_path_buf();
+            out.push(Source { rel, sha256 });
         }
     }
     Ok(())
 }
 
-fn entry(cache: &Path, s: &Source) -> PathBuf {
-    cache.join(&s.sha256[..2]).join(format!("{}.pyc", s.sha256))
+fn entry(cache: &Path, sha256: &str) -> PathBuf {
+    cache.join(&sha256[..2]).join(format!("{sha256}.pyc"))
 }
 
-/// Links the cached `.pyc` of every source in `sources` that has one into place; returns
-/// the sources still to compile.
-pub fn link_cached(cache: &Path, sources: Vec<Source>, tag: &str) -> io::Result<Vec<Source>> {
-    let mut todo = Vec::new();
-    for s in sources {
-        let from = entry(cache, &s);
-        if !fs::symlink_metadata(&from).is_ok_and(|m| m.is_file()) {
-            todo.push(s);
-            continue;
-        }
-        let to = pyc_path(&s.path, tag);
-        let parent = s.path.parent().expect("a file has a parent");
-        // Ours to make: an image's or a build's own `__pycache__` symlink is replaced.
-        tree::dir_within(parent, "__pycache__", tree::Want::Replace)?;
-        match fs::hard_link(&from, &to) {
-            Ok(()) => {}
+/// Splits `sources` into those the cache has a `.pyc` for and those to compile.
+pub fn split_cached(cache: &Path, sources: Vec<Source>) -> (Vec<Source>, Vec<Source>) {
+    sources.into_iter().partition(|s| {
+        s.sha256
+            .as_deref()
+            .is_some_and(|h| fs::symlink_metadata(entry(cache, h)).is_ok_and(|m| m.is_file()))
+    })
+}
+
+/// The `__pycache__` directory of `src` inside `rootfs`, reached from the rootfs without
+/// following symlinks (the tree was a builder sandbox's); created when `create`.
+fn pycache_dir(rootfs: &Path, src: &Source, create: bool) -> io::Result<PathBuf> {
+    let parent = src.rel.parent().unwrap_or(Path::new(""));
+    let want = if create {
+        tree::Want::Create
+    } else {
+        tree::Want::Existing
+    };
+    tree::dir_within(rootfs, &parent.join("__pycache__").to_string_lossy(), want)
+}
+
+/// Links the cached `.pyc` of each of `hits` into place (after the tree was handed back
+/// to root); returns how many it linked.
+pub fn link_cached(rootfs: &Path, cache: &Path, hits: &[Source], tag: &str) -> io::Result<usize> {
+    let mut linked = 0;
+    for s in hits {
+        let Some(h) = &s.sha256 else { continue };
+        let dir = pycache_dir(rootfs, s, true)?;
+        match fs::hard_link(entry(cache, h), dir.join(pyc_name(&s.rel, tag))) {
+            Ok(()) => linked += 1,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(_) => todo.push(s),
+            Err(e) => return Err(e),
         }
     }
-    Ok(todo)
+    Ok(linked)
 }
 
 /// Keeps the `.pyc` files compiled for `sources` (after they were handed back to root):
-/// hard links in the cache. Only regular files reached without symlinks are kept.
-pub fn keep(cache: &Path, sources: &[Source], tag: &str) -> io::Result<usize> {
+/// hard links in the cache. Only regular files owned by root, read-only to others, and
+/// reached from the rootfs without symlinks are kept.
+pub fn keep(rootfs: &Path, cache: &Path, sources: &[Source], tag: &str) -> io::Result<usize> {
     let mut kept = 0;
     for s in sources {
-        let parent = s.path.parent().expect("a file has a parent");
-        if tree::dir_within(parent, "__pycache__", tree::Want::Existing).is_err() {
+        let Some(h) = &s.sha256 else { continue };
+        let Ok(dir) = pycache_dir(rootfs, s, false) else {
             continue;
-        }
-        let pyc = pyc_path(&s.path, tag);
+        };
+        let pyc = dir.join(pyc_name(&s.rel, tag));
         if !fs::symlink_metadata(&pyc)
             .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0)
         {
             continue;
         }
-        let to = entry(cache, s);
         fs::create_dir_all(cache)?;
-        tree::dir_within(cache, &s.sha256[..2], tree::Want::Create)?;
-        match fs::hard_link(&pyc, &to) {
+        tree::dir_within(cache, &h[..2], tree::Want::Create)?;
+        match fs::hard_link(&pyc, entry(cache, h)) {
             Ok(()) => kept += 1,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -196,8 +233,9 @@ mod tests {
     #[test]
     fn sources_are_found_linked_kept_and_pruned() {
         let root = tempfile::tempdir().unwrap();
-        let site = root.path().join("site");
-        let cache_root = root.path().join("cache");
+        let r = root.path();
+        let site = r.join("site");
+        let cache_root = r.join("cache");
         let cache = cache_root.join("a70d0d0a");
         fs::create_dir_all(site.join("pkg/__pycache__")).unwrap();
         fs::write(site.join("pkg/__init__.py"), "x = 1\n").unwrap();
@@ -205,29 +243,33 @@ mod tests {
         fs::write(site.join("pkg/__pycache__/done.cpython-311.pyc"), "pyc").unwrap();
         fs::write(site.join("pkg/data.txt"), "").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", site.join("pkg/link.py")).unwrap();
-        let found = uncompiled(std::slice::from_ref(&site), "cpython-311").unwrap();
+        let found = uncompiled(r, std::slice::from_ref(&site), "cpython-311", true).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].path, site.join("pkg/__init__.py"));
-        assert_eq!(found[0].sha256, hex::encode(Sha256::digest(b"x = 1\n")));
+        assert_eq!(found[0].rel, Path::new("site/pkg/__init__.py"));
+        let sha = hex::encode(Sha256::digest(b"x = 1\n"));
+        assert_eq!(found[0].sha256.as_deref(), Some(sha.as_str()));
+        // Not hashed when there is no cache to use.
+        let unhashed = uncompiled(r, std::slice::from_ref(&site), "cpython-311", false).unwrap();
+        assert!(unhashed[0].sha256.is_none());
         // Nothing cached yet: all to compile.
-        let todo = link_cached(&cache, found.clone(), "cpython-311").unwrap();
-        assert_eq!(todo.len(), 1);
-        // "Compiled" (as root in CI; the test only keeps files root owns, read-only).
-        let pyc = pyc_path(&todo[0].path, "cpython-311");
+        let (hits, todo) = split_cached(&cache, found);
+        assert!(hits.is_empty());
+        // "Compiled" (the test only keeps files root owns, read-only to others).
+        let pyc = site.join("pkg/__pycache__/__init__.cpython-311.pyc");
         fs::write(&pyc, "compiled").unwrap();
         // SAFETY: geteuid(2) cannot fail and has no side effects.
         if unsafe { libc::geteuid() } != 0 {
             return;
         }
-        assert_eq!(keep(&cache, &todo, "cpython-311").unwrap(), 1);
+        assert_eq!(keep(r, &cache, &todo, "cpython-311").unwrap(), 1);
         // Another install of the same source gets it linked.
-        let other = root.path().join("other");
+        let other = r.join("other");
         fs::create_dir_all(other.join("pkg")).unwrap();
         fs::write(other.join("pkg/__init__.py"), "x = 1\n").unwrap();
-        let found = uncompiled(std::slice::from_ref(&other), "cpython-311").unwrap();
-        assert!(link_cached(&cache, found, "cpython-311")
-            .unwrap()
-            .is_empty());
+        let found = uncompiled(r, std::slice::from_ref(&other), "cpython-311", true).unwrap();
+        let (hits, todo) = split_cached(&cache, found);
+        assert_eq!((hits.len(), todo.len()), (1, 0));
+        assert_eq!(link_cached(r, &cache, &hits, "cpython-311").unwrap(), 1);
         let linked = other.join("pkg/__pycache__/__init__.cpython-311.pyc");
         assert_eq!(fs::read_to_string(&linked).unwrap(), "compiled");
         // Linked twice: not pruned; once both snapshots are gone, it is.
@@ -235,6 +277,36 @@ mod tests {
         fs::remove_file(&linked).unwrap();
         fs::remove_file(&pyc).unwrap();
         assert_eq!(prune(&cache_root).unwrap(), 1);
+    }
+
+    /// The tree was a builder sandbox's: a package directory turned into a symlink (to a
+    /// host directory) after the walk is never followed by `keep` or `link_cached`.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("site/pkg")).unwrap();
+        fs::write(r.join("site/pkg/m.py"), "z = 3\n").unwrap();
+        let found = uncompiled(r, &[r.join("site")], "cpython-311", true).unwrap();
+        fs::create_dir_all(outside.path().join("__pycache__")).unwrap();
+        fs::write(outside.path().join("__pycache__/m.cpython-311.pyc"), "host").unwrap();
+        fs::remove_dir_all(r.join("site/pkg")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("site/pkg")).unwrap();
+        let cache = r.join("cache");
+        assert_eq!(keep(r, &cache, &found, "cpython-311").unwrap(), 0);
+        assert!(!cache.exists());
+        assert!(link_cached(r, &cache, &found, "cpython-311").is_err());
+    }
+
+    #[test]
+    fn pyc_names_keep_the_raw_bytes_of_the_source_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let py = Path::new(std::ffi::OsStr::from_bytes(b"d/x\xff.py"));
+        assert_eq!(
+            pyc_path(py, "cpython-311").as_os_str().as_bytes(),
+            b"d/__pycache__/x\xff.cpython-311.pyc"
+        );
     }
 
     #[test]

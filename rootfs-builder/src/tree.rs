@@ -80,8 +80,15 @@ pub fn dir_within(root: &Path, rel: &str, want: Want) -> io::Result<PathBuf> {
             Err(e) => return Err(e),
         };
         if create {
-            fs::create_dir(&p)?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+            match fs::create_dir(&p) {
+                Ok(()) => fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?,
+                // Made by someone else meanwhile (two builds filling one cache): a real
+                // directory will do.
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(p)
