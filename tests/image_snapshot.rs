@@ -594,7 +594,10 @@ fn a_partly_cached_directory_is_compiled_whole() {
     let both = w
         .snaps
         .build(
-            &spec("six-and-more", &["six==1.16.0", "typing_extensions==4.12.2"]),
+            &spec(
+                "six-and-more",
+                &["six==1.16.0", "typing_extensions==4.12.2"],
+            ),
             &host,
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -607,4 +610,30 @@ fn a_partly_cached_directory_is_compiled_whole() {
             "{m} has no bytecode"
         );
     }
+}
+
+/// The base image's byte-compile is best effort: an image without `python3` still builds
+/// a job type without requirements, and the marker records why it was skipped (not tried
+/// again for every build or run).
+#[test]
+fn a_base_image_that_cannot_be_byte_compiled_still_builds() {
+    let Some(w) = world() else { return };
+    let (scratch, base) = crafted_base();
+    for p in [
+        "usr/bin/python3",
+        "usr/bin/python3.11",
+        "usr/local/bin/python3",
+    ] {
+        let _ = std::fs::remove_file(base.rootfs.join(p));
+    }
+    let mut host = w.host();
+    host.base = Some(base);
+    w.snaps
+        .build(&spec("no-python", &[]), &host)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(host.compiles.load(Ordering::SeqCst), 0);
+    let marker =
+        std::fs::read_to_string(scratch.path().join(rootfs_builder::bytecode::MARKER)).unwrap();
+    assert!(marker.starts_with("skipped: "), "{marker}");
+    assert!(marker.contains("python3"), "{marker}");
 }

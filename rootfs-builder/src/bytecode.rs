@@ -34,6 +34,12 @@ pub fn compiled(rootfs: &Path) -> bool {
 }
 
 /// Byte-compiles the Python of `base` unless that was done before (a file check).
+///
+/// Best effort: the image stays usable without it, only slower. When the compile cannot be
+/// done (no `python3` in the image, a directory that cannot be handed to the sandbox user
+/// as an unprivileged server, a failed compile), the marker records why and it is not
+/// tried again for this image; the step message says so. Only when the sandbox itself could
+/// not run (or our own store fails) is an error returned, and nothing recorded.
 pub fn compile_base(host: &dyn BuildHost, base: &BaseImage) -> Result<(), SnapshotError> {
     if compiled(&base.rootfs) {
         return Ok(());
@@ -45,6 +51,21 @@ pub fn compile_base(host: &dyn BuildHost, base: &BaseImage) -> Result<(), Snapsh
         return Ok(()); // compiled by whoever held the lock
     }
     host.step("byte-compiling the Python of the base image (once per image)");
+    let outcome = match attempt(host, base) {
+        Ok(status) => status,
+        Err(e @ SnapshotError::Sandbox(_)) => return Err(e),
+        Err(e) => {
+            host.step(&format!(
+                "not byte-compiling the base image's Python (runs on it compile what they import): {e}"
+            ));
+            format!("skipped: {e}")
+        }
+    };
+    fs::write(&marker, format!("{outcome}\n")).map_err(io_err("write", &marker))?;
+    Ok(())
+}
+
+fn attempt(host: &dyn BuildHost, base: &BaseImage) -> Result<String, SnapshotError> {
     let paths = probe_paths(host, &base.rootfs, &base.env)?;
     let stdlib =
         tree::dir_within(&base.rootfs, &paths.stdlib, tree::Want::Existing).map_err(|e| {
@@ -55,9 +76,7 @@ pub fn compile_base(host: &dyn BuildHost, base: &BaseImage) -> Result<(), Snapsh
     let run = handed.and_then(|()| compile(host, base, &paths.executable, &paths.stdlib, &stdlib));
     // Back to us whatever happened: nothing in the image store stays the sandbox user's.
     tree::reclaim(&stdlib, suid, nix_euid(), nix_egid()).map_err(io_err("reclaim", &stdlib))?;
-    let status = run?;
-    fs::write(&marker, format!("{status}\n")).map_err(io_err("write", &marker))?;
-    Ok(())
+    run
 }
 
 /// Runs `compileall` in a sandbox; returns how it ended. Source files that do not compile
@@ -88,7 +107,9 @@ fn compile(
             network: false,
         })
         .map_err(SnapshotError::Sandbox)?;
-    if matches!(out.exit_code, Some(0 | 1)) {
+    // compileall exits 1 when a file does not compile; a crash (a traceback) exits 1 too.
+    let crashed = out.stderr.contains("Traceback (most recent call last)");
+    if out.exit_code == Some(0) || (out.exit_code == Some(1) && !crashed) {
         return Ok(out.status);
     }
     Err(SnapshotError::BuildFailed {

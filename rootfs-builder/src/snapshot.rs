@@ -478,7 +478,12 @@ impl SnapshotStore {
         if let Some(s) = self.by_key(&key) {
             return Ok(s);
         }
-        crate::bytecode::compile_base(host, &base)?;
+        if let Err(e) = crate::bytecode::compile_base(host, &base) {
+            // Not fatal: the snapshot works without it, only slower; tried again next time.
+            host.step(&format!(
+                "byte-compiling the base image's Python failed: {e}"
+            ));
+        }
         let lock_path = self.root.join("locks").join(format!("{key}.lock"));
         let _lock = Lock::acquire(&lock_path)?;
         if let Some(s) = self.by_key(&key) {

@@ -2,8 +2,15 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
 
 /// Recreates the tree `src` at `dst`: directories as new directories (same mode), regular
 /// files as hard links (copies, with their mtime, when linking fails, e.g. across file
@@ -105,13 +112,45 @@ pub fn copy_file(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Gives every directory under (and including) `dir` to `uid:gid` so a sandbox user can
 /// create and remove entries; files (hard links shared with the base image) are untouched.
-/// Directories reached through a symlink are not visited.
+///
+/// Walked with directory descriptors (`openat` with `O_NOFOLLOW`, `fchown`), never by
+/// path: the shared uv cache is chowned at the start of every job-type build while another
+/// build's sandbox may be writing to it, and a directory it swaps for a symlink must not
+/// lead the walk out (it is skipped).
 pub fn chown_dirs(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
-    for e in fs::read_dir(dir)? {
+    let d = Dir::open(dir, dir_flags(), Mode::empty())?;
+    chown_dir_fd(d, uid, gid)
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+fn chown_dir_fd(mut d: Dir, uid: u32, gid: u32) -> io::Result<()> {
+    let fd = d.as_raw_fd();
+    nix::unistd::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+    let mut subdirs = Vec::new();
+    for e in d.iter() {
         let e = e?;
-        if e.file_type()?.is_dir() {
-            chown_dirs(&e.path(), uid, gid)?;
+        let name = e.file_name();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        let is_dir = match e.file_type() {
+            Some(t) => t == Type::Directory,
+            None => nix::sys::stat::fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR),
+        };
+        if is_dir {
+            subdirs.push(name.to_owned());
+        }
+    }
+    for name in subdirs {
+        match Dir::openat(Some(fd), name.as_c_str(), dir_flags(), Mode::empty()) {
+            Ok(sub) => chown_dir_fd(sub, uid, gid)?,
+            // Swapped for a symlink, or gone, since it was listed.
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -198,6 +237,36 @@ mod tests {
         assert!(dir_within(r, "/file/x", Want::Replace).is_ok());
         assert!(dir_within(r, "/usr/../etc", Want::Replace).is_err());
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn chown_dirs_walks_directories_only_and_never_a_symlink() {
+        // SAFETY: geteuid(2) cannot fail and has no side effects.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // chown to another uid needs root
+        }
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("a/b")).unwrap();
+        fs::write(r.join("a/file"), "").unwrap();
+        fs::create_dir(outside.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("a/link")).unwrap();
+        chown_dirs(r, 4242, 4242).unwrap();
+        let uid = |p: &Path| fs::symlink_metadata(p).unwrap().uid();
+        assert_eq!(
+            (uid(r), uid(&r.join("a")), uid(&r.join("a/b"))),
+            (4242, 4242, 4242)
+        );
+        assert_eq!(uid(&r.join("a/file")), 0, "files are left alone");
+        assert_eq!(
+            uid(&outside.path().join("sub")),
+            0,
+            "the symlink was followed"
+        );
+        assert_eq!(uid(outside.path()), 0);
+        // The top itself must not be a symlink either.
+        assert!(chown_dirs(&r.join("a/link"), 4242, 4242).is_err());
     }
 
     #[test]

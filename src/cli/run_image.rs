@@ -46,11 +46,23 @@ pub fn rootfs_for(
                 rootfs: dir.clone(),
                 env: rec.env_pairs(),
             };
-            let reg = Registry::new(store.registry_config())?;
-            let runner = Runner::detect(&cfg.host_config()).context("sandbox")?;
-            let host =
-                SandboxBuildHost::new(&runner, &images, &reg, cfg.builder_config(), &progress);
-            rootfs_builder::bytecode::compile_base(&host, &base)?;
+            // Best effort: the run itself reports what is wrong with sandboxes.
+            let done = Registry::new(store.registry_config())
+                .map_err(anyhow::Error::from)
+                .and_then(|reg| Ok((reg, Runner::detect(&cfg.host_config())?)))
+                .and_then(|(reg, runner)| {
+                    let host = SandboxBuildHost::new(
+                        &runner,
+                        &images,
+                        &reg,
+                        cfg.builder_config(),
+                        &progress,
+                    );
+                    Ok(rootfs_builder::bytecode::compile_base(&host, &base)?)
+                });
+            if let Err(e) = done {
+                eprintln!("tako-vm: byte-compiling the image's Python failed (runs on it compile what they import): {e}");
+            }
         }
         return Ok((dir, rec.env_pairs(), None));
     }
