@@ -269,8 +269,37 @@ fn a_stale_resolver_set_is_repaired_by_the_next_run() {
     for h in &host {
         assert!(dns4().contains(&h.to_string()), "{}", dns4());
     }
-    // The host's resolvers "change" (TEST-NET-1, nothing answers there).
+    // The host's resolvers "change" (TEST-NET-1, nothing answers there) while a sandbox
+    // runs: it keeps the resolvers it was given, the new one is added.
     let stale: Vec<std::net::Ipv4Addr> = vec!["192.0.2.53".parse().unwrap()];
+    std::thread::scope(|sc| {
+        let running = sc.spawn(|| {
+            net_run(
+                &runner,
+                &r,
+                "import socket, time\ntime.sleep(2)\nprint('resolved', socket.gethostbyname('pypi.org'))",
+                &[],
+            )
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !sh("ip -o link show").contains("tako-") {
+            assert!(std::time::Instant::now() < deadline, "no sandbox interface");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(tako_vm::sandbox::net::sync_dns(&stale).unwrap());
+        assert!(dns4().contains("192.0.2.53"), "{}", dns4());
+        assert!(dns4().contains(&host[0].to_string()), "{}", dns4());
+        let res = running.join().unwrap();
+        assert_eq!(res.status, Status::Succeeded, "{res:?}");
+        assert!(res.stdout.starts_with("resolved "), "{}", res.stdout);
+    });
+    // With no sandbox running, the set is replaced.
+    tako_vm::sandbox::net::finish_teardowns();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sh("ip -o link show").contains("tako-") {
+        assert!(std::time::Instant::now() < deadline, "the veth stayed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(tako_vm::sandbox::net::sync_dns(&stale).unwrap());
     assert!(dns4().contains("192.0.2.53"), "{}", dns4());
     assert!(!dns4().contains(&host[0].to_string()), "{}", dns4());

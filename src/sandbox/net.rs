@@ -294,18 +294,32 @@ fn resolver_list(resolvers: &[Ipv4Addr]) -> String {
 
 /// Brings the existing table's `dns4` set in line with `resolvers` (the host's resolvers
 /// can change while a server keeps the table). Costs a file read when nothing changed.
+/// Sandboxes that are running keep the resolvers they were given: while any is, the new
+/// ones are added and the old ones stay; the set is replaced when none is.
 /// Returns true when it changed the set. Call it under the host lock.
 fn sync_dns_locked(resolvers: &[Ipv4Addr]) -> Result<bool, NetError> {
-    let want = resolver_list(resolvers);
-    if fs::read_to_string(DNS_FILE).is_ok_and(|have| have == want) {
+    let have: Vec<Ipv4Addr> = fs::read_to_string(DNS_FILE)
+        .unwrap_or_default()
+        .split(", ")
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    let busy = !our_interfaces().is_empty();
+    let mut want: Vec<Ipv4Addr> = if busy { have.clone() } else { Vec::new() };
+    for r in resolvers {
+        if !want.contains(r) {
+            want.push(*r);
+        }
+    }
+    if want == have && fs::metadata(DNS_FILE).is_ok() {
         return Ok(false);
     }
+    let list = resolver_list(&want);
     let mut script = format!("flush set inet {TABLE} dns4\n");
-    if !resolvers.is_empty() {
-        script.push_str(&format!("add element inet {TABLE} dns4 {{ {want} }}\n"));
+    if !want.is_empty() {
+        script.push_str(&format!("add element inet {TABLE} dns4 {{ {list} }}\n"));
     }
     nft("update resolvers", &script)?;
-    fs::write(DNS_FILE, want)?;
+    fs::write(DNS_FILE, list)?;
     Ok(true)
 }
 
