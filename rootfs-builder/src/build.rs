@@ -111,6 +111,12 @@ impl SnapshotStore {
                 writable_dirs.push(host_dir);
             }
             for (w, host_dir) in writable.iter().zip(&writable_dirs) {
+                if suid == euid {
+                    // The sandbox user is the store's own user (no subordinate ids): it
+                    // may write every file it owns, so the files it gets writable must not
+                    // be the image's (shared with every snapshot on it) but copies.
+                    tree::unshare_files(host_dir).map_err(io_err("copy", host_dir))?;
+                }
                 tree::chown_dirs(host_dir, suid, sgid).map_err(io_err("chown", host_dir))?;
                 binds.push(bind(host_dir, w, true));
             }

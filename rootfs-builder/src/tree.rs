@@ -156,6 +156,27 @@ fn chown_dir_fd(mut d: Dir, uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces every regular file under `dir` that has other hard links by a copy of its own
+/// (same mode and mtime), so writing it cannot change the other links. Symlinks are neither
+/// followed nor copied.
+pub fn unshare_files(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let p = e.path();
+        if ft.is_dir() {
+            unshare_files(&p)?;
+        } else if ft.is_file() && e.metadata()?.nlink() > 1 {
+            let mut tmp = p.clone().into_os_string();
+            tmp.push(".tako-unshare");
+            let tmp = PathBuf::from(tmp);
+            copy_file(&p, &tmp)?;
+            fs::rename(&tmp, &p)?;
+        }
+    }
+    Ok(())
+}
+
 /// Hands everything under `dir` owned by `from_uid` (what the builder sandbox created, and
 /// the directories given to it) back to `uid:gid`, and makes it readable (and, where the
 /// owner may execute, executable) for everybody.
@@ -267,6 +288,26 @@ mod tests {
         assert_eq!(uid(outside.path()), 0);
         // The top itself must not be a symlink either.
         assert!(chown_dirs(&r.join("a/link"), 4242, 4242).is_err());
+    }
+
+    #[test]
+    fn unshared_files_are_copies_with_their_mode_and_mtime() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("base")).unwrap();
+        fs::write(r.join("base/f"), "image").unwrap();
+        fs::set_permissions(r.join("base/f"), fs::Permissions::from_mode(0o751)).unwrap();
+        clone_tree(&r.join("base"), &r.join("clone")).unwrap();
+        let before = fs::metadata(r.join("clone/f")).unwrap();
+        assert_eq!(before.nlink(), 2);
+        unshare_files(&r.join("clone")).unwrap();
+        let after = fs::metadata(r.join("clone/f")).unwrap();
+        assert_eq!(after.nlink(), 1);
+        assert_eq!(after.mode() & 0o7777, 0o751);
+        assert_eq!(after.mtime(), before.mtime());
+        fs::write(r.join("clone/f"), "changed").unwrap();
+        assert_eq!(fs::read_to_string(r.join("base/f")).unwrap(), "image");
+        assert_eq!(fs::read_dir(r.join("clone")).unwrap().count(), 1);
     }
 
     #[test]
