@@ -303,6 +303,9 @@ fn sync_dns_locked(resolvers: &[Ipv4Addr]) -> Result<bool, NetError> {
         .split(", ")
         .filter_map(|a| a.trim().parse().ok())
         .collect();
+    if have == resolvers && fs::metadata(DNS_FILE).is_ok() {
+        return Ok(false); // the common case: one file read
+    }
     let busy = !our_interfaces().is_empty();
     let mut want: Vec<Ipv4Addr> = if busy { have.clone() } else { Vec::new() };
     for r in resolvers {
