@@ -614,8 +614,10 @@ mod tests {
             run.dir("").unwrap().join("cgroup.kill").exists(),
             "Linux 5.14+"
         );
+        // The shell forks its sleeper only once it was moved (it waits for a line first).
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 100 & exec sleep 100"])
+            .args(["-c", "read go; sleep 100 & exec sleep 100"])
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         run.add(child.id() as i32).unwrap();
@@ -625,8 +627,12 @@ mod tests {
                 .any(|l| l.starts_with("0::/") && l.ends_with("/999999999.1.v2run")),
             "{own}"
         );
-        // The forked sleeper joined too: cgroup.procs lists both.
-        std::thread::sleep(Duration::from_millis(100));
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+        // The forked sleeper is in the run's cgroup too: cgroup.procs lists both.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while procs(run.dir("").unwrap()).len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(procs(run.dir("").unwrap()).len(), 2);
         assert!(run.usage().cpu_time_ms.is_some(), "cpu.stat usage_usec");
         run.kill_all();
