@@ -50,27 +50,37 @@ fn m(
     })
 }
 
-fn need_dir(root: &Path, rel: &str) -> R<std::path::PathBuf> {
-    // Each component a real directory: a mount point reached through a symlink of the
-    // rootfs would be resolved against the host's tree (before pivot_root).
+/// `root/rel` and its metadata, reached through plain components only and without a
+/// symlink anywhere on the way: mounts are made before pivot_root, when a symlink of the
+/// rootfs would resolve against the host's tree.
+fn within(root: &Path, rel: &str) -> R<(std::path::PathBuf, fs::Metadata)> {
+    const HINT: &str =
+        "prepare it with rootfs-builder (tako-vm images are prepared automatically)";
     let mut p = root.to_path_buf();
+    let mut last = None;
     for c in Path::new(rel.trim_start_matches('/')).components() {
-        p.push(c);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!(
-                    "the rootfs's {rel} goes through a symlink; mount points must be real directories (prepare it with rootfs-builder; tako-vm images are prepared automatically)"
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "the rootfs has no directory {rel}; prepare it with rootfs-builder (tako-vm images are prepared automatically)"
-                ))
-            }
+        let std::path::Component::Normal(n) = c else {
+            return Err(format!("invalid path {rel:?} in the rootfs"));
+        };
+        p.push(n);
+        let md = fs::symlink_metadata(&p)
+            .map_err(|e| format!("the rootfs has no {rel} ({e}); {HINT}"))?;
+        if md.file_type().is_symlink() {
+            return Err(format!(
+                "the rootfs's {rel} goes through a symlink; mount points must be real; {HINT}"
+            ));
         }
+        last = Some(md);
     }
-    Ok(p)
+    let md = last.ok_or_else(|| format!("invalid path {rel:?} in the rootfs"))?;
+    Ok((p, md))
+}
+
+fn need_dir(root: &Path, rel: &str) -> R<std::path::PathBuf> {
+    match within(root, rel)? {
+        (p, md) if md.is_dir() => Ok(p),
+        _ => Err(format!("the rootfs's {rel} is not a directory")),
+    }
 }
 
 /// Flags of the mount holding `path` that a user namespace may not clear on remount.
@@ -223,22 +233,7 @@ pub fn enter_rootfs(spec: &SandboxSpec) -> R<()> {
 /// Bind-mounts `b.host` onto `b.target` (which must exist in the rootfs, reached without
 /// symlinks), read-only unless `b.writable`, always `nosuid,nodev`.
 fn apply_bind(root: &Path, b: &Bind) -> R<()> {
-    let rel = b.target.trim_start_matches('/');
-    let mut target = root.to_path_buf();
-    for c in Path::new(rel).components() {
-        match c {
-            std::path::Component::Normal(n) => target.push(n),
-            _ => return Err(format!("invalid bind target {:?}", b.target)),
-        }
-        let md =
-            fs::symlink_metadata(&target).map_err(|e| format!("bind target {}: {e}", b.target))?;
-        if md.file_type().is_symlink() {
-            return Err(format!("bind target {} goes through a symlink", b.target));
-        }
-    }
-    if target == root {
-        return Err(format!("invalid bind target {:?}", b.target));
-    }
+    let (target, _) = within(root, &b.target).map_err(|e| format!("bind target: {e}"))?;
     m(
         b.host.to_str(),
         &target,
