@@ -54,8 +54,7 @@ fn m(
 /// symlink anywhere on the way: mounts are made before pivot_root, when a symlink of the
 /// rootfs would resolve against the host's tree.
 fn within(root: &Path, rel: &str) -> R<(std::path::PathBuf, fs::Metadata)> {
-    const HINT: &str =
-        "prepare it with rootfs-builder (tako-vm images are prepared automatically)";
+    const HINT: &str = "prepare it with rootfs-builder (tako-vm images are prepared automatically)";
     let mut p = root.to_path_buf();
     let mut last = None;
     for c in Path::new(rel.trim_start_matches('/')).components() {

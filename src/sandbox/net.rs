@@ -298,12 +298,14 @@ fn resolver_list(resolvers: &[Ipv4Addr]) -> String {
 /// ones are added and the old ones stay; the set is replaced when none is.
 /// Returns true when it changed the set. Call it under the host lock.
 fn sync_dns_locked(resolvers: &[Ipv4Addr]) -> Result<bool, NetError> {
-    let have: Vec<Ipv4Addr> = fs::read_to_string(DNS_FILE)
+    let recorded = fs::read_to_string(DNS_FILE).ok();
+    let have: Vec<Ipv4Addr> = recorded
+        .as_deref()
         .unwrap_or_default()
         .split(", ")
         .filter_map(|a| a.trim().parse().ok())
         .collect();
-    if have == resolvers && fs::metadata(DNS_FILE).is_ok() {
+    if recorded.is_some() && have == resolvers {
         return Ok(false); // the common case: one file read
     }
     let busy = !our_interfaces().is_empty();
@@ -313,7 +315,7 @@ fn sync_dns_locked(resolvers: &[Ipv4Addr]) -> Result<bool, NetError> {
             want.push(*r);
         }
     }
-    if want == have && fs::metadata(DNS_FILE).is_ok() {
+    if recorded.is_some() && want == have {
         return Ok(false);
     }
     let list = resolver_list(&want);
@@ -440,13 +442,12 @@ fn our_interfaces() -> Vec<String> {
         .collect()
 }
 
-fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
+fn ensure_table(pool: (Ipv4Addr, u8), resolvers: &[Ipv4Addr]) -> Result<(), NetError> {
     // The flag is written before the table is created and removed after it is deleted
     // (both under the host lock, and /run does not survive a reboot): without it, no table
     // of ours can be in use, and the `nft` call that would check is skipped.
-    let resolvers = veth_resolvers();
     if std::path::Path::new(TABLE_FLAG).exists() && table_exists() {
-        sync_dns_locked(&resolvers)?;
+        sync_dns_locked(resolvers)?;
         return Ok(());
     }
     let off = |p: &str| fs::read_to_string(p).unwrap_or_default().trim() == "0";
@@ -462,7 +463,7 @@ fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
             "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
             table_script(
                 pool,
-                &resolvers,
+                resolvers,
                 TableOptions {
                     drop_foreign4: was_off,
                     ipv6,
@@ -471,7 +472,7 @@ fn ensure_table(pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
             )
         ),
     )?;
-    fs::write(DNS_FILE, resolver_list(&resolvers))?;
+    fs::write(DNS_FILE, resolver_list(resolvers))?;
     if was_off {
         fs::write(FORWARD_FLAG, "")?;
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
@@ -743,6 +744,7 @@ impl NetLease {
         pid: i32,
         pool: (Ipv4Addr, u8),
         allowed: Option<&Allowed>,
+        resolvers: &[Ipv4Addr],
         keep_table: bool,
     ) -> Result<NetLease, NetError> {
         if !nix::unistd::geteuid().is_root() {
@@ -751,7 +753,7 @@ impl NetLease {
         let slots = (1u64 << (32 - pool.1 as u32)) / 4;
         let start = (uuid::Uuid::new_v4().as_u128() % slots as u128) as u32;
         let lock = HostLock::take()?;
-        ensure_table(pool)?;
+        ensure_table(pool, resolvers)?;
         let mut chosen = None;
         for i in 0..slots.min(4096) as u32 {
             let slot = Slot::of(pool, (start + i) % slots as u32).ok_or(NetError::PoolExhausted)?;
@@ -924,12 +926,13 @@ impl Egress {
         run_id: &str,
         pool: (Ipv4Addr, u8),
         allowed: Option<&Allowed>,
+        resolvers: &[Ipv4Addr],
         keep_table: bool,
     ) -> Result<Egress, NetError> {
         if Egress::rootless() {
             super::pasta::PastaLease::create(pid, run_id, allowed).map(Egress::Pasta)
         } else {
-            NetLease::create(pid, pool, allowed, keep_table).map(Egress::Veth)
+            NetLease::create(pid, pool, allowed, resolvers, keep_table).map(Egress::Veth)
         }
     }
 

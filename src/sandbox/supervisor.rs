@@ -256,6 +256,12 @@ impl Runner {
         let t0 = Instant::now();
         let mut spec = std::borrow::Cow::Borrowed(spec);
         let mut allowed = None;
+        // Read once: what the sandbox is told and what the table lets through are the same.
+        let resolvers = if spec.network.is_some() {
+            net::Egress::resolvers()
+        } else {
+            Vec::new()
+        };
         if let Some(n) = &spec.network {
             if !n.allowed_hosts.is_empty() {
                 match net::resolve_allowed(&n.allowed_hosts) {
@@ -263,7 +269,7 @@ impl Runner {
                     Err(e) => return Err(SandboxError::Net(e)),
                 }
             }
-            net::add_network_files(spec.to_mut(), allowed.as_ref(), &net::Egress::resolvers());
+            net::add_network_files(spec.to_mut(), allowed.as_ref(), &resolvers);
         }
         let spec = spec.as_ref();
         let spawned = match self.pool.as_ref().and_then(|p| p.take()) {
@@ -277,7 +283,13 @@ impl Runner {
             opts,
             &mut cgroup,
             t0,
-            allowed.as_ref(),
+            NetState {
+                wanted: spec.network.is_some(),
+                run_id: &opts.run_id,
+                allowed: allowed.as_ref(),
+                resolvers: &resolvers,
+                lease: None,
+            },
             Helper {
                 child: spawned.child,
                 ctl: spawned.ctl,
@@ -387,15 +399,9 @@ impl Runner {
         opts: &RunOptions,
         cgroup_slot: &mut Option<RunCgroup>,
         t0: Instant,
-        allowed: Option<&net::Allowed>,
+        mut net_state: NetState<'_>,
         helper: Helper,
     ) -> Result<Outcome, SandboxError> {
-        let mut net_state = NetState {
-            wanted: spec.network.is_some(),
-            run_id: &opts.run_id,
-            allowed,
-            lease: None,
-        };
         let Helper {
             mut child,
             mut ctl,
@@ -672,6 +678,7 @@ impl Runner {
                 net_state.run_id,
                 self.net_pool,
                 net_state.allowed,
+                net_state.resolvers,
                 self.keep_net_table,
             ) {
                 Ok(l) => net_state.lease = Some(l),
@@ -909,6 +916,8 @@ struct NetState<'a> {
     wanted: bool,
     run_id: &'a str,
     allowed: Option<&'a net::Allowed>,
+    /// The resolvers the sandbox was given (the table's DNS set follows them).
+    resolvers: &'a [std::net::Ipv4Addr],
     lease: Option<net::Egress>,
 }
 
