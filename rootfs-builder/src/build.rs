@@ -90,7 +90,7 @@ impl SnapshotStore {
             fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
             tree::chown_dirs(&scratch, suid, sgid).map_err(io_err("chown", &scratch))?;
 
-            let paths = probe_paths(host, &rootfs, &env)?;
+            let paths = base_paths(host, base)?;
             let mut binds = vec![
                 bind(uv, "/tako-build/uv", false),
                 bind(&cache, "/tako-build/cache", true),
@@ -298,12 +298,36 @@ fn build_failed(name: &str, out: crate::InstallOutcome) -> SnapshotError {
     }
 }
 
-/// Where the Python of `rootfs` lives and installs (a sandbox run of its `python3`).
-pub(crate) fn probe_paths(
+/// Where the Python of a base image lives and installs: probed once (a sandbox run of its
+/// `python3`) and kept beside its rootfs, since the image never changes. Every build on
+/// the image and its once-only byte-compile use it.
+pub(crate) fn base_paths(host: &dyn BuildHost, base: &BaseImage) -> Result<PyPaths, SnapshotError> {
+    let kept = base.rootfs.parent().map(|d| d.join("python-paths.json"));
+    if let Some(p) = kept
+        .as_ref()
+        .and_then(|k| fs::read_to_string(k).ok())
+        .and_then(|t| parse_paths(&t).ok())
+    {
+        return Ok(p);
+    }
+    let text = probe_paths(host, &base.rootfs, &base.env)?;
+    let p = parse_paths(&text)?;
+    if let Some(k) = kept {
+        // A cache: another build writing it too, or a failure, only costs a probe later.
+        let tmp = k.with_extension(format!("tmp.{}", std::process::id()));
+        if fs::write(&tmp, &text).is_ok() && fs::rename(&tmp, &k).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+    Ok(p)
+}
+
+/// Runs the probe in a sandbox on `rootfs`; returns its JSON output.
+fn probe_paths(
     host: &dyn BuildHost,
     rootfs: &Path,
     env: &[(String, String)],
-) -> Result<PyPaths, SnapshotError> {
+) -> Result<String, SnapshotError> {
     let code = "import importlib.util,json,sys,sysconfig;p=sysconfig.get_paths();print(json.dumps({'executable':sys.executable,'cache_tag':sys.implementation.cache_tag,'magic':importlib.util.MAGIC_NUMBER.hex(),'stdlib':p['stdlib'],'data':p['data'],'purelib':p['purelib'],'platlib':p['platlib'],'scripts':p['scripts']}))";
     let out = host
         .run(&InstallRun {
@@ -321,7 +345,12 @@ pub(crate) fn probe_paths(
             out.stderr.trim()
         )));
     }
-    let p: PyPaths = serde_json::from_str(out.stdout.trim())
+    Ok(out.stdout.trim().to_string())
+}
+
+/// The probe's output, checked: it comes from the image's Python.
+fn parse_paths(text: &str) -> Result<PyPaths, SnapshotError> {
+    let p: PyPaths = serde_json::from_str(text)
         .map_err(|e| SnapshotError::Invalid(format!("python3 paths of the base image: {e}")))?;
     for d in [
         &p.stdlib,

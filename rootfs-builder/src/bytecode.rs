@@ -20,7 +20,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::build::{bind, nix_egid, nix_euid, probe_paths, set_env};
+use crate::build::{base_paths, bind, nix_egid, nix_euid, set_env};
 use crate::snapshot::{io_err, BaseImage, BuildHost, InstallRun, Lock, SnapshotError};
 use crate::tree;
 
@@ -66,7 +66,7 @@ pub fn compile_base(host: &dyn BuildHost, base: &BaseImage) -> Result<(), Snapsh
 }
 
 fn attempt(host: &dyn BuildHost, base: &BaseImage) -> Result<String, SnapshotError> {
-    let paths = probe_paths(host, &base.rootfs, &base.env)?;
+    let paths = base_paths(host, base)?;
     let stdlib =
         tree::dir_within(&base.rootfs, &paths.stdlib, tree::Want::Existing).map_err(|e| {
             SnapshotError::Invalid(format!("python standard library {}: {e}", paths.stdlib))
