@@ -2,6 +2,13 @@
 
 mod common;
 
+/// `tako-vm run --rootfs ROOTFS -- CMD…`
+fn run_args<'a>(rootfs: &'a std::path::Path, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--rootfs", rootfs.to_str().unwrap(), "--"];
+    args.extend_from_slice(cmd);
+    args
+}
+
 #[test]
 fn command_mode_passes_output_and_exit_codes() {
     let r = need_rootfs!();
@@ -163,15 +170,7 @@ fn the_payload_starts_with_default_signals() {
     let r = need_rootfs!();
     let probe = "grep -E '^(Sig(Ign|Blk)|CapBnd)' /proc/self/status; yes | head -1";
     for (path, env) in common::SPAWN_PATHS {
-        let args = [
-            "run",
-            "--rootfs",
-            r.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            probe,
-        ];
+        let args = run_args(&r, &["sh", "-c", probe]);
         let (code, out, err) = common::cli_env(&args, env);
         assert_eq!(code, 0, "{path}: {err}");
         assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
@@ -228,15 +227,7 @@ fn the_callers_environment_stays_outside() {
         "import os\nprint('env', any('{secret}' in v for v in os.environ.values()))\ntry:\n    print('init env', '{secret}' in open('/proc/1/environ', 'rb').read().decode('latin-1'))\nexcept OSError as e:\n    print('init env refused', e.errno)\n"
     );
     for (path, env) in common::SPAWN_PATHS {
-        let args = [
-            "run",
-            "--rootfs",
-            r.to_str().unwrap(),
-            "--",
-            "python3",
-            "-c",
-            &probe,
-        ];
+        let args = run_args(&r, &["python3", "-c", &probe]);
         let mut env = env.to_vec();
         env.push(("TAKO_TEST_SECRET", secret));
         let (code, out, err) = common::cli_env(&args, &env);
