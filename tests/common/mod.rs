@@ -145,3 +145,33 @@ pub fn hardlink_copy(from: &std::path::Path, to: &std::path::Path) {
         .unwrap();
     assert!(st.success(), "cp -al {} {}", from.display(), to.display());
 }
+
+/// Runs one of the root-only check scripts of `scripts/` (a real systemd, a virtual machine)
+/// with the binary under test, when the environment variable `gate` is `1` and the tests
+/// run as root; otherwise says why it skips and returns None. The script must exit 0 and
+/// print no FAIL line; its stdout (PASS/FAIL lines) is returned.
+pub fn check_script(gate: &str, script: &str) -> Option<String> {
+    if std::env::var(gate).as_deref() != Ok("1") {
+        eprintln!("SKIP: set {gate}=1 (as root) to run scripts/{script}");
+        return None;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: scripts/{script} needs root");
+        return None;
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let out = Command::new(&path)
+        .env("TAKO_VM_BINARY", bin())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scripts/{script} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(!stdout.lines().any(|l| l.starts_with("FAIL")), "{stdout}");
+    Some(stdout)
+}
