@@ -20,6 +20,7 @@ const CHECKS: &[&str] = &[
     "POST /execute print(1+1)",
     "a run's cgroup lives in the service's delegated subtree with the job's limits",
     "no run cgroup is left in the subtree after the runs",
+    "a run of the service on this kernel",
     "POST /execute over memory_limit",
     "the record's resource_usage comes from the run's cgroup",
     "tako-vm run --memory 64m",
