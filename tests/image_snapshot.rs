@@ -481,6 +481,37 @@ fn local_sdist(dir: &std::path::Path, name: &str, backend: &str) {
     std::fs::remove_dir_all(&pkg).unwrap();
 }
 
+/// An in-tree build backend that runs `pre` (Python, at the start of `build_wheel`) and then
+/// builds a valid wheel of package `name` (`name/__init__.py` with `X = 1`).
+fn wheel_backend(name: &str, pre: &str) -> String {
+    let pre = pre.replace('\n', "\n    ");
+    format!(
+        r#"import base64, hashlib, os, zipfile
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    {pre}
+    whl = '{name}-1.0-py3-none-any.whl'
+    files = {{
+        '{name}/__init__.py': b'X = 1\n',
+        '{name}-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n',
+        '{name}-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+    }}
+    record = []
+    with zipfile.ZipFile(os.path.join(wheel_directory, whl), 'w') as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+            record.append(f'{{path}},sha256={{digest}},{{len(data)}}')
+        record.append('{name}-1.0.dist-info/RECORD,,')
+        z.writestr('{name}-1.0.dist-info/RECORD', '\n'.join(record) + '\n')
+    return whl
+"#
+    )
+}
+
 /// Per-request `requirements` come from API callers, and an sdist's build backend runs in
 /// the builder sandbox: such builds get a uv cache of their own, so they cannot change what
 /// the shared cache hands to the job types' builds. The probe: a local sdist whose in-tree
@@ -536,33 +567,11 @@ fn build_code_cannot_make_the_host_write_through_its_symlinks() {
     let victim = victim_dir.path().join("victim");
     std::fs::write(&victim, "keep").unwrap();
     let links = tempfile::tempdir().unwrap();
-    let backend = format!(
-        r#"import base64, hashlib, os, zipfile
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    try:
-        os.symlink({victim:?}, '/tako-build/tmp/compile-list')
-    except FileExistsError:
-        pass
-    name = 'planter-1.0-py3-none-any.whl'
-    files = {{
-        'planter/__init__.py': b'X = 1\n',
-        'planter-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: planter\nVersion: 1.0\n',
-        'planter-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
-    }}
-    record = []
-    with zipfile.ZipFile(os.path.join(wheel_directory, name), 'w') as z:
-        for path, data in files.items():
-            z.writestr(path, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
-            record.append(f'{{path}},sha256={{digest}},{{len(data)}}')
-        record.append('planter-1.0.dist-info/RECORD,,')
-        z.writestr('planter-1.0.dist-info/RECORD', '\n'.join(record) + '\n')
-    return name
-"#
+    let backend = wheel_backend(
+        "planter",
+        &format!(
+            "try:\n    os.symlink({victim:?}, '/tako-build/tmp/compile-list')\nexcept FileExistsError:\n    pass"
+        ),
     );
     local_sdist(links.path(), "planter", &backend);
     let config = BuilderConfig {
@@ -636,4 +645,76 @@ fn a_base_image_that_cannot_be_byte_compiled_still_builds() {
         std::fs::read_to_string(scratch.path().join(rootfs_builder::bytecode::MARKER)).unwrap();
     assert!(marker.starts_with("skipped: "), "{marker}");
     assert!(marker.contains("python3"), "{marker}");
+}
+
+/// Build code can nest directories far deeper than the host's stack (or PATH_MAX) would take
+/// in a recursive walk; std's `remove_dir_all` aborts the whole process on such a tree (a
+/// server: every job gone). The host's walks over what a build wrote are iterative: a deep
+/// tree in the scratch directory is removed and the build succeeds; one in the installed
+/// files (per-request requirements: an API caller's build code) fails that build with an
+/// error and leaves nothing behind. Run on a thread with the stack of a server's blocking
+/// pool (2 MiB).
+#[test]
+fn build_code_nesting_directories_deeply_cannot_crash_the_host() {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(deep_trees_from_build_code)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn deep_trees_from_build_code() {
+    let Some(w) = world() else { return };
+    let nest = |at: &str| {
+        format!("d = os.open({at:?}, os.O_RDONLY)\nfor _ in range(30000):\n    os.mkdir('d', dir_fd=d)\n    n = os.open('d', os.O_RDONLY, dir_fd=d)\n    os.close(d)\n    d = n\nos.close(d)")
+    };
+    let links = tempfile::tempdir().unwrap();
+    local_sdist(
+        links.path(),
+        "nester",
+        &wheel_backend("nester", &nest("/tako-build/tmp")),
+    );
+    local_sdist(
+        links.path(),
+        "squatter",
+        &wheel_backend(
+            "squatter",
+            &format!(
+                "os.makedirs('/usr/local/lib/python3.11/dist-packages/deep', exist_ok=True)\n{}",
+                nest("/usr/local/lib/python3.11/dist-packages/deep")
+            ),
+        ),
+    );
+    let config = BuilderConfig {
+        find_links: Some(links.path().to_path_buf()),
+        ..BuilderConfig::default()
+    };
+    let host = SandboxBuildHost::new(&w.runner, &w.images, &w.registry, config, &NoProgress);
+    let snaps = w.images.root().join("snapshots");
+    let leftovers = || {
+        std::fs::read_dir(&snaps)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("staging") || n.starts_with('.') || n.starts_with("tmp"))
+            .collect::<Vec<_>>()
+    };
+
+    let snap = w
+        .snaps
+        .build(&spec("nested", &["nester"]), &host)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(snap
+        .rootfs
+        .join("usr/local/lib/python3.11/dist-packages/nester/__init__.py")
+        .is_file());
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+
+    let err = w
+        .snaps
+        .resolve_with_requirements(&spec("default", &[]), &["squatter".to_string()], &host)
+        .unwrap_err();
+    eprintln!("the deep installed tree: {err}");
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
 }

@@ -13,6 +13,10 @@ pub mod requirements;
 pub mod snapshot;
 mod tree;
 
+/// Removes a file, symlink or directory tree (never following symlinks, however deep the
+/// tree: no recursion and no full paths below it); a missing path is fine.
+pub use tree::remove as remove_path;
+
 pub use snapshot::{
     BaseImage, BindMount, BuildHost, CacheScope, InstallOutcome, InstallRun, JobTypeSpec, Snapshot,
     SnapshotError, SnapshotStore, SnapshotUse,
@@ -130,7 +134,7 @@ fn read_regular(path: &Path) -> String {
 /// followed; a regular file is rewritten).
 fn write_regular(path: &Path, text: &str) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path)?,
+        Ok(m) if m.is_dir() => tree::remove_tree(path)?,
         Ok(m) if !m.file_type().is_file() => fs::remove_file(path)?,
         _ => {}
     }

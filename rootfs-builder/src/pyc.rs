@@ -96,30 +96,27 @@ pub fn uncompiled(
 }
 
 fn walk(rootfs: &Path, dir: &Path, tag: &str, hash: bool, out: &mut Vec<Source>) -> io::Result<()> {
-    for e in fs::read_dir(dir)? {
-        let e = e?;
+    crate::tree::walk(dir, |e, p| {
         let ft = e.file_type()?;
-        let p = e.path();
         if ft.is_dir() {
-            if e.file_name() != "__pycache__" {
-                walk(rootfs, &p, tag, hash, out)?;
-            }
-        } else if ft.is_file()
+            return Ok(e.file_name() != "__pycache__");
+        }
+        if ft.is_file()
             && p.extension().is_some_and(|x| x == "py")
-            && fs::symlink_metadata(pyc_path(&p, tag)).is_err()
+            && fs::symlink_metadata(pyc_path(p, tag)).is_err()
         {
             let sha256 = if hash && e.metadata()?.len() <= MAX_CACHED {
                 let mut hasher = Sha256::new();
-                io::copy(&mut fs::File::open(&p)?, &mut hasher)?;
+                io::copy(&mut fs::File::open(p)?, &mut hasher)?;
                 Some(hex::encode(hasher.finalize()))
             } else {
                 None
             };
-            let rel = p.strip_prefix(rootfs).unwrap_or(&p).to_path_buf();
+            let rel = p.strip_prefix(rootfs).unwrap_or(p).to_path_buf();
             out.push(Source { rel, sha256 });
         }
-    }
-    Ok(())
+        Ok(false)
+    })
 }
 
 fn entry(cache: &Path, sha256: &str) -> PathBuf {

@@ -19,16 +19,42 @@ pub fn clone_tree(src: &Path, dst: &Path) -> io::Result<()> {
     let md = fs::symlink_metadata(src)?;
     fs::create_dir(dst)?;
     fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))?;
-    for e in fs::read_dir(src)? {
-        let e = e?;
-        let (from, to) = (e.path(), dst.join(e.file_name()));
+    walk(src, |e, from| {
+        let to = dst.join(from.strip_prefix(src).unwrap_or(from));
         let ft = e.file_type()?;
         if ft.is_dir() {
-            clone_tree(&from, &to)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
-        } else if ft.is_file() && fs::hard_link(&from, &to).is_err() {
-            copy_file(&from, &to)?;
+            fs::create_dir(&to)?;
+            fs::set_permissions(
+                &to,
+                fs::Permissions::from_mode(e.metadata()?.mode() & 0o7777),
+            )?;
+            return Ok(true);
+        }
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(from)?, &to)?;
+        } else if ft.is_file() && fs::hard_link(from, &to).is_err() {
+            copy_file(from, &to)?;
+        }
+        Ok(false)
+    })
+}
+
+/// Visits every entry below `dir` (not `dir` itself), depth-first, never following a
+/// symlink: `visit(entry, path)` says whether to go into a directory. No recursion (one
+/// open directory at a time, a list of paths to go): a tree a sandbox nested beyond what
+/// the host's stack would take ends in an error (ENAMETOOLONG past PATH_MAX), not in a crash.
+pub fn walk(
+    dir: &Path,
+    mut visit: impl FnMut(&fs::DirEntry, &Path) -> io::Result<bool>,
+) -> io::Result<()> {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            if visit(&e, &p)? && e.file_type()?.is_dir() {
+                todo.push(p);
+            }
         }
     }
     Ok(())
@@ -118,19 +144,56 @@ pub fn copy_file(from: &Path, to: &Path) -> io::Result<()> {
 /// build's sandbox may be writing to it, and a directory it swaps for a symlink must not
 /// lead the walk out (it is skipped).
 pub fn chown_dirs(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    let d = Dir::open(dir, dir_flags(), Mode::empty())?;
-    chown_dir_fd(d, uid, gid)
+    let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    let top = Dir::open(dir, dir_flags(), Mode::empty())?;
+    nix::unistd::fchown(top.as_raw_fd(), uid, gid)?;
+    let names = subdirs(&top)?;
+    // Depth-first without recursion: one open directory and the names of its subdirectories
+    // still to visit per level. A sandbox can nest directories far deeper than the host's
+    // stack or descriptor limit would allow a recursive walk (the uv cache is written by
+    // builds); below CHOWN_DEPTH levels nothing is changed (what a sandbox nests that deep
+    // it made itself, so it owns it already).
+    let mut stack: Vec<(Dir, Vec<std::ffi::CString>)> = vec![(top, names)];
+    while let Some((d, names)) = stack.last_mut() {
+        let Some(name) = names.pop() else {
+            stack.pop();
+            continue;
+        };
+        let sub = match Dir::openat(
+            Some(d.as_raw_fd()),
+            name.as_c_str(),
+            dir_flags(),
+            Mode::empty(),
+        ) {
+            Ok(sub) => sub,
+            // Swapped for a symlink, or gone, since it was listed.
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        nix::unistd::fchown(sub.as_raw_fd(), uid, gid)?;
+        if stack.len() < CHOWN_DEPTH {
+            let names = subdirs(&sub)?;
+            stack.push((sub, names));
+        }
+    }
+    Ok(())
 }
+
+/// How deep [`chown_dirs`] goes (each level holds one open directory).
+const CHOWN_DEPTH: usize = 256;
 
 fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
-fn chown_dir_fd(mut d: Dir, uid: u32, gid: u32) -> io::Result<()> {
+/// The entries of `d` (without `.` and `..`): names and whether each is a directory (never
+/// following a symlink).
+fn entries(d: &Dir) -> io::Result<Vec<(std::ffi::CString, bool)>> {
+    // A second descriptor of the same directory: iterating consumes the stream.
     let fd = d.as_raw_fd();
-    nix::unistd::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
-    let mut subdirs = Vec::new();
-    for e in d.iter() {
+    let mut it = Dir::openat(Some(fd), c".", dir_flags(), Mode::empty())?;
+    let mut out = Vec::new();
+    for e in it.iter() {
         let e = e?;
         let name = e.file_name();
         if matches!(name.to_bytes(), b"." | b"..") {
@@ -141,40 +204,103 @@ fn chown_dir_fd(mut d: Dir, uid: u32, gid: u32) -> io::Result<()> {
             None => nix::sys::stat::fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
                 .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR),
         };
+        out.push((name.to_owned(), is_dir));
+    }
+    Ok(out)
+}
+
+fn subdirs(d: &Dir) -> io::Result<Vec<std::ffi::CString>> {
+    Ok(entries(d)?
+        .into_iter()
+        .filter_map(|(n, is_dir)| is_dir.then_some(n))
+        .collect())
+}
+
+/// Removes the directory `dir` and everything in it, never following symlinks, without
+/// recursion and with two open directories at most, however deep the tree: every
+/// subdirectory met is first renamed to the top level of `dir` (`.tako-rm-N`) and emptied
+/// from there. Trees that sandboxes wrote (build scratch space, installed files, snapshots)
+/// can be nested far deeper than a recursive removal's stack would survive (std's
+/// `remove_dir_all` aborts the process on a tree some ten thousand levels deep), and
+/// deeper than PATH_MAX, so nothing here uses a full path below `dir`. Meant for trees
+/// nobody else is writing to.
+pub fn remove_tree(dir: &Path) -> io::Result<()> {
+    let top = Dir::open(dir, dir_flags(), Mode::empty())?;
+    let tfd = top.as_raw_fd();
+    // Directories at the top level still to empty and remove.
+    let mut pending = Vec::new();
+    for (name, is_dir) in entries(&top)? {
         if is_dir {
-            subdirs.push(name.to_owned());
+            pending.push(name);
+        } else {
+            unlink_at(tfd, &name, false)?;
         }
     }
-    for name in subdirs {
-        match Dir::openat(Some(fd), name.as_c_str(), dir_flags(), Mode::empty()) {
-            Ok(sub) => chown_dir_fd(sub, uid, gid)?,
-            // Swapped for a symlink, or gone, since it was listed.
-            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::ENOENT) => {}
+    let mut n: u64 = 0;
+    while let Some(name) = pending.pop() {
+        let d = match Dir::openat(Some(tfd), name.as_c_str(), dir_flags(), Mode::empty()) {
+            Ok(d) => d,
+            Err(Errno::ENOENT) => continue,
             Err(e) => return Err(e.into()),
+        };
+        let dfd = d.as_raw_fd();
+        for (ent, is_dir) in entries(&d)? {
+            if !is_dir {
+                unlink_at(dfd, &ent, false)?;
+                continue;
+            }
+            loop {
+                n += 1;
+                let to = std::ffi::CString::new(format!(".tako-rm-{n}")).expect("no NUL");
+                // SAFETY: plain system call on valid descriptors and NUL-terminated names.
+                let r = unsafe {
+                    libc::renameat2(dfd, ent.as_ptr(), tfd, to.as_ptr(), libc::RENAME_NOREPLACE)
+                };
+                if r == 0 {
+                    pending.push(to);
+                    break;
+                }
+                match Errno::last() {
+                    Errno::EEXIST => continue,
+                    Errno::ENOENT => break,
+                    e => return Err(e.into()),
+                }
+            }
         }
+        drop(d);
+        unlink_at(tfd, &name, true)?;
     }
-    Ok(())
+    drop(top);
+    fs::remove_dir(dir)
+}
+
+fn unlink_at(dirfd: std::os::fd::RawFd, name: &std::ffi::CStr, dir: bool) -> io::Result<()> {
+    let flags = if dir {
+        nix::unistd::UnlinkatFlags::RemoveDir
+    } else {
+        nix::unistd::UnlinkatFlags::NoRemoveDir
+    };
+    match nix::unistd::unlinkat(Some(dirfd), name, flags) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Replaces every regular file under `dir` that has other hard links by a copy of its own
 /// (same mode and mtime), so writing it cannot change the other links. Symlinks are neither
 /// followed nor copied.
 pub fn unshare_files(dir: &Path) -> io::Result<()> {
-    for e in fs::read_dir(dir)? {
-        let e = e?;
+    walk(dir, |e, p| {
         let ft = e.file_type()?;
-        let p = e.path();
-        if ft.is_dir() {
-            unshare_files(&p)?;
-        } else if ft.is_file() && e.metadata()?.nlink() > 1 {
-            let mut tmp = p.clone().into_os_string();
+        if ft.is_file() && e.metadata()?.nlink() > 1 {
+            let mut tmp = p.to_path_buf().into_os_string();
             tmp.push(".tako-unshare");
             let tmp = PathBuf::from(tmp);
-            copy_file(&p, &tmp)?;
-            fs::rename(&tmp, &p)?;
+            copy_file(p, &tmp)?;
+            fs::rename(&tmp, p)?;
         }
-    }
-    Ok(())
+        Ok(ft.is_dir())
+    })
 }
 
 /// Hands everything under `dir` owned by `from_uid` (what the builder sandbox created, and
@@ -182,35 +308,43 @@ pub fn unshare_files(dir: &Path) -> io::Result<()> {
 /// owner may execute, executable) for everybody.
 pub fn reclaim(dir: &Path, from_uid: u32, uid: u32, gid: u32) -> io::Result<()> {
     let md = fs::symlink_metadata(dir)?;
-    if md.uid() == from_uid {
-        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
-        if !md.file_type().is_symlink() {
-            let mut mode = md.mode() & 0o7777 & !0o6000;
-            if mode & 0o400 != 0 {
-                mode |= 0o044;
-            }
-            if mode & 0o100 != 0 || md.is_dir() {
-                mode |= 0o011;
-            }
-            mode &= !0o022;
-            if md.is_dir() {
-                mode |= 0o700;
-            }
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
-        }
+    reclaim_one(dir, &md, from_uid, uid, gid)?;
+    if !md.is_dir() {
+        return Ok(());
     }
+    walk(dir, |e, p| {
+        let md = e.metadata()?;
+        reclaim_one(p, &md, from_uid, uid, gid)?;
+        Ok(md.is_dir())
+    })
+}
+
+fn reclaim_one(p: &Path, md: &fs::Metadata, from_uid: u32, uid: u32, gid: u32) -> io::Result<()> {
+    if md.uid() != from_uid {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+    if md.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mut mode = md.mode() & 0o7777 & !0o6000;
+    if mode & 0o400 != 0 {
+        mode |= 0o044;
+    }
+    if mode & 0o100 != 0 || md.is_dir() {
+        mode |= 0o011;
+    }
+    mode &= !0o022;
     if md.is_dir() {
-        for e in fs::read_dir(dir)? {
-            reclaim(&e?.path(), from_uid, uid, gid)?;
-        }
+        mode |= 0o700;
     }
-    Ok(())
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
 }
 
 /// Removes a tree (or file) if present, never following symlinks.
 pub fn remove(p: &Path) -> io::Result<()> {
     match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(m) if m.is_dir() => remove_tree(p),
         Ok(_) => fs::remove_file(p),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
@@ -330,5 +464,94 @@ mod tests {
         );
         remove(&dst).unwrap();
         assert!(src.join("a/b/f").exists());
+    }
+
+    /// `depth` nested directories `d` below `top` (made by descriptor, as a sandbox can,
+    /// beyond PATH_MAX), each with a file `f`; returns nothing.
+    fn nest(top: &Path, depth: usize) {
+        let mut d = Dir::open(top, dir_flags(), Mode::empty()).unwrap();
+        for _ in 0..depth {
+            let fd = d.as_raw_fd();
+            nix::sys::stat::mkdirat(Some(fd), c"d", Mode::from_bits_truncate(0o755)).unwrap();
+            let f = nix::fcntl::openat(
+                Some(fd),
+                c"f",
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .unwrap();
+            nix::unistd::close(f).unwrap();
+            d = Dir::openat(Some(fd), c"d", dir_flags(), Mode::empty()).unwrap();
+        }
+    }
+
+    /// Runs `f` on a thread with a small stack, as a server's blocking pool would (2 MiB),
+    /// only smaller: a recursive walk of the trees below would overflow it and abort.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn remove_survives_a_tree_deeper_than_any_stack_or_path() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), "x").unwrap();
+        let top = t.path().join("tree");
+        fs::create_dir(&top).unwrap();
+        // 30 000 levels: std's remove_dir_all aborts on this even with a 2 MiB stack.
+        nest(&top, 30_000);
+        // Symlinks are removed, never followed; a name the removal itself uses is taken.
+        std::os::unix::fs::symlink(&outside, top.join("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, top.join("d/d/d/link")).unwrap();
+        fs::create_dir(top.join(".tako-rm-1")).unwrap();
+        fs::write(top.join(".tako-rm-1/f"), "").unwrap();
+        let p = top.clone();
+        on_small_stack(move || remove(&p)).unwrap();
+        assert!(!top.exists());
+        assert!(outside.join("keep").exists());
+        // A symlink given as the tree is removed itself, not what it points to.
+        std::os::unix::fs::symlink(&outside, t.path().join("l")).unwrap();
+        remove(&t.path().join("l")).unwrap();
+        assert!(outside.join("keep").exists());
+    }
+
+    #[test]
+    fn chown_dirs_survives_a_deep_tree_and_stops_at_its_depth_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let top = t.path().join("tree");
+        fs::create_dir(&top).unwrap();
+        nest(&top, 5_000);
+        let root = nix::unistd::geteuid().is_root();
+        let to = if root {
+            4242
+        } else {
+            nix::unistd::geteuid().as_raw()
+        };
+        let p = top.clone();
+        on_small_stack(move || chown_dirs(&p, to, to)).unwrap();
+        // Levels within CHOWN_DEPTH are changed; deeper ones are left as they are.
+        let mut d = top.clone();
+        for _ in 0..CHOWN_DEPTH - 1 {
+            d.push("d");
+        }
+        assert_eq!(fs::metadata(&d).unwrap().uid(), to);
+        assert_eq!(
+            fs::metadata(top.join("d/f")).unwrap().uid(),
+            nix::unistd::geteuid().as_raw()
+        );
+        if root {
+            d.push("d");
+            d.push("d");
+            assert_ne!(fs::metadata(&d).unwrap().uid(), to);
+        } else {
+            eprintln!("SKIP (part): changing owners needs root");
+        }
+        on_small_stack(move || remove(&top)).unwrap();
     }
 }

@@ -381,15 +381,10 @@ impl ImageStore {
     }
 }
 
-/// Removes a file or a directory tree without following symlinks.
+/// Removes a file or a directory tree without following symlinks, however deep the tree
+/// (`rootfs_builder::remove_path`: no recursion, no full paths below `p`).
 pub fn remove_any(p: &Path) -> Result<()> {
-    let r = match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    r.map_err(|e| ImageError::io("remove", p, e))
+    rootfs_builder::remove_path(p).map_err(|e| ImageError::io("remove", p, e))
 }
 
 /// Sum of file sizes under `p` (not following symlinks; hard links counted once per link).
@@ -400,7 +395,16 @@ pub fn dir_size(p: &Path) -> u64 {
     if !m.is_dir() {
         return m.len();
     }
-    fs::read_dir(p)
-        .map(|it| it.flatten().map(|e| dir_size(&e.path())).sum())
-        .unwrap_or(0)
+    // Without recursion: snapshot trees hold what build code made.
+    let (mut total, mut todo) = (0, vec![p.to_path_buf()]);
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
