@@ -139,6 +139,7 @@ pub fn sandbox_spec(run: &CodeRun) -> SandboxSpec {
             tmpfs_bytes: run.max_total_artifacts + (1 << 20),
             max_file_bytes: run.max_artifact,
             max_total_bytes: run.max_total_artifacts,
+            max_files: crate::sandbox::spec::MAX_ARTIFACTS,
         }),
         timeout_ms: run.timeout_s * 1000,
         kill_grace_ms: 1000,

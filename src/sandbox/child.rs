@@ -236,7 +236,12 @@ fn init_main(spec: SandboxSpec, mut ctl: File, eth0: Option<wire::Eth0>, wait_li
     reap_all();
 
     if let Some(out) = &spec.output {
-        send_artifacts(&mut ctl, out.max_file_bytes, out.max_total_bytes);
+        send_artifacts(
+            &mut ctl,
+            out.max_file_bytes,
+            out.max_total_bytes,
+            out.max_files,
+        );
     }
     let (code, signal) = match status {
         Some(WaitStatus::Exited(_, c)) => (Some(c), None),
@@ -329,12 +334,15 @@ fn reap_all() {
 }
 
 /// Streams the top-level regular files of `/output` (never following symlinks).
-fn send_artifacts(ctl: &mut File, max_file: u64, max_total: u64) {
+fn send_artifacts(ctl: &mut File, max_file: u64, max_total: u64, max_files: u32) {
     let Ok(rd) = std::fs::read_dir("/output") else {
         return;
     };
-    let mut total = 0u64;
+    let (mut total, mut sent) = (0u64, 0u32);
     for entry in rd.flatten() {
+        if sent >= max_files {
+            break;
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.is_empty() || name.starts_with('.') || name.contains('/') || name.contains('\\') {
             continue;
@@ -361,6 +369,7 @@ fn send_artifacts(ctl: &mut File, max_file: u64, max_total: u64) {
         }
         let size = meta.len();
         total += size;
+        sent += 1;
         let hdr = ArtifactHeader { name, size };
         if wire::write_json(ctl, Kind::ArtifactBegin, &hdr).is_err() {
             return;

@@ -118,8 +118,11 @@ fn bind_readonly(src: &Path, target: &Path, extra: MsFlags) -> R<()> {
 }
 
 fn tmpfs(target: &Path, size: u64, mode: &str, flags: MsFlags) -> R<()> {
-    let data = format!("size={size},mode={mode}");
-    m(Some("tmpfs"), target, Some("tmpfs"), flags, Some(&data))
+    tmpfs_with(target, &format!("size={size},mode={mode}"), flags)
+}
+
+fn tmpfs_with(target: &Path, data: &str, flags: MsFlags) -> R<()> {
+    m(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data))
 }
 
 const SAFE: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
@@ -168,7 +171,12 @@ pub fn enter_rootfs(spec: &SandboxSpec) -> R<()> {
     }
     if let Some(out) = &spec.output {
         let dir = need_dir(root, "/output")?;
-        tmpfs(&dir, out.tmpfs_bytes, "0777", SAFE_NOEXEC)?;
+        let data = format!(
+            "size={},nr_inodes={},mode=0777",
+            out.tmpfs_bytes,
+            out.inodes()
+        );
+        tmpfs_with(&dir, &data, SAFE_NOEXEC)?;
     }
     for inj in &spec.injected {
         let dir = need_dir(root, &inj.path)?;

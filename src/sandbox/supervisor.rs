@@ -177,6 +177,7 @@ struct Intake<'a> {
     opts: &'a RunOptions,
     max_file: u64,
     max_total: u64,
+    max_files: u32,
     total: u64,
     current: Option<Receiving>,
     done: Vec<CollectedArtifact>,
@@ -186,6 +187,9 @@ struct Intake<'a> {
 impl Intake<'_> {
     fn begin(&mut self, h: ArtifactHeader) -> io::Result<()> {
         self.end_current(false);
+        if self.done.len() >= self.max_files as usize {
+            return Err(io::Error::other("more artifacts than the limit"));
+        }
         if !valid_artifact_name(&h.name) || self.done.iter().any(|a| a.name == h.name) {
             return Err(io::Error::other(format!(
                 "invalid artifact name {:?}",
@@ -432,15 +436,16 @@ impl Runner {
         // Usage is read when the init reports the exit (every task of the run but the init
         // is gone then), while the init still tears its namespaces down; else at the end.
         let mut usage_read = false;
-        let (max_file, max_total) = spec
+        let (max_file, max_total, max_files) = spec
             .output
             .as_ref()
-            .map(|o| (o.max_file_bytes, o.max_total_bytes))
-            .unwrap_or((0, 0));
+            .map(|o| (o.max_file_bytes, o.max_total_bytes, o.max_files))
+            .unwrap_or((0, 0, 0));
         let mut intake = Intake {
             opts,
             max_file,
             max_total,
+            max_files,
             total: 0,
             current: None,
             done: Vec::new(),
