@@ -42,6 +42,9 @@ impl BuildHost for Counting<'_> {
     fn sandbox_owner(&self) -> (u32, u32) {
         self.inner.sandbox_owner()
     }
+    fn find_links(&self) -> Option<PathBuf> {
+        self.inner.find_links()
+    }
     fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String> {
         if run.argv[0] == "/bin/sh" {
             self.installs.fetch_add(1, Ordering::SeqCst);
@@ -717,4 +720,51 @@ fn deep_trees_from_build_code() {
         .unwrap_err();
     eprintln!("the deep installed tree: {err}");
     assert!(leftovers().is_empty(), "{:?}", leftovers());
+}
+
+/// Every distinct per-request `requirements` list makes a snapshot; they are bounded (the
+/// store keeps the most recently used, `keep_unnamed`), so API callers cannot fill the disk.
+#[test]
+fn runtime_requirement_snapshots_are_bounded_least_recently_used_first() {
+    let Some(w) = world() else { return };
+    let links = tempfile::tempdir().unwrap();
+    // Names that are on no index: with --no-index only these local sdists can match.
+    for name in ["takolruone", "takolrutwo"] {
+        local_sdist(links.path(), name, &wheel_backend(name, "pass"));
+    }
+    let config = BuilderConfig {
+        find_links: Some(links.path().to_path_buf()),
+        ..BuilderConfig::default()
+    };
+    let host = Counting {
+        inner: SandboxBuildHost::new(&w.runner, &w.images, &w.registry, config, &NoProgress),
+        installs: AtomicUsize::new(0),
+        compiles: AtomicUsize::new(0),
+        bytecode_runs: AtomicUsize::new(0),
+        base: None,
+    };
+    let snaps = SnapshotStore::open(w.images.root())
+        .unwrap()
+        .keep_unnamed(1);
+    let adhoc = |req: &str| {
+        snaps
+            .resolve_with_requirements(&spec("default", &[]), &[req.to_string()], &host)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let first = adhoc("takolruone");
+    let again = adhoc("takolruone");
+    assert_eq!(first.key, again.key);
+    assert_eq!(host.installs.load(Ordering::SeqCst), 1, "cached");
+    let second = adhoc("takolrutwo");
+    assert!(second.rootfs.is_dir());
+    assert!(
+        snaps.by_key(&first.key).is_none(),
+        "the least recently used one was removed"
+    );
+    assert_eq!(host.installs.load(Ordering::SeqCst), 2);
+    // Built again when asked for again; the other one goes.
+    let third = adhoc("takolruone");
+    assert_eq!(third.key, first.key);
+    assert_eq!(host.installs.load(Ordering::SeqCst), 3);
+    assert!(snaps.by_key(&second.key).is_none());
 }

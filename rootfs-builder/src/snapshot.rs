@@ -253,7 +253,13 @@ pub(crate) fn io_err<'a>(
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     pub(crate) root: PathBuf,
+    /// How many unnamed snapshots (runtime-requirement snapshots, superseded builds) stay
+    /// after a runtime-requirement build; see [`SnapshotStore::keep_unnamed`].
+    keep_unnamed: usize,
 }
+
+/// Default of [`SnapshotStore::keep_unnamed`].
+pub const KEEP_UNNAMED: usize = 32;
 
 /// Opens (creating) the lock file `path` and takes `flock(op)` on it; the lock lasts as long
 /// as the returned file.
@@ -366,7 +372,18 @@ impl SnapshotStore {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
-        Ok(SnapshotStore { root })
+        Ok(SnapshotStore {
+            root,
+            keep_unnamed: KEEP_UNNAMED,
+        })
+    }
+
+    /// Keeps at most `n` unnamed snapshots (the most recently used) after each
+    /// runtime-requirement build: every distinct `requirements` list of an API caller makes
+    /// one, and without a bound they would fill the disk until an operator ran `gc`.
+    pub fn keep_unnamed(mut self, n: usize) -> SnapshotStore {
+        self.keep_unnamed = n;
+        self
     }
 
     fn dir(&self, key: &str) -> PathBuf {
@@ -456,7 +473,64 @@ impl SnapshotStore {
         validate_requirements(extra).map_err(SnapshotError::Invalid)?;
         let mut s = spec.clone();
         s.requirements.extend(extra.iter().cloned());
-        self.build_keyed(&s, host, CacheScope::Private)
+        let snap = self.build_keyed(&s, host, CacheScope::Private)?;
+        // Least recently used goes first: this one was used now.
+        let dir = self.dir(&snap.key);
+        let _ = nix::sys::stat::utimensat(
+            None,
+            &dir,
+            &nix::sys::time::TimeSpec::UTIME_NOW,
+            &nix::sys::time::TimeSpec::UTIME_NOW,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        );
+        if let Err(e) = self.prune_unnamed(self.keep_unnamed, &snap.key) {
+            host.step(&format!(
+                "removing old runtime-requirement snapshots failed: {e}"
+            ));
+        }
+        Ok(snap)
+    }
+
+    /// Removes unnamed snapshots but the `keep` most recently used (by their directory's
+    /// mtime) and `current`; held ones stay. Returns how many were removed.
+    pub fn prune_unnamed(&self, keep: usize, current: &str) -> Result<usize, SnapshotError> {
+        let named: Vec<String> = self.list().into_iter().map(|(_, s)| s.key).collect();
+        let rd = fs::read_dir(&self.root).map_err(io_err("read", &self.root))?;
+        let mut unnamed: Vec<(std::time::SystemTime, String)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let snapshot = !name.starts_with('.')
+                    && name.len() == 64
+                    && name.bytes().all(|b| b.is_ascii_hexdigit())
+                    && !named.contains(&name);
+                let md = e.metadata().ok().filter(|m| m.is_dir())?;
+                snapshot.then(|| (md.modified().unwrap_or(std::time::UNIX_EPOCH), name))
+            })
+            .collect();
+        unnamed.sort_by_key(|u| std::cmp::Reverse(u.0));
+        let mut removed = 0;
+        for (_, name) in unnamed
+            .into_iter()
+            .filter(|(_, n)| n != current)
+            .skip(keep.saturating_sub(1))
+        {
+            removed += usize::from(self.remove_unheld(&name)?);
+        }
+        Ok(removed)
+    }
+
+    /// Removes snapshot `name` unless a sandbox holds it (or its lock cannot be taken).
+    fn remove_unheld(&self, name: &str) -> Result<bool, SnapshotError> {
+        // The exclusive lock stays while it is removed, so nobody can take a hold on a
+        // half-removed tree.
+        let Ok(_removing) = locked(&self.use_lock(name), libc::LOCK_EX | libc::LOCK_NB) else {
+            return Ok(false);
+        };
+        let dir = self.dir(name);
+        tree::remove(&dir).map_err(io_err("remove", &dir))?;
+        let _ = fs::remove_file(self.use_lock(name));
+        Ok(true)
     }
 
     fn build_keyed(
@@ -543,22 +617,13 @@ impl SnapshotStore {
                 }
             }
             // A snapshot sandboxes run on is held (shared): skip it, as one whose lock cannot
-            // be taken at all. The exclusive lock stays while it is removed, so nobody can take
-            // a hold on a half-removed tree. Staging trees are never held.
-            let staging = name.starts_with('.');
-            let _removing = if staging {
-                None
+            // be taken at all. Staging trees are never held.
+            if name.starts_with('.') {
+                tree::remove(&e.path()).map_err(io_err("remove", &e.path()))?;
+                removed += 1;
             } else {
-                match locked(&self.use_lock(&name), libc::LOCK_EX | libc::LOCK_NB) {
-                    Ok(l) => Some(l),
-                    Err(_) => continue,
-                }
-            };
-            tree::remove(&e.path()).map_err(io_err("remove", &e.path()))?;
-            if !staging {
-                let _ = fs::remove_file(self.use_lock(&name));
+                removed += usize::from(self.remove_unheld(&name)?);
             }
-            removed += 1;
         }
         let cache = self.root.join(crate::pyc::CACHE_DIR);
         crate::pyc::prune(&cache).map_err(io_err("prune", &cache))?;
@@ -622,5 +687,41 @@ mod hold_tests {
         fs::create_dir_all(store.use_lock("cc33")).unwrap();
         assert_eq!(store.gc().unwrap().0, 0);
         assert!(store.by_key("cc33").is_some());
+    }
+
+    /// Runtime-requirement snapshots are bounded: the least recently used unnamed ones go,
+    /// never a named, held or the current one.
+    #[test]
+    fn prune_keeps_the_most_recently_used_unnamed_snapshots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(tmp.path()).unwrap();
+        let k = |n: u64| format!("{n:064x}");
+        for n in 0..6 {
+            fake_snapshot(&store, &k(n));
+            let t = nix::sys::time::TimeSpec::new(1_000_000 + n as i64 * 10, 0);
+            nix::sys::stat::utimensat(
+                None,
+                &store.root.join(k(n)),
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
+        }
+        fs::write(store.root.join("names/jt"), k(0)).unwrap(); // named, and the oldest
+        let held = store.hold(&k(2)).unwrap();
+        // Keep 2: the current one (the oldest unnamed here, just used) and the newest other.
+        let removed = store.prune_unnamed(2, &k(1)).unwrap();
+        let left: Vec<bool> = (0..6).map(|n| store.by_key(&k(n)).is_some()).collect();
+        assert_eq!(
+            left,
+            [true, true, true, false, false, true],
+            "removed {removed}"
+        );
+        assert_eq!(removed, 2);
+        drop(held);
+        assert_eq!(store.prune_unnamed(1, &k(1)).unwrap(), 2);
+        assert!(store.by_key(&k(0)).is_some() && store.by_key(&k(1)).is_some());
+        assert_eq!(store.list().len(), 1);
     }
 }
