@@ -22,8 +22,11 @@ for k in ["Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNew
     print(k, st[k].split()[0])
 print("groups", os.getgroups())
 print("map", open("/proc/self/uid_map").read().split())
+print("oom_score_adj", open("/proc/self/oom_score_adj").read().strip(), open("/proc/1/oom_score_adj").read().strip())
 "#,
     );
+    // The user's code, not the sandbox init, is the OOM killer's first choice.
+    assert!(out.contains("oom_score_adj 1000 0"), "{out}");
     for want in [
         "Uid 1000",
         "Gid 1000",

@@ -98,8 +98,14 @@ pub fn shed_inherited() -> R<()> {
 }
 
 fn try_drop_and_exec(spec: &SandboxSpec, filters: &tako_seccomp::CompiledFilters) -> R<Never> {
-    // The user's code is the preferred OOM victim, never the sandbox init.
-    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    // The user's code is the preferred OOM victim, never the sandbox init. The init made
+    // itself (and so this fork) non-dumpable, which leaves /proc/self owned by the host's
+    // root and the write refused (EACCES): dumpable again for the write. Nothing but the
+    // init shares the sandbox yet, and the uid change below clears the flag once more.
+    let _ = nix::sys::prctl::set_dumpable(true);
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "1000") {
+        return Err(format!("oom_score_adj: {e}"));
+    }
     // Signal dispositions and the bounding set were shed by the init (shed_inherited).
     let l = &spec.limits;
     let lim = |r: Resource, (s, h): (u64, u64)| {
