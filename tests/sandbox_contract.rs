@@ -114,6 +114,12 @@ except OSError as e:
     let n: u32 = made[1].parse().unwrap();
     assert!(n > max && n < 3 * max, "{}", res.stdout);
     assert_eq!(made[2], "True", "{}", res.stdout);
+
+    // The bound is the run's (`max_artifacts` in the config).
+    let code = "for i in range(20):\n    open(f'/output/f{i}', 'w').close()";
+    let res = common::exec_with(&r, code, |run| run.max_artifacts = 5);
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert_eq!(res.artifacts.len(), 5);
 }
 
 #[test]

@@ -93,6 +93,11 @@ pub fn run(config_path: Option<&Path>, a: ConfigArgs) -> anyhow::Result<i32> {
     println!("  max_stdout_bytes: {}", cfg.max_stdout_bytes);
     println!("  max_stderr_bytes: {}", cfg.max_stderr_bytes);
     println!("  max_artifact_bytes: {}", cfg.max_artifact_bytes);
+    println!("  max_artifacts: {}", cfg.max_artifacts);
+    println!(
+        "  max_requirement_snapshots: {}",
+        cfg.max_requirement_snapshots
+    );
     println!(
         "  max_total_artifacts_bytes: {}",
         cfg.max_total_artifacts_bytes

@@ -248,6 +248,12 @@ pub struct Config {
     pub max_artifact_bytes: i64,
     /// Total artifact cap.
     pub max_total_artifacts_bytes: i64,
+    /// At most this many artifacts per run (beyond 0.3.0, which bounds only their bytes:
+    /// empty files are free there). `/output` holds about twice as many entries.
+    pub max_artifacts: i64,
+    /// Unnamed snapshots kept (the most recently used) after a runtime-requirement build
+    /// (beyond 0.3.0): every distinct `requirements` list makes one.
+    pub max_requirement_snapshots: i64,
     /// Not enforced (as in 0.3.0).
     pub max_input_bytes: i64,
     /// Not enforced (as in 0.3.0).
@@ -369,6 +375,8 @@ impl Default for Config {
             max_stderr_bytes: 65536,
             max_artifact_bytes: 10_485_760,
             max_total_artifacts_bytes: 52_428_800,
+            max_artifacts: crate::sandbox::spec::MAX_ARTIFACTS as i64,
+            max_requirement_snapshots: rootfs_builder::snapshot::KEEP_UNNAMED as i64,
             max_input_bytes: 1_048_576,
             max_code_bytes: 102_400,
             default_timeout: 30,

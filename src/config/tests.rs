@@ -177,3 +177,17 @@ fn the_network_pool_is_a_private_aligned_cidr() {
         );
     }
 }
+
+#[test]
+fn artifact_count_and_requirement_snapshots_are_bounded_keys() {
+    let c = load_text("", &[]).unwrap();
+    assert_eq!(c.max_artifacts, 1000);
+    assert_eq!(c.max_requirement_snapshots, 32);
+    let c = load_text("max_artifacts: 5\nmax_requirement_snapshots: 2\n", &[]).unwrap();
+    assert_eq!((c.max_artifacts, c.max_requirement_snapshots), (5, 2));
+    let e = load_text("max_artifacts: 0\nmax_requirement_snapshots: 0\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("field max_artifacts"), "{e}");
+    assert!(e.contains("field max_requirement_snapshots"), "{e}");
+}

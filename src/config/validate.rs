@@ -208,6 +208,13 @@ impl Config {
             1024,
             10_737_418_240,
         );
+        e.range_i("max_artifacts", self.max_artifacts, 1, 100_000);
+        e.range_i(
+            "max_requirement_snapshots",
+            self.max_requirement_snapshots,
+            1,
+            10_000,
+        );
         e.range_i("max_input_bytes", self.max_input_bytes, 1024, 104_857_600);
         e.range_i("max_code_bytes", self.max_code_bytes, 1024, 10_485_760);
         e.range_i("default_timeout", self.default_timeout, 1, 3600);

@@ -45,6 +45,8 @@ pub struct CodeRun {
     pub max_artifact: u64,
     /// Total artifact limit.
     pub max_total_artifacts: u64,
+    /// At most this many artifacts (`max_artifacts`).
+    pub max_artifacts: u32,
     /// Where artifacts are stored (`None`: hashed only).
     pub artifacts_dir: Option<PathBuf>,
     /// Echo stdout/stderr live (CLI).
@@ -71,6 +73,7 @@ impl CodeRun {
             max_stderr: 65536,
             max_artifact: 10_485_760,
             max_total_artifacts: 52_428_800,
+            max_artifacts: crate::sandbox::spec::MAX_ARTIFACTS,
             artifacts_dir: None,
             tee: false,
             network: None,
@@ -139,7 +142,7 @@ pub fn sandbox_spec(run: &CodeRun) -> SandboxSpec {
             tmpfs_bytes: run.max_total_artifacts + (1 << 20),
             max_file_bytes: run.max_artifact,
             max_total_bytes: run.max_total_artifacts,
-            max_files: crate::sandbox::spec::MAX_ARTIFACTS,
+            max_files: run.max_artifacts,
         }),
         timeout_ms: run.timeout_s * 1000,
         kill_grace_ms: 1000,

@@ -129,7 +129,9 @@ impl SnapshotEnvironments {
         let unavailable =
             |e: String| EnvError::Unavailable(format!("image store {}: {e}", root.display()));
         let images = ImageStore::open(&root).map_err(|e| unavailable(e.to_string()))?;
-        let snaps = SnapshotStore::open(images.root()).map_err(|e| unavailable(e.to_string()))?;
+        let snaps = SnapshotStore::open(images.root())
+            .map_err(|e| unavailable(e.to_string()))?
+            .keep_unnamed(cfg.max_requirement_snapshots.max(1) as usize);
         let registry =
             Registry::new(cfg.registry_config()).map_err(|e| unavailable(e.to_string()))?;
         Ok(SnapshotEnvironments {

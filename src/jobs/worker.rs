@@ -461,6 +461,7 @@ impl Service {
             run.max_stderr = self.cfg.max_stderr_bytes as usize;
             run.max_artifact = self.cfg.max_artifact_bytes as u64;
             run.max_total_artifacts = self.cfg.max_total_artifacts_bytes as u64;
+            run.max_artifacts = self.cfg.max_artifacts as u32;
             run.artifacts_dir = Some(artifacts_dir.clone());
             run.network = ready.network.clone();
             run.cancel = Some(cancel.clone());
