@@ -17,6 +17,10 @@ mod tree;
 /// tree: no recursion and no full paths below it); a missing path is fine.
 pub use tree::remove as remove_path;
 
+/// Visits every entry below a directory without recursion and without following symlinks
+/// (see `tree::walk`); for trees that build code wrote.
+pub use tree::walk as walk_tree;
+
 pub use snapshot::{
     BaseImage, BindMount, BuildHost, CacheScope, InstallOutcome, InstallRun, JobTypeSpec, Snapshot,
     SnapshotError, SnapshotStore, SnapshotUse,
@@ -133,10 +137,8 @@ fn read_regular(path: &Path) -> String {
 /// Writes `text` to `path`, replacing whatever is there (a symlink is removed, not
 /// followed; a regular file is rewritten).
 fn write_regular(path: &Path, text: &str) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => tree::remove_tree(path)?,
-        Ok(m) if !m.file_type().is_file() => fs::remove_file(path)?,
-        _ => {}
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+        tree::remove(path)?;
     }
     fs::write(path, text)
 }

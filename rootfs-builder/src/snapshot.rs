@@ -457,7 +457,7 @@ impl SnapshotStore {
         spec: &JobTypeSpec,
         host: &dyn BuildHost,
     ) -> Result<Snapshot, SnapshotError> {
-        let s = self.build_keyed(spec, host, CacheScope::Shared)?;
+        let (s, _) = self.build_keyed(spec, host, CacheScope::Shared)?;
         self.set_name(&spec.name, &s.key)?;
         Ok(s)
     }
@@ -473,7 +473,7 @@ impl SnapshotStore {
         validate_requirements(extra).map_err(SnapshotError::Invalid)?;
         let mut s = spec.clone();
         s.requirements.extend(extra.iter().cloned());
-        let snap = self.build_keyed(&s, host, CacheScope::Private)?;
+        let (snap, built) = self.build_keyed(&s, host, CacheScope::Private)?;
         // Least recently used goes first: this one was used now.
         let dir = self.dir(&snap.key);
         let _ = nix::sys::stat::utimensat(
@@ -483,10 +483,14 @@ impl SnapshotStore {
             &nix::sys::time::TimeSpec::UTIME_NOW,
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         );
-        if let Err(e) = self.prune_unnamed(self.keep_unnamed, &snap.key) {
-            host.step(&format!(
-                "removing old runtime-requirement snapshots failed: {e}"
-            ));
+        // Only a new snapshot can take the count over the bound: a cache hit (every repeated
+        // request) costs the touch alone.
+        if built {
+            if let Err(e) = self.prune_unnamed(self.keep_unnamed, &snap.key) {
+                host.step(&format!(
+                    "removing old runtime-requirement snapshots failed: {e}"
+                ));
+            }
         }
         Ok(snap)
     }
@@ -538,7 +542,7 @@ impl SnapshotStore {
         spec: &JobTypeSpec,
         host: &dyn BuildHost,
         cache: CacheScope,
-    ) -> Result<Snapshot, SnapshotError> {
+    ) -> Result<(Snapshot, bool), SnapshotError> {
         validate_requirements(&spec.requirements).map_err(SnapshotError::Invalid)?;
         let reference = spec.base_reference();
         let base = host
@@ -550,7 +554,7 @@ impl SnapshotStore {
         let (uv, uv_version) = host.uv().map_err(SnapshotError::Uv)?;
         let key = snapshot_key(spec, &base.digest, &uv_version)?;
         if let Some(s) = self.by_key(&key) {
-            return Ok(s);
+            return Ok((s, false));
         }
         if let Err(e) = crate::bytecode::compile_base(host, &base) {
             // Not fatal: the snapshot works without it, only slower; tried again next time.
@@ -561,7 +565,7 @@ impl SnapshotStore {
         let lock_path = self.root.join("locks").join(format!("{key}.lock"));
         let _lock = Lock::acquire(&lock_path)?;
         if let Some(s) = self.by_key(&key) {
-            return Ok(s); // built by whoever held the lock
+            return Ok((s, false)); // built by whoever held the lock
         }
         let staging = self
             .root
@@ -585,6 +589,7 @@ impl SnapshotStore {
         let dest = self.dir(&key);
         fs::rename(&staging, &dest).map_err(io_err("publish", &dest))?;
         self.by_key(&key)
+            .map(|s| (s, true))
             .ok_or_else(|| SnapshotError::Sandbox("published snapshot unreadable".into()))
     }
 

@@ -145,9 +145,9 @@ pub fn copy_file(from: &Path, to: &Path) -> io::Result<()> {
 /// lead the walk out (it is skipped).
 pub fn chown_dirs(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
     let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
-    let top = Dir::open(dir, dir_flags(), Mode::empty())?;
+    let mut top = Dir::open(dir, dir_flags(), Mode::empty())?;
     nix::unistd::fchown(top.as_raw_fd(), uid, gid)?;
-    let names = subdirs(&top)?;
+    let names = subdirs(&mut top)?;
     // Depth-first without recursion: one open directory and the names of its subdirectories
     // still to visit per level. A sandbox can nest directories far deeper than the host's
     // stack or descriptor limit would allow a recursive walk (the uv cache is written by
@@ -159,7 +159,7 @@ pub fn chown_dirs(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
             stack.pop();
             continue;
         };
-        let sub = match Dir::openat(
+        let mut sub = match Dir::openat(
             Some(d.as_raw_fd()),
             name.as_c_str(),
             dir_flags(),
@@ -172,7 +172,7 @@ pub fn chown_dirs(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
         };
         nix::unistd::fchown(sub.as_raw_fd(), uid, gid)?;
         if stack.len() < CHOWN_DEPTH {
-            let names = subdirs(&sub)?;
+            let names = subdirs(&mut sub)?;
             stack.push((sub, names));
         }
     }
@@ -188,12 +188,10 @@ fn dir_flags() -> OFlag {
 
 /// The entries of `d` (without `.` and `..`): names and whether each is a directory (never
 /// following a symlink).
-fn entries(d: &Dir) -> io::Result<Vec<(std::ffi::CString, bool)>> {
-    // A second descriptor of the same directory: iterating consumes the stream.
+fn entries(d: &mut Dir) -> io::Result<Vec<(std::ffi::CString, bool)>> {
     let fd = d.as_raw_fd();
-    let mut it = Dir::openat(Some(fd), c".", dir_flags(), Mode::empty())?;
     let mut out = Vec::new();
-    for e in it.iter() {
+    for e in d.iter() {
         let e = e?;
         let name = e.file_name();
         if matches!(name.to_bytes(), b"." | b"..") {
@@ -209,7 +207,7 @@ fn entries(d: &Dir) -> io::Result<Vec<(std::ffi::CString, bool)>> {
     Ok(out)
 }
 
-fn subdirs(d: &Dir) -> io::Result<Vec<std::ffi::CString>> {
+fn subdirs(d: &mut Dir) -> io::Result<Vec<std::ffi::CString>> {
     Ok(entries(d)?
         .into_iter()
         .filter_map(|(n, is_dir)| is_dir.then_some(n))
@@ -225,11 +223,11 @@ fn subdirs(d: &Dir) -> io::Result<Vec<std::ffi::CString>> {
 /// deeper than PATH_MAX, so nothing here uses a full path below `dir`. Meant for trees
 /// nobody else is writing to.
 pub fn remove_tree(dir: &Path) -> io::Result<()> {
-    let top = Dir::open(dir, dir_flags(), Mode::empty())?;
+    let mut top = Dir::open(dir, dir_flags(), Mode::empty())?;
     let tfd = top.as_raw_fd();
     // Directories at the top level still to empty and remove.
     let mut pending = Vec::new();
-    for (name, is_dir) in entries(&top)? {
+    for (name, is_dir) in entries(&mut top)? {
         if is_dir {
             pending.push(name);
         } else {
@@ -238,13 +236,13 @@ pub fn remove_tree(dir: &Path) -> io::Result<()> {
     }
     let mut n: u64 = 0;
     while let Some(name) = pending.pop() {
-        let d = match Dir::openat(Some(tfd), name.as_c_str(), dir_flags(), Mode::empty()) {
+        let mut d = match Dir::openat(Some(tfd), name.as_c_str(), dir_flags(), Mode::empty()) {
             Ok(d) => d,
             Err(Errno::ENOENT) => continue,
             Err(e) => return Err(e.into()),
         };
         let dfd = d.as_raw_fd();
-        for (ent, is_dir) in entries(&d)? {
+        for (ent, is_dir) in entries(&mut d)? {
             if !is_dir {
                 unlink_at(dfd, &ent, false)?;
                 continue;

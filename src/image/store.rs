@@ -395,16 +395,14 @@ pub fn dir_size(p: &Path) -> u64 {
     if !m.is_dir() {
         return m.len();
     }
-    // Without recursion: snapshot trees hold what build code made.
-    let (mut total, mut todo) = (0, vec![p.to_path_buf()]);
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => todo.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
+    // Snapshot trees hold what build code made: the walk does not recurse.
+    let mut total = 0;
+    let _ = rootfs_builder::walk_tree(p, |e, _| {
+        let m = e.metadata()?;
+        if !m.is_dir() {
+            total += m.len();
         }
-    }
+        Ok(m.is_dir())
+    });
     total
 }
