@@ -43,6 +43,7 @@ fn shared_store(fixture: &Path) -> &'static Path {
         let dir = base.join(format!("job-types-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        common::remove_at_exit(dir.clone());
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let reg = RegistryProc::start(fixture, "none", None);

@@ -61,6 +61,7 @@ fn shared_bin() -> std::path::PathBuf {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        common::remove_at_exit(dir.clone());
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.join("tako-vm");
         std::fs::copy(common::bin(), &bin).unwrap();

@@ -175,3 +175,26 @@ pub fn check_script(gate: &str, script: &str) -> Option<String> {
     assert!(!stdout.lines().any(|l| l.starts_with("FAIL")), "{stdout}");
     Some(stdout)
 }
+
+/// Directories to remove when the test binary exits (see [`remove_at_exit`]).
+static AT_EXIT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_registered() {
+    let dirs = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+/// Removes `dir` when this test binary exits, whether its tests passed or failed: for what
+/// the tests of one binary share (a pulled store, a copy of the binary) and so cannot be
+/// removed by any one test. The harness ends through `exit(3)`, which runs the handler.
+pub fn remove_at_exit(dir: PathBuf) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    // SAFETY: atexit(3) with a handler that takes no arguments and never unwinds (it ignores
+    // every error and a poisoned lock).
+    REGISTER.call_once(|| unsafe {
+        libc::atexit(remove_registered);
+    });
+    AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+}
