@@ -3,9 +3,10 @@
 //! under test there with `scripts/install`, and checks the v2 paths that this cgroup-v1 host
 //! cannot run: the unprivileged service in its `Delegate=yes` subtree (limits written into
 //! the run's cgroup, OOM, usage, clean-up, the sweep after a crash) and the root CLI (OOM,
-//! pids, CPU quota, timeout with daemons, clean-up). It takes minutes under QEMU's emulation
-//! and needs root, so it runs only when `TAKO_TEST_VM=1` (scripts/test sets it as root);
-//! otherwise it says so and passes.
+//! pids, CPU quota, timeout with daemons, clean-up), and a network-enabled run of the
+//! unprivileged user in a `Delegate=yes` unit (pasta and the sandbox's nftables filter). It
+//! takes minutes under QEMU's emulation and needs root, so it runs only when `TAKO_TEST_VM=1`
+//! (scripts/test sets it as root); otherwise it says so and passes.
 
 mod common;
 
@@ -13,6 +14,7 @@ mod common;
 const CHECKS: &[&str] = &[
     "the machine runs on the unified cgroup v2 hierarchy with memory, cpu and pids",
     "systemd boots",
+    "the network device and the modules of network-enabled runs",
     "scripts/install (prebuilt binary) installs, enables and starts the unit",
     "tako-vm.service is active and answers /health",
     "the service runs as the unprivileged user tako-vm",
@@ -28,6 +30,8 @@ const CHECKS: &[&str] = &[
     "tako-vm run --cpus 0.5",
     "tako-vm run --timeout 2",
     "the CLI runs leave no cgroup below /sys/fs/cgroup/tako-vm",
+    "tako-vm run --network as the unprivileged user in a Delegate=yes unit reaches its allowed host through pasta, and nothing else",
+    "the run's pasta is gone after it",
     "after kill -9 of the main pid mid-run",
     "systemctl stop ends it cleanly",
 ];
