@@ -24,5 +24,12 @@ pub extern "C" fn main(
     {
         tako_vm::sandbox::child::helper_main();
     }
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            tako_vm::sandbox::owner::OWNER_HELPER_ARG,
+        ))
+    {
+        tako_vm::sandbox::owner::helper_main();
+    }
     std::process::exit(tako_vm::cli::main());
 }

@@ -42,6 +42,15 @@ impl BuildHost for Counting<'_> {
     fn sandbox_owner(&self) -> (u32, u32) {
         self.inner.sandbox_owner()
     }
+    fn hand_over(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.hand_over(dir)
+    }
+    fn take_back(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.take_back(dir)
+    }
+    fn discard(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.discard(path)
+    }
     fn find_links(&self) -> Option<PathBuf> {
         self.inner.find_links()
     }

@@ -1,6 +1,7 @@
 //! The same sandbox run by an unprivileged user (root creates the users; CI is root).
 
 mod common;
+mod image_support;
 
 use std::process::Command;
 
@@ -432,4 +433,210 @@ fn pasta_of_a_killed_run_is_ended_by_the_next_start() {
     );
     assert_eq!(code_rc, 0, "{err}");
     no_pasta_left(user);
+}
+
+// ------------------------------------------------------------ job-type builds
+
+/// The uv binary the builds use (`TAKO_VM_UV_PATH`, as scripts/test sets it), or None (a
+/// failure with TAKO_TEST_REQUIRE=1).
+fn uv_binary() -> Option<String> {
+    match std::env::var("TAKO_VM_UV_PATH") {
+        Ok(p) if std::path::Path::new(&p).is_file() => Some(p),
+        _ => {
+            assert!(
+                !image_support::required(),
+                "TAKO_TEST_REQUIRE=1 but TAKO_VM_UV_PATH names no uv binary"
+            );
+            eprintln!("SKIP: TAKO_VM_UV_PATH names no uv binary");
+            None
+        }
+    }
+}
+
+/// Files under `dir` whose owner is not `uid`, `skip` and what is below it left out.
+fn not_owned_by(dir: &std::path::Path, uid: u32, skip: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut odd = Vec::new();
+    walk_all(dir, &mut |p, md| {
+        if p == skip {
+            return false;
+        }
+        if md.uid() != uid {
+            odd.push(format!("{} (uid {})", p.display(), md.uid()));
+        }
+        true
+    });
+    odd
+}
+
+fn walk_all(
+    dir: &std::path::Path,
+    visit: &mut dyn FnMut(&std::path::Path, &std::fs::Metadata) -> bool,
+) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if visit(&p, &md) && md.is_dir() {
+            walk_all(&p, visit);
+        }
+    }
+}
+
+/// An unprivileged server with subordinate ids builds job types (the unit of scripts/install
+/// runs as such a user): its builder sandbox's user is a subordinate id, which the server
+/// cannot chown to or delete for itself, so the hand-over of the build's directories goes
+/// through the owner helper (src/sandbox/owner.rs). Builds with shared code (no network), a
+/// failing build (cleaned up), and, where pasta works, one with a requirement from PyPI;
+/// every file of the store (but uv's cache) is the user's afterwards, and runs use them.
+#[test]
+fn unprivileged_user_with_subordinate_ids_builds_job_types() {
+    use std::os::unix::fs::MetadataExt;
+    let _rootfs = need_rootfs!();
+    let Some(fixture) = image_support::fixture() else {
+        return;
+    };
+    let Some(uv) = uv_binary() else {
+        return;
+    };
+    let user = "tako-rootless1";
+    ensure_user(user, Some(300000));
+    let uid: u32 = uid_of(user).parse().unwrap();
+    let reg = image_support::RegistryProc::start(&fixture, "none", None);
+    let dir = std::path::PathBuf::from(format!(
+        "/var/tmp/tako-rootless-build-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("wheels")).unwrap();
+    common::remove_at_exit(dir.clone());
+    std::fs::write(dir.join("helper.py"), "def helper():\n    return 42\n").unwrap();
+    std::fs::write(
+        dir.join("use.py"),
+        "import helper\nprint(helper.helper(), helper.__file__)\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("six.py"),
+        "import six\nprint(six.__name__, six.__file__)\n",
+    )
+    .unwrap();
+    let cfg = dir.join("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "allow_unlimited_sandboxes: true\njob_types:\n  - name: shared-only\n    shared_code: [{}]\n  - name: with-six\n    requirements: [six]\n",
+            dir.join("helper.py").display()
+        ),
+    )
+    .unwrap();
+    let st = Command::new("chown")
+        .args(["-R", &format!("{user}:"), dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let store = dir.join("store");
+    let (cfg_s, store_s) = (cfg.to_str().unwrap(), store.to_str().unwrap());
+    let build = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            cfg_s,
+            "build",
+            name,
+            "--store",
+            store_s,
+            "--registry-mirror",
+            &reg.host,
+            "--uv-path",
+            &uv,
+        ];
+        args.extend(extra);
+        run_as(user, &args)
+    };
+    let run = |name: &str, code: &str| {
+        let code = dir.join(code);
+        run_as(
+            user,
+            &[
+                "--config",
+                cfg_s,
+                "run",
+                "--allow-unlimited",
+                "--store",
+                store_s,
+                "--job-type",
+                name,
+                "--code",
+                code.to_str().unwrap(),
+            ],
+        )
+    };
+
+    // shared_code only: the base image pulled, its Python byte-compiled, the snapshot built.
+    let (rc, _, err) = build("shared-only", &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!err.contains("Operation not permitted"), "{err}");
+    assert!(
+        !err.contains("not byte-compiling"),
+        "the base image's Python: {err}"
+    );
+    let (rc, out, err) = run("shared-only", "use.py");
+    assert_eq!(rc, 0, "{out} {err}");
+    assert!(out.contains("42 /app/shared_code/helper.py"), "{out}");
+
+    // A failing build (nothing to install from): uv's error, and no staging left.
+    let wheels = dir.join("wheels");
+    let (rc, _, err) = build("with-six", &["--find-links", wheels.to_str().unwrap()]);
+    assert_ne!(rc, 0, "{err}");
+    assert!(err.contains("six"), "uv's error: {err}");
+    let snapshots = store.join("snapshots");
+    let staging: Vec<_> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging-"))
+        .map(|e| e.path())
+        .collect();
+    assert!(staging.is_empty(), "left: {staging:?}");
+
+    // A requirement from PyPI, through pasta (the builder sandbox's network).
+    if pasta_usable() {
+        let _net = NET.lock().unwrap_or_else(|e| e.into_inner());
+        let (rc, _, err) = build("with-six", &[]);
+        assert_eq!(rc, 0, "{err}");
+        let (rc, out, err) = run("with-six", "six.py");
+        assert_eq!(rc, 0, "{out} {err}");
+        // Installed into the image's own Python (the fixture's is Debian's: dist-packages).
+        assert!(
+            out.contains("\"six /usr/local/lib/python3.11/") && out.contains("/six.py"),
+            "{out}"
+        );
+    }
+
+    // A dead build's staging tree, with what its sandbox user (a subordinate id) wrote in a
+    // directory of its own: gc removes it through the owner helper.
+    let stale = snapshots.join(".staging-0000-999999999");
+    std::fs::create_dir_all(stale.join("rootfs/deep")).unwrap();
+    std::fs::write(stale.join("rootfs/deep/file"), "x").unwrap();
+    let st = Command::new("chown")
+        .args([
+            "-R",
+            "300999:300999",
+            stale.join("rootfs").to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::os::unix::fs::chown(&stale, Some(uid), Some(uid)).unwrap();
+    let (rc, out, err) = run_as(user, &["--config", cfg_s, "gc", "--store", store_s]);
+    assert_eq!(rc, 0, "{out} {err}");
+    assert!(!stale.exists(), "gc left {}", stale.display());
+
+    // Everything but uv's shared cache (its files are the sandbox user's, as on a root
+    // server: uv rewrites its lock and index files) is the user's own.
+    let odd = not_owned_by(&store, uid, &snapshots.join("uv-cache"));
+    assert!(
+        odd.is_empty(),
+        "not the user's: {:?}",
+        &odd[..odd.len().min(10)]
+    );
+    assert_eq!(std::fs::metadata(&store).unwrap().uid(), uid);
 }

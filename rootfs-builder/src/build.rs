@@ -35,9 +35,8 @@ impl SnapshotStore {
         fs::create_dir_all(staging).map_err(io_err("create", staging))?;
         let rootfs = staging.join("rootfs");
         tree::clone_tree(&base.rootfs, &rootfs).map_err(io_err("clone base rootfs", &rootfs))?;
-        let (suid, sgid) = host.sandbox_owner();
+        let (suid, _) = host.sandbox_owner();
         let euid = nix_euid();
-        let egid = nix_egid();
 
         let mut env = base.env.clone();
         let mut reqs = spec.requirements.clone();
@@ -85,10 +84,11 @@ impl SnapshotStore {
                 CacheScope::Private => staging.join("uv-cache"),
             };
             fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
-            tree::chown_dirs(&cache, suid, sgid).map_err(io_err("chown", &cache))?;
+            host.hand_over(&cache).map_err(io_err("chown", &cache))?;
             let scratch = staging.join("tmp");
             fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
-            tree::chown_dirs(&scratch, suid, sgid).map_err(io_err("chown", &scratch))?;
+            host.hand_over(&scratch)
+                .map_err(io_err("chown", &scratch))?;
 
             let paths = base_paths(host, base)?;
             let mut binds = vec![
@@ -117,11 +117,13 @@ impl SnapshotStore {
                     // be the image's (shared with every snapshot on it) but copies.
                     tree::unshare_files(host_dir).map_err(io_err("copy", host_dir))?;
                 }
-                tree::chown_dirs(host_dir, suid, sgid).map_err(io_err("chown", host_dir))?;
+                host.hand_over(host_dir)
+                    .map_err(io_err("chown", host_dir))?;
                 binds.push(bind(host_dir, w, true));
             }
             if !spec.shared_code.is_empty() {
-                tree::chown_dirs(&shared_dir, suid, sgid).map_err(io_err("chown", &shared_dir))?;
+                host.hand_over(&shared_dir)
+                    .map_err(io_err("chown", &shared_dir))?;
                 binds.push(bind(&shared_dir, SHARED_CODE_DIR, true));
             }
             // Under /tako-build (ours), not at its host path: that could be under a
@@ -215,10 +217,12 @@ impl SnapshotStore {
                     list.extend_from_slice(inside.as_os_str().as_encoded_bytes());
                     list.push(0);
                 }
-                // The scratch directory was the install sandbox's: never write through
-                // whatever it may have left at this name.
+                // The scratch directory was the install sandbox's: a fresh one of ours (an
+                // unprivileged server could not write in the old one), so nothing is
+                // written through whatever the sandbox left there.
+                host.discard(&scratch).map_err(io_err("remove", &scratch))?;
+                fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
                 let list_path = scratch.join("compile-list");
-                tree::remove(&list_path).map_err(io_err("remove", &list_path))?;
                 fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -240,12 +244,14 @@ impl SnapshotStore {
                 }
             }
             tree::remove(&build).map_err(io_err("remove", &build))?;
-            tree::remove(&scratch).map_err(io_err("remove", &scratch))?;
+            host.discard(&scratch).map_err(io_err("remove", &scratch))?;
+            // A build's own cache is removed. The shared one stays the sandbox user's: uv
+            // rewrites its lock and index files in place.
             if cache_scope == CacheScope::Private {
-                tree::remove(&cache).map_err(io_err("remove", &cache))?;
+                host.discard(&cache).map_err(io_err("remove", &cache))?;
             }
             for d in &writable_dirs {
-                tree::reclaim(d, suid, euid, egid).map_err(io_err("reclaim", d))?;
+                host.take_back(d).map_err(io_err("reclaim", d))?;
             }
             if let Some(c) = &bytecode_cache {
                 pyc::link_cached(&rootfs, c, &hits, &paths.cache_tag)
@@ -254,7 +260,7 @@ impl SnapshotStore {
                     .map_err(io_err("keep bytecode", c))?;
             }
             if !spec.shared_code.is_empty() {
-                tree::reclaim(&shared_dir, suid, euid, egid)
+                host.take_back(&shared_dir)
                     .map_err(io_err("reclaim", &shared_dir))?;
             }
         }
@@ -404,9 +410,4 @@ pub(crate) fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
 pub(crate) fn nix_euid() -> u32 {
     // SAFETY: geteuid(2) cannot fail and has no side effects.
     unsafe { libc::geteuid() }
-}
-
-pub(crate) fn nix_egid() -> u32 {
-    // SAFETY: getegid(2) cannot fail and has no side effects.
-    unsafe { libc::getegid() }
 }

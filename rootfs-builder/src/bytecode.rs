@@ -20,7 +20,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::build::{base_paths, bind, nix_egid, nix_euid, set_env};
+use crate::build::{base_paths, bind, set_env};
 use crate::snapshot::{io_err, BaseImage, BuildHost, InstallRun, Lock, SnapshotError};
 use crate::tree;
 
@@ -71,11 +71,11 @@ fn attempt(host: &dyn BuildHost, base: &BaseImage) -> Result<String, SnapshotErr
         tree::dir_within(&base.rootfs, &paths.stdlib, tree::Want::Existing).map_err(|e| {
             SnapshotError::Invalid(format!("python standard library {}: {e}", paths.stdlib))
         })?;
-    let (suid, sgid) = host.sandbox_owner();
-    let handed = tree::chown_dirs(&stdlib, suid, sgid).map_err(io_err("chown", &stdlib));
+    let handed = host.hand_over(&stdlib).map_err(io_err("chown", &stdlib));
     let run = handed.and_then(|()| compile(host, base, &paths.executable, &paths.stdlib, &stdlib));
     // Back to us whatever happened: nothing in the image store stays the sandbox user's.
-    tree::reclaim(&stdlib, suid, nix_euid(), nix_egid()).map_err(io_err("reclaim", &stdlib))?;
+    host.take_back(&stdlib)
+        .map_err(io_err("reclaim", &stdlib))?;
     run
 }
 

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -126,6 +127,23 @@ pub trait BuildHost: Sync {
     fn uv(&self) -> Result<(PathBuf, String), String>;
     /// Host uid and gid that the sandbox user (uid 1000) stands for (owner of writable binds).
     fn sandbox_owner(&self) -> (u32, u32);
+    /// Gives `dir` and every directory below it to the sandbox user, so that a builder
+    /// sandbox may create files there. By default with `fchown(2)` as this process (a root
+    /// server, or one whose sandbox user is itself).
+    fn hand_over(&self, dir: &Path) -> io::Result<()> {
+        let (uid, gid) = self.sandbox_owner();
+        crate::tree::chown_dirs(dir, uid, gid)
+    }
+    /// Gives what the sandbox user owns under `dir` (and `dir`) back to this process,
+    /// readable by everybody. By default with `lchown(2)` as this process.
+    fn take_back(&self, dir: &Path) -> io::Result<()> {
+        crate::tree::reclaim_to_self(dir, self.sandbox_owner().0)
+    }
+    /// Removes `path`, a tree the sandbox user may have written in (however deep; a missing
+    /// path is fine). By default as this process.
+    fn discard(&self, path: &Path) -> io::Result<()> {
+        crate::tree::remove(path)
+    }
     /// Runs one command in a builder sandbox (limits, startup timeout, network if asked).
     fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String>;
     /// Offline builds: a host directory of wheels and sdists to install from instead of
@@ -583,7 +601,9 @@ impl SnapshotStore {
             cache,
         );
         if res.is_err() {
-            let _ = tree::remove(&staging);
+            // As the host may: what the sandbox user wrote there, an unprivileged server
+            // could not delete itself.
+            let _ = host.discard(&staging);
         }
         res?;
         let dest = self.dir(&key);
@@ -596,6 +616,15 @@ impl SnapshotStore {
     /// Removes snapshots no name points at, and stale staging directories. Returns the
     /// base image digests the remaining snapshots use (keep them in the image store).
     pub fn gc(&self) -> Result<(usize, Vec<String>), SnapshotError> {
+        self.gc_with(&|p: &Path| tree::remove(p))
+    }
+
+    /// [`SnapshotStore::gc`], removing stale staging trees (what a dead build's sandbox user
+    /// wrote) with `discard` (see [`BuildHost::discard`]).
+    pub fn gc_with(
+        &self,
+        discard: &dyn Fn(&Path) -> io::Result<()>,
+    ) -> Result<(usize, Vec<String>), SnapshotError> {
         let named: Vec<String> = self.list().into_iter().map(|(_, s)| s.key).collect();
         let mut removed = 0;
         let mut bases = Vec::new();
@@ -624,7 +653,7 @@ impl SnapshotStore {
             // A snapshot sandboxes run on is held (shared): skip it, as one whose lock cannot
             // be taken at all. Staging trees are never held.
             if name.starts_with('.') {
-                tree::remove(&e.path()).map_err(io_err("remove", &e.path()))?;
+                discard(&e.path()).map_err(io_err("remove", &e.path()))?;
                 removed += 1;
             } else {
                 removed += usize::from(self.remove_unheld(&name)?);

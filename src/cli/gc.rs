@@ -17,7 +17,13 @@ pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
     let store = a.store.load(config)?;
     let images = store.images()?;
     let snaps = store.snapshots(&images)?;
-    let (removed_snaps, bases) = snaps.gc()?;
+    // A dead build's staging tree holds what its sandbox user wrote: an unprivileged user
+    // removes it through the owner helper.
+    let owner = crate::sandbox::owner::Ownership::new(
+        &std::env::current_exe()?,
+        &crate::sandbox::idmap::IdMap::detect()?,
+    );
+    let (removed_snaps, bases) = snaps.gc_with(&|p| owner.discard(p))?;
     let report = images.gc(&bases.into_iter().collect())?;
     println!(
         "removed {removed_snaps} snapshots, {} images, {} blobs ({:.1} MB)",

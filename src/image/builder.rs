@@ -9,6 +9,7 @@ use std::time::Duration;
 use rootfs_builder::{BaseImage, BuildHost, InstallOutcome, InstallRun};
 
 use super::{client, unpack, ImageStore, Progress, Registry};
+use crate::sandbox::owner::Ownership;
 use crate::sandbox::spec::{Bind, Limits, NetworkSpec, SandboxSpec};
 use crate::sandbox::{host, RunOptions, Runner};
 
@@ -53,6 +54,8 @@ pub struct SandboxBuildHost<'a> {
     /// Progress sink.
     pub progress: &'a dyn Progress,
     uv: OnceLock<Result<(PathBuf, String), String>>,
+    /// Hand-over of the build's directories to the sandbox user and back.
+    owner: Ownership,
 }
 
 impl<'a> SandboxBuildHost<'a> {
@@ -71,6 +74,7 @@ impl<'a> SandboxBuildHost<'a> {
             config,
             progress,
             uv: OnceLock::new(),
+            owner: Ownership::new(&runner.helper_exe, &runner.idmap),
         }
     }
 }
@@ -170,8 +174,19 @@ impl BuildHost for SandboxBuildHost<'_> {
     }
 
     fn sandbox_owner(&self) -> (u32, u32) {
-        let uid = self.runner.idmap.host_sandbox_uid();
-        (uid, uid)
+        self.owner.sandbox_owner()
+    }
+
+    fn hand_over(&self, dir: &Path) -> std::io::Result<()> {
+        self.owner.hand_over(dir)
+    }
+
+    fn take_back(&self, dir: &Path) -> std::io::Result<()> {
+        self.owner.take_back(dir)
+    }
+
+    fn discard(&self, path: &Path) -> std::io::Result<()> {
+        self.owner.discard(path)
     }
 
     fn find_links(&self) -> Option<PathBuf> {

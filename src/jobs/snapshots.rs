@@ -294,6 +294,18 @@ impl BuildHost for Host<'_> {
         self.inner.sandbox_owner()
     }
 
+    fn hand_over(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.hand_over(dir)
+    }
+
+    fn take_back(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.take_back(dir)
+    }
+
+    fn discard(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.discard(path)
+    }
+
     fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String> {
         self.inner.run(run)
     }

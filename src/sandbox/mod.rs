@@ -13,6 +13,7 @@ pub mod idmap;
 pub mod mounts;
 pub mod net;
 pub mod netlink;
+pub mod owner;
 pub mod pasta;
 pub mod pidfd;
 pub mod privs;
