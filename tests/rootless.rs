@@ -73,8 +73,17 @@ fn shared_bin() -> std::path::PathBuf {
 }
 
 fn run_as(user: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("runuser")
-        .args(["-u", user, "--"])
+    run_as_with_umask(user, None, args)
+}
+
+/// [`run_as`], with the given umask when `Some`.
+fn run_as_with_umask(user: &str, umask: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", user, "--"]);
+    if let Some(m) = umask {
+        cmd.args(["sh", "-c", &format!("umask {m} && exec \"$@\""), "sh"]);
+    }
+    let out = cmd
         .arg(shared_bin())
         .args(args)
         .current_dir("/")
@@ -437,6 +446,12 @@ fn pasta_of_a_killed_run_is_ended_by_the_next_start() {
 
 // ------------------------------------------------------------ job-type builds
 
+/// [`run_as`] with umask 077 (a careful user, or a unit's `UMask=`): what tako-vm writes into
+/// its store must still be readable by the sandbox's (subordinate) user.
+fn run_strict_umask(user: &str, args: &[&str]) -> (i32, String, String) {
+    run_as_with_umask(user, Some("077"), args)
+}
+
 /// The uv binary the builds use (`TAKO_VM_UV_PATH`, as scripts/test sets it), or None (a
 /// failure with TAKO_TEST_REQUIRE=1).
 fn uv_binary() -> Option<String> {
@@ -550,11 +565,11 @@ fn unprivileged_user_with_subordinate_ids_builds_job_types() {
             &uv,
         ];
         args.extend(extra);
-        run_as(user, &args)
+        run_strict_umask(user, &args)
     };
     let run = |name: &str, code: &str| {
         let code = dir.join(code);
-        run_as(
+        run_strict_umask(
             user,
             &[
                 "--config",

@@ -98,8 +98,21 @@ fn parse_run_only_from(
     Some((config, run))
 }
 
+/// Whatever umask tako-vm is started with (systemd units often give 0027, users 077), what
+/// it writes keeps read and execute permission for everybody: images and snapshots are read
+/// inside sandboxes by subordinate ids, which are other users on the host (a shared_code
+/// file written 0640 was invisible to the run). Only the write bits of the umask are kept.
+/// What must stay private is kept so by the mode of the directory that holds it (the
+/// unit's state directory is 0750, a user's store lies in their home).
+fn keep_files_readable() {
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o022));
+    umask(Mode::from_bits_truncate(old.bits() & 0o022));
+}
+
 /// Parses the command line and runs it; returns the process exit code.
 pub fn main() -> i32 {
+    keep_files_readable();
     if let Some((config, args)) = parse_run_only() {
         return report(run::run(config.as_deref(), *args));
     }
