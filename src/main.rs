@@ -18,18 +18,13 @@ pub extern "C" fn main(
 ) -> std::ffi::c_int {
     // SAFETY: setting a signal disposition to SIG_IGN; no handler involved.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    // The sandbox helper must run before anything else (no threads, no parsing, no logging).
-    if std::env::args_os().nth(1).as_deref()
-        == Some(std::ffi::OsStr::new(tako_vm::sandbox::child::HELPER_ARG))
-    {
-        tako_vm::sandbox::child::helper_main();
-    }
-    if std::env::args_os().nth(1).as_deref()
-        == Some(std::ffi::OsStr::new(
-            tako_vm::sandbox::owner::OWNER_HELPER_ARG,
-        ))
-    {
-        tako_vm::sandbox::owner::helper_main();
+    // The helpers (sandbox, owner) must run before anything else: no threads, no parsing, no
+    // logging.
+    let first = std::env::args_os().nth(1);
+    match first.as_ref().and_then(|a| a.to_str()) {
+        Some(tako_vm::sandbox::child::HELPER_ARG) => tako_vm::sandbox::child::helper_main(),
+        Some(tako_vm::sandbox::owner::OWNER_HELPER_ARG) => tako_vm::sandbox::owner::helper_main(),
+        _ => {}
     }
     std::process::exit(tako_vm::cli::main());
 }

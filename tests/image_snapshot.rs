@@ -39,17 +39,8 @@ impl BuildHost for Counting<'_> {
     fn uv(&self) -> Result<(PathBuf, String), String> {
         self.inner.uv()
     }
-    fn sandbox_owner(&self) -> (u32, u32) {
-        self.inner.sandbox_owner()
-    }
-    fn hand_over(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.inner.hand_over(dir)
-    }
-    fn take_back(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.inner.take_back(dir)
-    }
-    fn discard(&self, path: &std::path::Path) -> std::io::Result<()> {
-        self.inner.discard(path)
+    fn owner(&self) -> &dyn rootfs_builder::SandboxOwner {
+        self.inner.owner()
     }
     fn find_links(&self) -> Option<PathBuf> {
         self.inner.find_links()

@@ -472,29 +472,18 @@ fn uv_binary() -> Option<String> {
 fn not_owned_by(dir: &std::path::Path, uid: u32, skip: &std::path::Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let mut odd = Vec::new();
-    walk_all(dir, &mut |p, md| {
+    rootfs_builder::walk_tree(dir, |e, p| {
         if p == skip {
-            return false;
+            return Ok(false);
         }
+        let md = e.metadata()?;
         if md.uid() != uid {
             odd.push(format!("{} (uid {})", p.display(), md.uid()));
         }
-        true
-    });
+        Ok(md.is_dir())
+    })
+    .unwrap();
     odd
-}
-
-fn walk_all(
-    dir: &std::path::Path,
-    visit: &mut dyn FnMut(&std::path::Path, &std::fs::Metadata) -> bool,
-) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        let md = std::fs::symlink_metadata(&p).unwrap();
-        if visit(&p, &md) && md.is_dir() {
-            walk_all(&p, visit);
-        }
-    }
 }
 
 /// An unprivileged server with subordinate ids builds job types (the unit of scripts/install

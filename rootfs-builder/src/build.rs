@@ -35,7 +35,8 @@ impl SnapshotStore {
         fs::create_dir_all(staging).map_err(io_err("create", staging))?;
         let rootfs = staging.join("rootfs");
         tree::clone_tree(&base.rootfs, &rootfs).map_err(io_err("clone base rootfs", &rootfs))?;
-        let (suid, _) = host.sandbox_owner();
+        let owner = host.owner();
+        let (suid, _) = owner.ids();
         let euid = nix_euid();
 
         let mut env = base.env.clone();
@@ -84,10 +85,11 @@ impl SnapshotStore {
                 CacheScope::Private => staging.join("uv-cache"),
             };
             fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
-            host.hand_over(&cache).map_err(io_err("chown", &cache))?;
+            owner.hand_over(&cache).map_err(io_err("chown", &cache))?;
             let scratch = staging.join("tmp");
             fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
-            host.hand_over(&scratch)
+            owner
+                .hand_over(&scratch)
                 .map_err(io_err("chown", &scratch))?;
 
             let paths = base_paths(host, base)?;
@@ -117,12 +119,14 @@ impl SnapshotStore {
                     // be the image's (shared with every snapshot on it) but copies.
                     tree::unshare_files(host_dir).map_err(io_err("copy", host_dir))?;
                 }
-                host.hand_over(host_dir)
+                owner
+                    .hand_over(host_dir)
                     .map_err(io_err("chown", host_dir))?;
                 binds.push(bind(host_dir, w, true));
             }
             if !spec.shared_code.is_empty() {
-                host.hand_over(&shared_dir)
+                owner
+                    .hand_over(&shared_dir)
                     .map_err(io_err("chown", &shared_dir))?;
                 binds.push(bind(&shared_dir, SHARED_CODE_DIR, true));
             }
@@ -220,7 +224,9 @@ impl SnapshotStore {
                 // The scratch directory was the install sandbox's: a fresh one of ours (an
                 // unprivileged server could not write in the old one), so nothing is
                 // written through whatever the sandbox left there.
-                host.discard(&scratch).map_err(io_err("remove", &scratch))?;
+                owner
+                    .discard(&scratch)
+                    .map_err(io_err("remove", &scratch))?;
                 fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
                 let list_path = scratch.join("compile-list");
                 fs::OpenOptions::new()
@@ -244,14 +250,16 @@ impl SnapshotStore {
                 }
             }
             tree::remove(&build).map_err(io_err("remove", &build))?;
-            host.discard(&scratch).map_err(io_err("remove", &scratch))?;
+            owner
+                .discard(&scratch)
+                .map_err(io_err("remove", &scratch))?;
             // A build's own cache is removed. The shared one stays the sandbox user's: uv
             // rewrites its lock and index files in place.
             if cache_scope == CacheScope::Private {
-                host.discard(&cache).map_err(io_err("remove", &cache))?;
+                owner.discard(&cache).map_err(io_err("remove", &cache))?;
             }
             for d in &writable_dirs {
-                host.take_back(d).map_err(io_err("reclaim", d))?;
+                owner.take_back(d).map_err(io_err("reclaim", d))?;
             }
             if let Some(c) = &bytecode_cache {
                 pyc::link_cached(&rootfs, c, &hits, &paths.cache_tag)
@@ -260,7 +268,8 @@ impl SnapshotStore {
                     .map_err(io_err("keep bytecode", c))?;
             }
             if !spec.shared_code.is_empty() {
-                host.take_back(&shared_dir)
+                owner
+                    .take_back(&shared_dir)
                     .map_err(io_err("reclaim", &shared_dir))?;
             }
         }

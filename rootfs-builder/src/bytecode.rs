@@ -71,10 +71,14 @@ fn attempt(host: &dyn BuildHost, base: &BaseImage) -> Result<String, SnapshotErr
         tree::dir_within(&base.rootfs, &paths.stdlib, tree::Want::Existing).map_err(|e| {
             SnapshotError::Invalid(format!("python standard library {}: {e}", paths.stdlib))
         })?;
-    let handed = host.hand_over(&stdlib).map_err(io_err("chown", &stdlib));
+    let handed = host
+        .owner()
+        .hand_over(&stdlib)
+        .map_err(io_err("chown", &stdlib));
     let run = handed.and_then(|()| compile(host, base, &paths.executable, &paths.stdlib, &stdlib));
     // Back to us whatever happened: nothing in the image store stays the sandbox user's.
-    host.take_back(&stdlib)
+    host.owner()
+        .take_back(&stdlib)
         .map_err(io_err("reclaim", &stdlib))?;
     run
 }

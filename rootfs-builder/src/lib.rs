@@ -21,19 +21,9 @@ pub use tree::remove as remove_path;
 /// (see `tree::walk`); for trees that build code wrote.
 pub use tree::walk as walk_tree;
 
-/// Gives a directory and every directory below it to a uid/gid (files are left as they
-/// are): what a builder sandbox's user may then write in (see `tree::chown_dirs`).
-pub use tree::chown_dirs as hand_over_dirs;
-
-/// Gives back what a uid owns below a directory, readable by all (see `tree::reclaim`).
-pub use tree::reclaim as reclaim_tree;
-
-/// `reclaim_tree` to this process's own uid and gid.
-pub use tree::reclaim_to_self;
-
 pub use snapshot::{
-    BaseImage, BindMount, BuildHost, CacheScope, InstallOutcome, InstallRun, JobTypeSpec, Snapshot,
-    SnapshotError, SnapshotStore, SnapshotUse,
+    BaseImage, BindMount, BuildHost, CacheScope, DirectOwner, InstallOutcome, InstallRun,
+    JobTypeSpec, SandboxOwner, Snapshot, SnapshotError, SnapshotStore, SnapshotUse,
 };
 
 use std::fs;

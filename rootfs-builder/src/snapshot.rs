@@ -125,25 +125,9 @@ pub trait BuildHost: Sync {
     fn base_image(&self, reference: &str, may_fetch: bool) -> Result<BaseImage, String>;
     /// The uv binary on the host and its version (`0.13.9`).
     fn uv(&self) -> Result<(PathBuf, String), String>;
-    /// Host uid and gid that the sandbox user (uid 1000) stands for (owner of writable binds).
-    fn sandbox_owner(&self) -> (u32, u32);
-    /// Gives `dir` and every directory below it to the sandbox user, so that a builder
-    /// sandbox may create files there. By default with `fchown(2)` as this process (a root
-    /// server, or one whose sandbox user is itself).
-    fn hand_over(&self, dir: &Path) -> io::Result<()> {
-        let (uid, gid) = self.sandbox_owner();
-        crate::tree::chown_dirs(dir, uid, gid)
-    }
-    /// Gives what the sandbox user owns under `dir` (and `dir`) back to this process,
-    /// readable by everybody. By default with `lchown(2)` as this process.
-    fn take_back(&self, dir: &Path) -> io::Result<()> {
-        crate::tree::reclaim_to_self(dir, self.sandbox_owner().0)
-    }
-    /// Removes `path`, a tree the sandbox user may have written in (however deep; a missing
-    /// path is fine). By default as this process.
-    fn discard(&self, path: &Path) -> io::Result<()> {
-        crate::tree::remove(path)
-    }
+    /// Who the builder sandbox's user is on the host, and how this process hands it the
+    /// build's directories and takes them back.
+    fn owner(&self) -> &dyn SandboxOwner;
     /// Runs one command in a builder sandbox (limits, startup timeout, network if asked).
     fn run(&self, run: &InstallRun) -> Result<InstallOutcome, String>;
     /// Offline builds: a host directory of wheels and sdists to install from instead of
@@ -154,6 +138,43 @@ pub trait BuildHost: Sync {
     }
     /// Progress messages.
     fn step(&self, _message: &str) {}
+}
+
+/// The builder sandbox's user (uid 1000 inside) on the host, and the ownership operations
+/// on the directories it writes. The defaults are plain system calls as this process: a
+/// root server, or one whose sandbox user is itself ([`DirectOwner`]). An unprivileged
+/// server with subordinate ids may do neither and overrides them (tako-vm's owner helper).
+pub trait SandboxOwner: Sync {
+    /// Host uid and gid the sandbox user stands for (owner of writable binds).
+    fn ids(&self) -> (u32, u32);
+    /// Gives `dir` and every directory below it to the sandbox user, so that a builder
+    /// sandbox may create files there (files are left as they are).
+    fn hand_over(&self, dir: &Path) -> io::Result<()> {
+        let (uid, gid) = self.ids();
+        crate::tree::chown_dirs(dir, uid, gid)
+    }
+    /// Gives what the sandbox user owns under `dir` (and `dir`) back to this process,
+    /// readable by everybody.
+    fn take_back(&self, dir: &Path) -> io::Result<()> {
+        // SAFETY: geteuid(2) and getegid(2) cannot fail and have no side effects.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        crate::tree::reclaim(dir, self.ids().0, uid, gid)
+    }
+    /// Removes `path`, a tree the sandbox user may have written in (however deep; a missing
+    /// path is fine).
+    fn discard(&self, path: &Path) -> io::Result<()> {
+        crate::tree::remove(path)
+    }
+}
+
+/// [`SandboxOwner`] by plain system calls, for a sandbox user of these host ids.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectOwner(pub u32, pub u32);
+
+impl SandboxOwner for DirectOwner {
+    fn ids(&self) -> (u32, u32) {
+        (self.0, self.1)
+    }
 }
 
 /// Which uv cache a build's sandbox gets.
@@ -603,7 +624,7 @@ impl SnapshotStore {
         if res.is_err() {
             // As the host may: what the sandbox user wrote there, an unprivileged server
             // could not delete itself.
-            let _ = host.discard(&staging);
+            let _ = host.owner().discard(&staging);
         }
         res?;
         let dest = self.dir(&key);
@@ -616,15 +637,13 @@ impl SnapshotStore {
     /// Removes snapshots no name points at, and stale staging directories. Returns the
     /// base image digests the remaining snapshots use (keep them in the image store).
     pub fn gc(&self) -> Result<(usize, Vec<String>), SnapshotError> {
-        self.gc_with(&|p: &Path| tree::remove(p))
+        // Removing needs no ids.
+        self.gc_with(&DirectOwner(0, 0))
     }
 
     /// [`SnapshotStore::gc`], removing stale staging trees (what a dead build's sandbox user
-    /// wrote) with `discard` (see [`BuildHost::discard`]).
-    pub fn gc_with(
-        &self,
-        discard: &dyn Fn(&Path) -> io::Result<()>,
-    ) -> Result<(usize, Vec<String>), SnapshotError> {
+    /// wrote) through `owner`.
+    pub fn gc_with(&self, owner: &dyn SandboxOwner) -> Result<(usize, Vec<String>), SnapshotError> {
         let named: Vec<String> = self.list().into_iter().map(|(_, s)| s.key).collect();
         let mut removed = 0;
         let mut bases = Vec::new();
@@ -653,7 +672,9 @@ impl SnapshotStore {
             // A snapshot sandboxes run on is held (shared): skip it, as one whose lock cannot
             // be taken at all. Staging trees are never held.
             if name.starts_with('.') {
-                discard(&e.path()).map_err(io_err("remove", &e.path()))?;
+                owner
+                    .discard(&e.path())
+                    .map_err(io_err("remove", &e.path()))?;
                 removed += 1;
             } else {
                 removed += usize::from(self.remove_unheld(&name)?);

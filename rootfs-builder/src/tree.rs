@@ -317,13 +317,6 @@ pub fn reclaim(dir: &Path, from_uid: u32, uid: u32, gid: u32) -> io::Result<()> 
     })
 }
 
-/// [`reclaim`] to this process's own effective uid and gid.
-pub fn reclaim_to_self(dir: &Path, from_uid: u32) -> io::Result<()> {
-    // SAFETY: geteuid(2) and getegid(2) cannot fail and have no side effects.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    reclaim(dir, from_uid, uid, gid)
-}
-
 fn reclaim_one(p: &Path, md: &fs::Metadata, from_uid: u32, uid: u32, gid: u32) -> io::Result<()> {
     if md.uid() != from_uid {
         return Ok(());

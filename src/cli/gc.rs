@@ -18,12 +18,15 @@ pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
     let images = store.images()?;
     let snaps = store.snapshots(&images)?;
     // A dead build's staging tree holds what its sandbox user wrote: an unprivileged user
-    // removes it through the owner helper.
-    let owner = crate::sandbox::owner::Ownership::new(
-        &std::env::current_exe()?,
-        &crate::sandbox::idmap::IdMap::detect()?,
-    );
-    let (removed_snaps, bases) = snaps.gc_with(&|p| owner.discard(p))?;
+    // with subordinate ids removes it through the owner helper. Where the ids cannot be
+    // told, plain removal (what gc did before).
+    let (removed_snaps, bases) = match crate::sandbox::idmap::IdMap::detect() {
+        Ok(idmap) => snaps.gc_with(&crate::sandbox::owner::Ownership::new(
+            &std::env::current_exe()?,
+            &idmap,
+        ))?,
+        Err(_) => snaps.gc()?,
+    };
     let report = images.gc(&bases.into_iter().collect())?;
     println!(
         "removed {removed_snaps} snapshots, {} images, {} blobs ({:.1} MB)",

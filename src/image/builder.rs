@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use rootfs_builder::{BaseImage, BuildHost, InstallOutcome, InstallRun};
+use rootfs_builder::{BaseImage, BuildHost, InstallOutcome, InstallRun, SandboxOwner};
 
 use super::{client, unpack, ImageStore, Progress, Registry};
 use crate::sandbox::owner::Ownership;
@@ -173,20 +173,8 @@ impl BuildHost for SandboxBuildHost<'_> {
             .clone()
     }
 
-    fn sandbox_owner(&self) -> (u32, u32) {
-        self.owner.sandbox_owner()
-    }
-
-    fn hand_over(&self, dir: &Path) -> std::io::Result<()> {
-        self.owner.hand_over(dir)
-    }
-
-    fn take_back(&self, dir: &Path) -> std::io::Result<()> {
-        self.owner.take_back(dir)
-    }
-
-    fn discard(&self, path: &Path) -> std::io::Result<()> {
-        self.owner.discard(path)
+    fn owner(&self) -> &dyn SandboxOwner {
+        &self.owner
     }
 
     fn find_links(&self) -> Option<PathBuf> {

@@ -4,8 +4,7 @@
 //! directories, the uv cache, a scratch directory) as its user, uid 1000 inside, which is a
 //! subordinate id on the host ([`IdMap::Subordinate`]). The builder hands those directories
 //! to that id before the sandbox runs and takes everything back afterwards
-//! (`rootfs_builder::hand_over_dirs`, `rootfs_builder::reclaim_tree`). A root server does
-//! that with `chown(2)`; an unprivileged server may not give files to another host id, nor
+//! (`rootfs_builder::SandboxOwner`). A root server does that with `chown(2)`; an unprivileged server may not give files to another host id, nor
 //! delete what its subordinate ids wrote.
 //!
 //! So it asks an owner helper: this binary re-executed (`tako-vm __owner-helper`), which
@@ -23,6 +22,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
+
+use rootfs_builder::{DirectOwner, SandboxOwner};
 
 use super::idmap::IdMap;
 use super::spec::{SANDBOX_GID, SANDBOX_UID};
@@ -72,30 +73,32 @@ impl Ownership {
         Some(res)
     }
 
-    /// Host uid (and gid) the sandbox user stands for.
-    pub fn sandbox_owner(&self) -> (u32, u32) {
+    /// The plain system calls, where no helper is needed.
+    fn direct(&self) -> DirectOwner {
+        let (uid, gid) = self.ids();
+        DirectOwner(uid, gid)
+    }
+}
+
+impl SandboxOwner for Ownership {
+    fn ids(&self) -> (u32, u32) {
         let uid = self.idmap.host_sandbox_uid();
         (uid, uid)
     }
 
-    /// Gives `dir` and every directory below it to the sandbox user.
-    pub fn hand_over(&self, dir: &Path) -> io::Result<()> {
-        self.via_helper(|h| h.hand_over(dir)).unwrap_or_else(|| {
-            let (uid, gid) = self.sandbox_owner();
-            rootfs_builder::hand_over_dirs(dir, uid, gid)
-        })
+    fn hand_over(&self, dir: &Path) -> io::Result<()> {
+        self.via_helper(|h| h.hand_over(dir))
+            .unwrap_or_else(|| self.direct().hand_over(dir))
     }
 
-    /// Takes back what the sandbox user owns under `dir`, readable by everybody.
-    pub fn take_back(&self, dir: &Path) -> io::Result<()> {
+    fn take_back(&self, dir: &Path) -> io::Result<()> {
         self.via_helper(|h| h.take_back(dir))
-            .unwrap_or_else(|| rootfs_builder::reclaim_to_self(dir, self.sandbox_owner().0))
+            .unwrap_or_else(|| self.direct().take_back(dir))
     }
 
-    /// Removes `path`, a tree the sandbox user may have written in.
-    pub fn discard(&self, path: &Path) -> io::Result<()> {
+    fn discard(&self, path: &Path) -> io::Result<()> {
         self.via_helper(|h| h.discard(path))
-            .unwrap_or_else(|| rootfs_builder::remove_path(path))
+            .unwrap_or_else(|| self.direct().discard(path))
     }
 }
 
@@ -257,10 +260,13 @@ fn handle(line: &[u8]) -> io::Result<()> {
     if !path.is_absolute() {
         return Err(io::Error::other("not an absolute path"));
     }
+    // In here the sandbox user is 1000 and this process root (checked at the start): the
+    // plain system calls of a root server.
+    let direct = DirectOwner(SANDBOX_UID, SANDBOX_GID);
     match op {
-        b"hand_over" => rootfs_builder::hand_over_dirs(path, SANDBOX_UID, SANDBOX_GID),
-        b"take_back" => rootfs_builder::reclaim_tree(path, SANDBOX_UID, 0, 0),
-        b"discard" => rootfs_builder::remove_path(path),
+        b"hand_over" => direct.hand_over(path),
+        b"take_back" => direct.take_back(path),
+        b"discard" => direct.discard(path),
         _ => Err(io::Error::other("unknown operation")),
     }
 }
