@@ -139,7 +139,6 @@ fn compiles_for_every_arch_and_reports_size_and_time() {
              compiled in {elapsed:?}",
             filters.instruction_count()
         );
-        assert_eq!(lengths, vec![filters.instruction_count()], "one program");
         let reference = policy.compile_reference(arch).expect("compiles");
         println!(
             "{arch}: seccompiler's reference: filters {:?} instructions",
@@ -150,6 +149,7 @@ fn compiles_for_every_arch_and_reports_size_and_time() {
             2,
             "enosys filter + main filter"
         );
+        assert_eq!(lengths.len(), 2, "the same filters, accelerated");
         assert!(
             reference.filter_lengths().iter().all(|&len| len < 4096),
             "BPF_MAXINSNS"
@@ -583,82 +583,114 @@ fn the_installed_program_has_the_verdicts_of_seccompilers_filters() {
 }
 
 #[test]
-fn syscall_numbers_come_from_seccompiler() {
+fn the_installed_programs_keep_seccompilers_prologue_and_every_argument_check() {
+    let policy = builtin();
     for arch in Arch::ALL {
-        for name in [
-            "read", "getpid", "openat", "ioctl", "clone", "clone3", "prctl", "seccomp",
-        ] {
-            assert_eq!(
-                crate::tree::syscall_number(name, arch).expect("known"),
-                nr(arch, name),
-                "{name} on {arch}"
-            );
+        let installed = policy.compile(arch).expect("compiles");
+        let reference = policy.compile_reference(arch).expect("compiles");
+        assert_eq!(installed.0.len(), reference.0.len(), "{arch}");
+        for (ours, theirs) in installed.0.iter().zip(&reference.0) {
+            // Architecture check and number load, as seccompiler wrote them.
+            assert_eq!(ours[..4], theirs[..4], "{arch}");
+            // Every argument load of seccompiler's rules is still there: no rule was dropped.
+            let arg_loads = |p: &[seccompiler::sock_filter]| {
+                let mut loads: Vec<u32> = p
+                    .iter()
+                    .filter(|i| i.code == 0x20 && i.k >= 16)
+                    .map(|i| i.k)
+                    .collect();
+                loads.sort_unstable();
+                loads
+            };
+            assert_eq!(arg_loads(ours), arg_loads(theirs), "{arch}");
         }
     }
-    assert!(crate::tree::syscall_number("open", Arch::Aarch64).is_err());
-    assert!(crate::tree::syscall_number("no_such_call", Arch::X86_64).is_err());
 }
 
 #[test]
-fn the_binary_search_is_right_for_long_and_mixed_interval_lists() {
-    use crate::policy::ArgTest;
-    use crate::tree::{intervals, search, Leaf};
-    // Every other number allowed up to 1000 (hundreds of intervals: the far jumps go through
-    // BPF_JA), a conditional leaf every 50, and the deny tail.
-    let deny = RET_ERRNO | 13;
-    let leaves: Vec<(u32, Leaf)> = (0..1000u32)
-        .filter(|n| n % 2 == 0)
-        .map(|n| {
-            let leaf = if n % 50 == 0 {
-                Leaf::Cond {
-                    arg: 2,
-                    test: ArgTest::EqAny(vec![n, n + 1]),
-                }
-            } else {
-                Leaf::Ret(RET_ALLOW)
-            };
-            (n, leaf)
-        })
-        .chain([
-            (5000, Leaf::Ret(ENOSYS)),
-            (5001, Leaf::Ret(ENOSYS)),
-            (u32::MAX, Leaf::Ret(RET_ALLOW)),
-        ])
-        .collect();
-    let ivs = intervals(leaves, deny);
-    assert_eq!(ivs.first().map(|i| i.lo), Some(0));
-    assert!(ivs.windows(2).all(|w| w[0].hi + 1 == w[1].lo), "contiguous");
-    assert_eq!(ivs.last().map(|i| i.hi), Some(u32::MAX));
-    let mut program = vec![seccompiler::sock_filter {
-        code: 0x20,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
-    program.extend(search(&ivs, deny));
+fn acceleration_keeps_the_verdicts_of_a_long_mixed_filter() {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    // Every other number up to 1000 (hundreds of intervals: the far jumps of the search go
+    // through BPF_JA), with argument rules on every 50th (two rules, one of them with two
+    // conditions), plus a number far away.
+    let cond = |arg: u8, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("condition")
+    };
+    let mut rules = std::collections::BTreeMap::new();
+    for n in (0..1000i64).filter(|n| n % 2 == 0) {
+        let chain = if n % 50 == 0 {
+            vec![
+                SeccompRule::new(vec![cond(2, SeccompCmpOp::Eq, n as u64)]).expect("rule"),
+                SeccompRule::new(vec![
+                    cond(2, SeccompCmpOp::Ge, n as u64 + 10),
+                    cond(1, SeccompCmpOp::MaskedEq(0xf0), 0x30),
+                ])
+                .expect("rule"),
+            ]
+        } else {
+            vec![]
+        };
+        rules.insert(n, chain);
+    }
+    rules.insert(5000, vec![]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Errno(13),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .expect("filter");
+    let original: seccompiler::BpfProgram = filter.try_into().expect("compiles");
+    let accelerated = crate::tree::accelerate(&original).expect("accelerates");
     assert!(
-        program.iter().any(|i| i.code == 0x05),
+        accelerated.iter().skip(4).any(|i| i.code == 0x05),
         "far jumps are exercised"
     );
-    for nr in (0..1100u32).chain([4999, 5000, 5001, 5002, u32::MAX - 1, u32::MAX]) {
-        for arg in [0u64, u64::from(nr), u64::from(nr) + 1, u64::from(nr) + 2] {
-            let want = match nr {
-                n if n < 1000 && n % 50 == 0 => {
-                    if arg == u64::from(n) || arg == u64::from(n) + 1 {
-                        RET_ALLOW
-                    } else {
-                        deny
-                    }
-                }
-                n if n < 1000 && n % 2 == 0 => RET_ALLOW,
-                5000 | 5001 => ENOSYS,
-                u32::MAX => RET_ALLOW,
-                _ => deny,
-            };
-            let got = run_bpf(&program, 0, nr, [0, 0, arg, 0, 0, 0]);
-            assert_eq!(got, want, "nr {nr} arg {arg}");
+    assert!(accelerated.len() < original.len());
+    for nr in (0..1100u32).chain([4999, 5000, 5001, X32_SYSCALL_BIT, u32::MAX - 1, u32::MAX]) {
+        for a2 in [
+            0u64,
+            u64::from(nr),
+            u64::from(nr) + 9,
+            u64::from(nr) + 10,
+            1 << 40,
+        ] {
+            for a1 in [0u64, 0x30, 0x3f, 0x130, 0x20] {
+                let args = [0, a1, a2, 0, 0, 0];
+                assert_eq!(
+                    run_bpf(&accelerated, AUDIT_ARCH_X86_64, nr, args),
+                    run_bpf(&original, AUDIT_ARCH_X86_64, nr, args),
+                    "nr {nr} args {args:x?}"
+                );
+            }
         }
+        assert_eq!(
+            run_bpf(&accelerated, AUDIT_ARCH_I386, nr, [0; 6]),
+            RET_KILL_PROCESS
+        );
     }
+}
+
+#[test]
+fn acceleration_refuses_programs_it_does_not_understand() {
+    let i = |code: u16, jt: u8, jf: u8, k: u32| seccompiler::sock_filter { code, jt, jf, k };
+    // No load of the syscall number.
+    let no_load = [i(0x20, 0, 0, 4), i(0x06, 0, 0, RET_ALLOW)];
+    assert!(crate::tree::accelerate(&no_load).is_err());
+    // A prologue jump past the number load.
+    let far = [
+        i(0x20, 0, 0, 4),
+        i(0x15, 2, 0, 1),
+        i(0x20, 0, 0, 0),
+        i(0x06, 0, 0, 0),
+    ];
+    assert!(crate::tree::accelerate(&far).is_err());
+    // A dispatch jump out of the program.
+    let out = [i(0x20, 0, 0, 0), i(0x15, 9, 0, 1), i(0x06, 0, 0, 0)];
+    assert!(crate::tree::accelerate(&out).is_err());
 }
 
 #[test]

@@ -1,48 +1,63 @@
-//! The installed form of the policy: one BPF program that finds a syscall's verdict by binary
-//! search over syscall-number intervals.
+//! The installed form of a seccompiler program: its syscall-number dispatch done by binary
+//! search instead of one comparison after another.
 //!
-//! seccompiler's program ([`Policy::compile_reference`]) tests the allowed numbers one after
-//! another: five instructions per name, 1 206 for the builtin policy on x86_64, in two stacked
-//! filters. The kernel converts, JIT-compiles and (for its per-syscall allow cache) emulates
-//! every filter when it is installed, which took 1.07 ms of each sandbox start on the
-//! development machine; this program has under 200 instructions and installs in 0.13 ms.
+//! seccompiler lays a filter out as the architecture check, a load of the syscall number, then,
+//! for every syscall of the filter in number order, a comparison with its number followed by
+//! its rules (argument checks ending in returns), and the mismatch action at the end. A number
+//! is found by testing the numbers before it one by one: the main filter of the builtin policy
+//! has about 1 200 instructions on x86_64. The kernel converts, JIT-compiles and, for its
+//! per-syscall allow cache, emulates every installed program for every syscall number, which
+//! took about 0.9 ms of every sandbox start on the development machine (round 4 and 7 of
+//! `docs/benchmarks.md`).
 //!
-//! seccompiler stays the authority: it resolves every syscall name to its number (by
-//! compiling a one-rule filter per name), and the unit tests check that this program returns
-//! exactly the verdict of seccompiler's filters for every syscall number, architecture value,
-//! the x32 range and argument values around every conditional test.
+//! [`accelerate`] keeps seccompiler's program and changes only how a syscall number reaches
+//! its rules:
+//!
+//! 1. The prologue (architecture check, number load) is kept as it is.
+//! 2. For every interval of numbers on which the program's comparisons of the number all come
+//!    out the same, the number's path is followed from the load through the jumps that only
+//!    compare the number with constants, to the first other instruction: a return (the
+//!    syscall's verdict does not depend on its arguments) or the start of the syscall's rules.
+//! 3. A binary search over those intervals replaces the chain of comparisons: its leaves are
+//!    that return, or a jump to that instruction.
+//! 4. The instructions reachable from those leaves (seccompiler's argument checks and
+//!    returns) follow, in their order, with their jumps re-aimed; the comparisons nothing
+//!    jumps to any more are left out.
+//!
+//! Entering an instruction with the same accumulator (the number) as the original path does
+//! gives the same verdict, so the result is the same function of `seccomp_data` as
+//! seccompiler's program. The unit tests check that too, for every syscall number, the x32
+//! range, other architectures and argument values around every conditional test.
+
+use std::collections::BTreeSet;
 
 use seccompiler::sock_filter;
-use serde_json::json;
 
-use crate::policy::{ArgTest, Policy, MAX_VALUES};
-use crate::{Arch, SeccompError};
+use crate::SeccompError;
 
 const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const JA: u16 = 0x05; // BPF_JMP | BPF_JA
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
 const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
-const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-
-const RET_ALLOW: u32 = 0x7fff_0000;
-const RET_ERRNO: u32 = 0x0005_0000;
-const RET_KILL_PROCESS: u32 = 0x8000_0000;
-const ENOSYS: u32 = 38;
-/// `offsetof(struct seccomp_data, nr)`, `arch`, `args`.
+/// `BPF_CLASS` of an instruction code.
+const CLASS_MASK: u16 = 0x07;
+const CLASS_JMP: u16 = 0x05;
+const CLASS_RET: u16 = 0x06;
+/// `offsetof(struct seccomp_data, nr)`, `arch`.
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
-const OFF_ARGS: u32 = 16;
 /// The kernel's limit on the length of one classic BPF program.
 const BPF_MAXINSNS: usize = 4096;
 
-/// What happens to the syscalls of one interval.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the syscall numbers of one interval go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Leaf {
     /// A fixed return value.
     Ret(u32),
-    /// Allowed iff the low 32 bits of argument `arg` pass `test`; else `default_errno`.
-    Cond { arg: u8, test: ArgTest },
+    /// Instruction `n` of the body, entered with the syscall number in the accumulator.
+    Enter(usize),
 }
 
 /// `lo..=hi` of syscall numbers with one leaf.
@@ -57,124 +72,153 @@ const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
-fn audit_arch(arch: Arch) -> u32 {
-    match arch {
-        Arch::X86_64 => 0xc000_003e,
-        Arch::Aarch64 => 0xc000_00b7,
+fn invalid(message: String) -> SeccompError {
+    SeccompError::Invalid(format!("seccompiler's program: {message}"))
+}
+
+/// Where the jumps of instruction `pc` may go: `(targets, falls through)`.
+fn successors(program: &[sock_filter], pc: usize) -> Vec<usize> {
+    let i = &program[pc];
+    match i.code & CLASS_MASK {
+        CLASS_RET => vec![],
+        CLASS_JMP if i.code == JA => vec![pc + 1 + i.k as usize],
+        CLASS_JMP => vec![pc + 1 + usize::from(i.jt), pc + 1 + usize::from(i.jf)],
+        _ => vec![pc + 1],
     }
 }
 
-/// The number of syscall `name` on `arch`, as seccompiler knows it: the constant its program
-/// compares the loaded syscall number with.
-pub(crate) fn syscall_number(name: &str, arch: Arch) -> Result<u32, SeccompError> {
-    let target = match arch {
-        Arch::X86_64 => seccompiler::TargetArch::x86_64,
-        Arch::Aarch64 => seccompiler::TargetArch::aarch64,
-    };
-    let input = json!({ "n": {
-        "mismatch_action": "allow",
-        "match_action": "trap",
-        "filter": [{ "syscall": name }],
-    }});
-    let bytes = serde_json::to_vec(&input).expect("serializing a serde_json::Value cannot fail");
-    let mut programs = seccompiler::compile_from_json(bytes.as_slice(), target)
-        .map_err(|error| SeccompError::Compile { arch, error })?;
-    let program = programs.remove("n").unwrap_or_default();
-    program
-        .windows(2)
-        .find(|w| w[0].code == LD_W_ABS && w[0].k == OFF_NR && w[1].code == JEQ_K)
-        .map(|w| w[1].k)
-        .ok_or_else(|| {
-            SeccompError::Invalid(format!(
-                "cannot find the number of {name} on {arch} in seccompiler's program"
-            ))
+/// Follows the path of syscall number `nr` from instruction `start` (the accumulator holding
+/// `nr`) through jumps that compare the accumulator with constants, to the first other
+/// instruction.
+fn walk(program: &[sock_filter], start: usize, nr: u32) -> Result<Leaf, SeccompError> {
+    let mut pc = start;
+    loop {
+        let i = program
+            .get(pc)
+            .ok_or_else(|| invalid(format!("a jump leaves the program at {pc}")))?;
+        let taken = match i.code {
+            JA => {
+                pc += 1 + i.k as usize;
+                continue;
+            }
+            JEQ_K => nr == i.k,
+            JGT_K => nr > i.k,
+            JGE_K => nr >= i.k,
+            RET_K => return Ok(Leaf::Ret(i.k)),
+            _ => return Ok(Leaf::Enter(pc)),
+        };
+        pc += 1 + usize::from(if taken { i.jt } else { i.jf });
+    }
+}
+
+/// seccompiler's `program` with its dispatch replaced by a binary search (module docs).
+pub(crate) fn accelerate(program: &[sock_filter]) -> Result<Vec<sock_filter>, SeccompError> {
+    // 1. The prologue: loads of the architecture, comparisons and returns, up to the load of
+    //    the number; its jumps stay inside it.
+    let load = program
+        .iter()
+        .position(|i| i.code == LD_W_ABS && i.k == OFF_NR)
+        .ok_or_else(|| invalid("no load of the syscall number".into()))?;
+    for (pc, i) in program[..load].iter().enumerate() {
+        let known = matches!(i.code, RET_K | JEQ_K | JGT_K | JGE_K | JA)
+            || (i.code == LD_W_ABS && i.k == OFF_ARCH);
+        if !known || successors(program, pc).iter().any(|&t| t > load) {
+            return Err(invalid(format!(
+                "unexpected prologue instruction {pc}: {i:?}"
+            )));
+        }
+    }
+    let start = load + 1;
+
+    // 2. The intervals on which every comparison of the number with a constant agrees: split
+    //    at each constant c and at c + 1.
+    let mut bounds = BTreeSet::from([0u32]);
+    for i in &program[start..] {
+        if matches!(i.code, JEQ_K | JGT_K | JGE_K) {
+            bounds.insert(i.k);
+            if let Some(next) = i.k.checked_add(1) {
+                bounds.insert(next);
+            }
+        }
+    }
+    let bounds: Vec<u32> = bounds.into_iter().collect();
+    let mut intervals: Vec<Interval> = Vec::new();
+    for (n, &lo) in bounds.iter().enumerate() {
+        let hi = bounds.get(n + 1).map_or(u32::MAX, |next| next - 1);
+        let leaf = walk(program, start, lo)?;
+        match intervals.last_mut() {
+            Some(last) if last.leaf == leaf => last.hi = hi,
+            _ => intervals.push(Interval { lo, hi, leaf }),
+        }
+    }
+
+    // 4. The body: what the leaves enter, and everything reachable from there.
+    let mut reachable = BTreeSet::new();
+    let mut todo: Vec<usize> = intervals
+        .iter()
+        .filter_map(|iv| match iv.leaf {
+            Leaf::Enter(pc) => Some(pc),
+            Leaf::Ret(_) => None,
         })
-}
-
-impl Policy {
-    /// Compiles the policy into the single program tako-vm installs (see the module docs).
-    pub(crate) fn compile_tree(&self, arch: Arch) -> Result<Vec<sock_filter>, SeccompError> {
-        let deny = RET_ERRNO | self.default_errno;
-        let mut leaves: Vec<(u32, Leaf)> = Vec::new();
-        for name in self.names_on(&self.unconditional, arch) {
-            leaves.push((syscall_number(name, arch)?, Leaf::Ret(RET_ALLOW)));
+        .collect();
+    while let Some(pc) = todo.pop() {
+        if pc >= program.len() {
+            return Err(invalid(format!("a jump leaves the program at {pc}")));
         }
-        for name in self.names_on(&self.enosys, arch) {
-            leaves.push((syscall_number(name, arch)?, Leaf::Ret(RET_ERRNO | ENOSYS)));
-        }
-        for cond in &self.conditional {
-            if self.exists_on(&cond.syscall, arch) {
-                let leaf = Leaf::Cond {
-                    arg: cond.arg,
-                    test: cond.test.clone(),
-                };
-                leaves.push((syscall_number(&cond.syscall, arch)?, leaf));
-            }
-        }
-        leaves.sort_by_key(|(nr, _)| *nr);
-        if let Some(w) = leaves.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(SeccompError::Invalid(format!(
-                "two names have syscall number {} on {arch}",
-                w[0].0
-            )));
-        }
-        let intervals = intervals(leaves, deny);
-        let mut program = vec![
-            insn(LD_W_ABS, 0, 0, OFF_ARCH),
-            insn(JEQ_K, 1, 0, audit_arch(arch)),
-            insn(RET_K, 0, 0, RET_KILL_PROCESS),
-            insn(LD_W_ABS, 0, 0, OFF_NR),
-        ];
-        program.extend(search(&intervals, deny));
-        if program.len() > BPF_MAXINSNS {
-            return Err(SeccompError::Invalid(format!(
-                "the program for {arch} has {} instructions, more than the kernel's {BPF_MAXINSNS}",
-                program.len()
-            )));
-        }
-        Ok(program)
-    }
-}
-
-/// Intervals covering every `u32`, from sorted, distinct numbers: equal neighbouring `Ret`
-/// leaves merge, gaps get `deny`.
-pub(crate) fn intervals(leaves: Vec<(u32, Leaf)>, deny: u32) -> Vec<Interval> {
-    let mut out: Vec<Interval> = Vec::new();
-    let mut push = |lo: u32, hi: u32, leaf: Leaf| {
-        if let Some(last) = out.last_mut() {
-            if last.hi.checked_add(1) == Some(lo)
-                && last.leaf == leaf
-                && matches!(leaf, Leaf::Ret(_))
-            {
-                last.hi = hi;
-                return;
-            }
-        }
-        out.push(Interval { lo, hi, leaf });
-    };
-    let mut next = 0u32;
-    for (nr, leaf) in leaves {
-        if nr > next {
-            push(next, nr - 1, Leaf::Ret(deny));
-        }
-        push(nr, nr, leaf);
-        next = nr.saturating_add(1);
-        if nr == u32::MAX {
-            return out;
+        if reachable.insert(pc) {
+            todo.extend(successors(program, pc));
         }
     }
-    push(next, u32::MAX, Leaf::Ret(deny));
-    out
+    let body_pcs: Vec<usize> = reachable.into_iter().collect();
+    let index_of = |pc: usize| body_pcs.binary_search(&pc).expect("reachable");
+    let mut body = Vec::with_capacity(body_pcs.len());
+    for (n, &pc) in body_pcs.iter().enumerate() {
+        let mut i = program[pc].clone();
+        if i.code == JA {
+            i.k = (index_of(pc + 1 + i.k as usize) - n - 1) as u32;
+        } else if i.code & CLASS_MASK == CLASS_JMP {
+            // Leaving instructions out only shortens a forward jump.
+            i.jt = u8::try_from(index_of(pc + 1 + usize::from(i.jt)) - n - 1)
+                .expect("a shorter jump fits");
+            i.jf = u8::try_from(index_of(pc + 1 + usize::from(i.jf)) - n - 1)
+                .expect("a shorter jump fits");
+        }
+        body.push(i);
+    }
+
+    // 3. The search, then the body; leaf jumps are aimed once both are placed.
+    let (search, entries) = search(&intervals);
+    let mut out = program[..start].to_vec();
+    let search_at = out.len();
+    out.extend(search);
+    let body_at = out.len();
+    out.extend(body);
+    for (at, pc) in entries {
+        let from = search_at + at;
+        out[from].k = (body_at + index_of(pc) - from - 1) as u32;
+    }
+    if out.len() > BPF_MAXINSNS {
+        return Err(invalid(format!(
+            "{} instructions, more than the kernel's {BPF_MAXINSNS}",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// Binary search over `ivs` (sorted, contiguous, covering every `u32`) on the loaded number.
-pub(crate) fn search(ivs: &[Interval], deny: u32) -> Vec<sock_filter> {
+/// Returns the code and, for every `Enter` leaf, the position of its (not yet aimed) jump and
+/// the instruction it enters.
+pub(crate) fn search(ivs: &[Interval]) -> (Vec<sock_filter>, Vec<(usize, usize)>) {
     if let [only] = ivs {
-        return leaf_code(&only.leaf, deny);
+        return match only.leaf {
+            Leaf::Ret(value) => (vec![insn(RET_K, 0, 0, value)], vec![]),
+            Leaf::Enter(pc) => (vec![insn(JA, 0, 0, 0)], vec![(0, pc)]),
+        };
     }
     let mid = ivs.len() / 2;
-    let left = search(&ivs[..mid], deny);
-    let right = search(&ivs[mid..], deny);
+    let (left, left_entries) = search(&ivs[..mid]);
+    let (right, right_entries) = search(&ivs[mid..]);
     let split = ivs[mid].lo;
     let mut out = Vec::with_capacity(left.len() + right.len() + 2);
     match u8::try_from(left.len()) {
@@ -186,42 +230,18 @@ pub(crate) fn search(ivs: &[Interval], deny: u32) -> Vec<sock_filter> {
             out.push(insn(JA, 0, 0, left.len() as u32));
         }
     }
+    let left_at = out.len();
     out.extend(left);
+    let right_at = out.len();
     out.extend(right);
-    out
-}
-
-/// The code of one leaf; it always ends in a return.
-fn leaf_code(leaf: &Leaf, deny: u32) -> Vec<sock_filter> {
-    let (arg, test) = match leaf {
-        Leaf::Ret(value) => return vec![insn(RET_K, 0, 0, *value)],
-        Leaf::Cond { arg, test } => (*arg, test),
-    };
-    // The low 32 bits of the argument (both architectures are little-endian).
-    let mut out = vec![insn(LD_W_ABS, 0, 0, OFF_ARGS + 8 * u32::from(arg))];
-    match test {
-        ArgTest::NoBitOf(mask) => {
-            // [JSET] [RET deny] [RET allow]
-            out.push(insn(JSET_K, 0, 1, *mask));
-            out.push(insn(RET_K, 0, 0, deny));
-            out.push(insn(RET_K, 0, 0, RET_ALLOW));
-        }
-        ArgTest::EqAny(values) | ArgTest::NeAll(values) => {
-            debug_assert!(values.len() <= MAX_VALUES);
-            // [JEQ v0 .. JEQ vn-1] [RET on no match] [RET on a match]
-            let n = values.len();
-            for (i, &v) in values.iter().enumerate() {
-                // Policy validation keeps n <= MAX_VALUES < 256.
-                let to_match = u8::try_from(n - i).unwrap_or(u8::MAX);
-                out.push(insn(JEQ_K, to_match, 0, v));
-            }
-            let (no_match, matched) = match test {
-                ArgTest::EqAny(_) => (deny, RET_ALLOW),
-                _ => (RET_ALLOW, deny),
-            };
-            out.push(insn(RET_K, 0, 0, no_match));
-            out.push(insn(RET_K, 0, 0, matched));
-        }
-    }
-    out
+    let entries = left_entries
+        .into_iter()
+        .map(|(at, pc)| (left_at + at, pc))
+        .chain(
+            right_entries
+                .into_iter()
+                .map(|(at, pc)| (right_at + at, pc)),
+        )
+        .collect();
+    (out, entries)
 }
