@@ -60,3 +60,53 @@ fn gc_keeps_named_and_held_snapshots_and_removes_the_rest() {
     assert!(snaps.by_key("bbbb02").is_none());
     assert!(snaps.by_key("aaaa01").is_some());
 }
+
+#[test]
+fn gc_caches_empties_the_build_caches_unless_a_build_holds_them() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let snaps = SnapshotStore::open(root).unwrap();
+    let store = root.to_str().unwrap();
+    // uv's cache, and a bytecode cache with one entry only the cache has and one a snapshot
+    // links (its bytes stay: they are not counted as freed).
+    let uv = root.join("snapshots/uv-cache");
+    std::fs::create_dir_all(uv.join("archive-v0/abc")).unwrap();
+    std::fs::write(uv.join("archive-v0/abc/data"), vec![0u8; 200_000]).unwrap();
+    std::fs::write(uv.join(".lock"), "").unwrap();
+    let bytecode = root.join("snapshots/bytecode-cache");
+    std::fs::create_dir_all(bytecode.join("a70d0d0a/ab")).unwrap();
+    let lone = bytecode.join("a70d0d0a/ab/ab01");
+    std::fs::write(&lone, vec![1u8; 100_000]).unwrap();
+    let shared = bytecode.join("a70d0d0a/ab/ab02");
+    std::fs::write(&shared, vec![2u8; 50_000]).unwrap();
+    fake_snapshot(root, "eeee05");
+    std::fs::write(root.join("snapshots/names/kept"), "eeee05").unwrap();
+    let in_snapshot = root.join("snapshots/eeee05/rootfs/usr/bin/x.pyc");
+    std::fs::hard_link(&shared, &in_snapshot).unwrap();
+
+    // A build is using the caches: refused, nothing removed; a plain gc does not prune the
+    // bytecode cache under it either.
+    let hold = snaps.hold_caches().unwrap();
+    let (code, out, err) = common::cli(&["gc", "--caches", "--store", store]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("a job-type build is using the build caches"),
+        "{err}"
+    );
+    assert!(uv.join("archive-v0/abc/data").exists() && lone.exists());
+    gc(root);
+    assert!(lone.exists(), "pruned under a build");
+
+    drop(hold);
+    let (code, out, err) = common::cli(&["gc", "--caches", "--store", store]);
+    assert_eq!(code, 0, "{err}");
+    // gc prunes the bytecode entry only the cache had first; uv's 200 kB are what emptying
+    // the caches frees.
+    assert!(out.contains("emptied the build caches (0.2 MB)"), "{out}");
+    assert!(!uv.exists() && !bytecode.exists());
+    // The snapshot keeps its file.
+    let m = std::fs::metadata(&in_snapshot).unwrap();
+    assert_eq!((m.len(), m.nlink()), (50_000, 1));
+    assert!(snaps.by_key("eeee05").is_some());
+}

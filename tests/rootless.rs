@@ -528,7 +528,7 @@ fn unprivileged_user_with_subordinate_ids_builds_job_types() {
     std::fs::write(
         &cfg,
         format!(
-            "allow_unlimited_sandboxes: true\njob_types:\n  - name: shared-only\n    shared_code: [{}]\n  - name: with-six\n    requirements: [six]\n",
+            "allow_unlimited_sandboxes: true\njob_types:\n  - name: shared-only\n    shared_code: [{}]\n  - name: with-six\n    requirements: [six]\n  - name: after-clear\n    requirements: [tako-absent-package]\n",
             dir.join("helper.py").display()
         ),
     )
@@ -643,4 +643,33 @@ fn unprivileged_user_with_subordinate_ids_builds_job_types() {
         &odd[..odd.len().min(10)]
     );
     assert_eq!(std::fs::metadata(&store).unwrap().uid(), uid);
+
+    // uv's cache belongs to the sandbox user, a subordinate id the user cannot remove files
+    // of: `gc --caches` empties it through the owner helper.
+    let uv_cache = snapshots.join("uv-cache");
+    assert_ne!(std::fs::metadata(&uv_cache).unwrap().uid(), uid);
+    let (rc, out, err) = run_as(
+        user,
+        &["--config", cfg_s, "gc", "--caches", "--store", store_s],
+    );
+    assert_eq!(rc, 0, "{out} {err}");
+    assert!(out.contains("emptied the build caches ("), "{out}");
+    assert!(
+        !uv_cache.exists(),
+        "gc --caches left {}",
+        uv_cache.display()
+    );
+    // Snapshots keep what they hold: a job type built before still runs.
+    let (rc, out, err) = run("shared-only", "use.py");
+    assert_eq!(rc, 0, "{out} {err}");
+    assert!(out.contains("42 /app/shared_code/helper.py"), "{out}");
+    // The next build makes the cache again and hands it over (it fails at uv, which has
+    // nothing to install from, not before).
+    let (rc, _, err) = build("after-clear", &["--find-links", wheels.to_str().unwrap()]);
+    assert_ne!(rc, 0, "{err}");
+    assert!(
+        err.contains("tako-absent-package") && !err.contains("Operation not permitted"),
+        "{err}"
+    );
+    assert_ne!(std::fs::metadata(&uv_cache).unwrap().uid(), uid);
 }

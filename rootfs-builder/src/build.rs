@@ -71,6 +71,11 @@ impl SnapshotStore {
         }
 
         if !reqs.is_empty() || !spec.shared_code.is_empty() {
+            // The shared caches stay while this build uses them (`clear_caches` waits).
+            let _caches = match cache_scope {
+                CacheScope::Shared => Some(self.hold_caches()?),
+                CacheScope::Private => None,
+            };
             let build = rootfs.join(BUILD_DIR.trim_start_matches('/'));
             // Ours alone: an image's own `/tako-build` (a symlink to a host file, say) goes.
             tree::remove(&build).map_err(io_err("remove", &build))?;

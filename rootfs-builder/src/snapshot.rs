@@ -680,9 +680,62 @@ impl SnapshotStore {
                 removed += usize::from(self.remove_unheld(&name)?);
             }
         }
-        let cache = self.root.join(crate::pyc::CACHE_DIR);
-        crate::pyc::prune(&cache).map_err(io_err("prune", &cache))?;
+        // Pruning the bytecode cache while a build links out of it could take entries from
+        // under it: only when no build holds the caches (the next gc prunes otherwise).
+        if let Ok(_caches) = locked(&self.caches_lock(), libc::LOCK_EX | libc::LOCK_NB) {
+            let cache = self.root.join(crate::pyc::CACHE_DIR);
+            crate::pyc::prune(&cache).map_err(io_err("prune", &cache))?;
+        }
         Ok((removed, bases))
+    }
+
+    /// `<root>/locks/caches`: held shared by every build that uses the shared build caches
+    /// (uv's and the bytecode cache), exclusively while they are pruned or cleared.
+    fn caches_lock(&self) -> PathBuf {
+        self.root.join("locks").join("caches")
+    }
+
+    /// A shared hold on the build caches, for as long as the returned file lives.
+    pub fn hold_caches(&self) -> Result<fs::File, SnapshotError> {
+        let path = self.caches_lock();
+        locked(&path, libc::LOCK_SH).map_err(io_err("lock", &path))
+    }
+
+    /// Empties the build caches that job-type builds share: uv's download cache
+    /// (`<root>/snapshots/uv-cache`, written by the builder sandboxes' user, so removed
+    /// through `owner`) and the bytecode cache. Snapshots keep what they hold; the next build
+    /// downloads and compiles again. Refuses while a build uses them. Returns the bytes of
+    /// the files that were in no snapshot (what removing them freed).
+    pub fn clear_caches(&self, owner: &dyn SandboxOwner) -> Result<u64, SnapshotError> {
+        let path = self.caches_lock();
+        let _caches = locked(&path, libc::LOCK_EX | libc::LOCK_NB).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                SnapshotError::Invalid(
+                    "a job-type build is using the build caches; run this again when it has finished"
+                        .into(),
+                )
+            } else {
+                io_err("lock", &path)(e)
+            }
+        })?;
+        let mut freed = 0;
+        for name in ["uv-cache", crate::pyc::CACHE_DIR] {
+            let dir = self.root.join(name);
+            if dir.symlink_metadata().is_err() {
+                continue;
+            }
+            // Best effort: what cannot be read is still removed below.
+            let _ = crate::tree::walk(&dir, |e, _| {
+                if let Ok(m) = e.metadata() {
+                    if m.is_file() && std::os::unix::fs::MetadataExt::nlink(&m) == 1 {
+                        freed += m.len();
+                    }
+                }
+                Ok(true)
+            });
+            owner.discard(&dir).map_err(io_err("remove", &dir))?;
+        }
+        Ok(freed)
     }
 }
 

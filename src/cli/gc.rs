@@ -9,6 +9,10 @@ use super::images::StoreArgs;
 pub struct GcArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// Also empty the build caches job-type builds share (uv's downloads and the bytecode
+    /// cache): the next build downloads and compiles again. Refused while a build runs.
+    #[arg(long)]
+    caches: bool,
 }
 
 /// Unnamed snapshots (old builds, ad-hoc runtime-requirement snapshots), then images
@@ -17,16 +21,22 @@ pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
     let store = a.store.load(config)?;
     let images = store.images()?;
     let snaps = store.snapshots(&images)?;
-    // A dead build's staging tree holds what its sandbox user wrote: an unprivileged user
-    // with subordinate ids removes it through the owner helper. Where the ids cannot be
-    // told, plain removal (what gc did before).
-    let (removed_snaps, bases) = match crate::sandbox::idmap::IdMap::detect() {
-        Ok(idmap) => snaps.gc_with(&crate::sandbox::owner::Ownership::new(
+    // A dead build's staging tree, and uv's cache, hold what a builder sandbox's user wrote:
+    // an unprivileged user with subordinate ids removes them through the owner helper. Where
+    // the ids cannot be told, plain removal (what gc did before).
+    let owner: Box<dyn rootfs_builder::SandboxOwner> = match crate::sandbox::idmap::IdMap::detect()
+    {
+        Ok(idmap) => Box::new(crate::sandbox::owner::Ownership::new(
             &std::env::current_exe()?,
             &idmap,
-        ))?,
-        Err(_) => snaps.gc()?,
+        )),
+        Err(_) => Box::new(rootfs_builder::DirectOwner(0, 0)),
     };
+    let (removed_snaps, bases) = snaps.gc_with(owner.as_ref())?;
+    if a.caches {
+        let freed = snaps.clear_caches(owner.as_ref())?;
+        println!("emptied the build caches ({:.1} MB)", freed as f64 / 1e6);
+    }
     let report = images.gc(&bases.into_iter().collect())?;
     println!(
         "removed {removed_snaps} snapshots, {} images, {} blobs ({:.1} MB)",
