@@ -76,7 +76,7 @@ fn invalid(message: String) -> SeccompError {
     SeccompError::Invalid(format!("seccompiler's program: {message}"))
 }
 
-/// Where the jumps of instruction `pc` may go: `(targets, falls through)`.
+/// The instructions that may run after instruction `pc` (none after a return).
 fn successors(program: &[sock_filter], pc: usize) -> Vec<usize> {
     let i = &program[pc];
     match i.code & CLASS_MASK {
