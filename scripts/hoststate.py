@@ -37,11 +37,27 @@ def host_state(cgroup_parent="tako-vm", server_pid=None):
     return state
 
 
+def settled(read, timeout=10.0):
+    """`read()` once two readings 0.2 s apart agree (a server refilling its pool of
+    pre-started helpers, say), or the last reading after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def report(before, after):
-    """Prints both states; returns the keys that changed (empty: no leak)."""
+    """Prints both states; returns what grew (empty: no leak)."""
     print("host state (before -> after):")
     for k in before:
         print(f"  {k:<36} {before[k]:6} -> {after[k]}")
-    changed = {k: (before[k], after[k]) for k in before if after[k] != before[k]}
-    print("leaks: none" if not changed else f"LEAKS: {changed}")
-    return changed
+    grew = {k: (before[k], after[k]) for k in before if after[k] > before[k]}
+    print("leaks: none" if not grew else f"LEAKS: {grew}")
+    return grew
