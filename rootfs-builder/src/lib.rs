@@ -17,6 +17,8 @@ mod tree;
 /// tree: no recursion and no full paths below it); a missing path is fine.
 pub use tree::remove as remove_path;
 
+/// `flock` on a lock file (created if missing, opened read-only if it exists).
+pub use snapshot::locked as flock_file;
 /// Visits every entry below a directory without recursion and without following symlinks
 /// (see `tree::walk`); for trees that build code wrote.
 pub use tree::walk as walk_tree;

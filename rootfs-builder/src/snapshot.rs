@@ -302,11 +302,30 @@ pub const KEEP_UNNAMED: usize = 32;
 
 /// Opens (creating) the lock file `path` and takes `flock(op)` on it; the lock lasts as long
 /// as the returned file.
-fn locked(path: &Path, op: libc::c_int) -> std::io::Result<fs::File> {
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+///
+/// An existing file is opened read-only (`flock` needs no more), so a lock file another user
+/// made (root running `tako-vm gc` on the service's store, say) does not lock the service out.
+pub fn locked(path: &Path, op: libc::c_int) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?,
+        Err(e) => return Err(e),
+    };
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a lock file",
+            path.display()
+        )));
+    }
     // SAFETY: flock(2) on a descriptor owned by `f`, which outlives the call.
     if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
         return Err(std::io::Error::last_os_error());

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -97,23 +96,11 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Blocks until `path` is locked exclusively (created if missing).
+    /// Blocks until `path` is locked exclusively (created if missing; an existing file is
+    /// opened read-only, so one another user made does not lock this one out).
     pub fn acquire(path: &Path) -> Result<FileLock> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| ImageError::io("open lock", path, e))?;
-        // SAFETY: flock(2) on a descriptor owned by `f`, which outlives the call.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(ImageError::io(
-                "lock",
-                path,
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let f = rootfs_builder::flock_file(path, libc::LOCK_EX)
+            .map_err(|e| ImageError::io("lock", path, e))?;
         Ok(FileLock { _file: f })
     }
 }
