@@ -653,16 +653,10 @@ impl SnapshotStore {
             .ok_or_else(|| SnapshotError::Sandbox("published snapshot unreadable".into()))
     }
 
-    /// Removes snapshots no name points at, and stale staging directories. Returns the
-    /// base image digests the remaining snapshots use (keep them in the image store).
-    pub fn gc(&self) -> Result<(usize, Vec<String>), SnapshotError> {
-        // Removing needs no ids.
-        self.gc_with(&DirectOwner(0, 0))
-    }
-
-    /// [`SnapshotStore::gc`], removing stale staging trees (what a dead build's sandbox user
-    /// wrote) through `owner`.
-    pub fn gc_with(&self, owner: &dyn SandboxOwner) -> Result<(usize, Vec<String>), SnapshotError> {
+    /// Removes snapshots no name points at, and stale staging directories (what a dead
+    /// build's sandbox user wrote, removed through `owner`). Returns the base image digests
+    /// the remaining snapshots use (keep them in the image store).
+    pub fn gc(&self, owner: &dyn SandboxOwner) -> Result<(usize, Vec<String>), SnapshotError> {
         let named: Vec<String> = self.list().into_iter().map(|(_, s)| s.key).collect();
         let mut removed = 0;
         let mut bases = Vec::new();
@@ -787,16 +781,20 @@ mod hold_tests {
         fake_snapshot(&store, "aa11");
         fake_snapshot(&store, "bb22");
         let held = store.hold("aa11").expect("exists");
-        let (removed, _) = store.gc().unwrap();
+        let (removed, _) = store.gc(&DirectOwner(0, 0)).unwrap();
         assert_eq!(removed, 1, "only the unheld one");
         assert!(store.by_key("aa11").is_some());
         assert!(store.by_key("bb22").is_none());
         // Another hold of the same snapshot (a second sandbox) is fine.
         let again = store.hold("aa11").expect("shared");
         drop(held);
-        assert_eq!(store.gc().unwrap().0, 0, "still held by the second run");
+        assert_eq!(
+            store.gc(&DirectOwner(0, 0)).unwrap().0,
+            0,
+            "still held by the second run"
+        );
         drop(again);
-        assert_eq!(store.gc().unwrap().0, 1);
+        assert_eq!(store.gc(&DirectOwner(0, 0)).unwrap().0, 1);
         assert!(
             store.hold("aa11").is_none(),
             "a removed snapshot is never handed out"
@@ -812,7 +810,7 @@ mod hold_tests {
         let store = SnapshotStore::open(tmp.path()).unwrap();
         fake_snapshot(&store, "cc33");
         fs::create_dir_all(store.use_lock("cc33")).unwrap();
-        assert_eq!(store.gc().unwrap().0, 0);
+        assert_eq!(store.gc(&DirectOwner(0, 0)).unwrap().0, 0);
         assert!(store.by_key("cc33").is_some());
     }
 

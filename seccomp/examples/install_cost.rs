@@ -2,9 +2,7 @@
 //! programs with a binary-search dispatch) against seccompiler's programs as it lays them out,
 //! interleaved in one run, each installed by a freshly forked child.
 //!
-//! `cargo run --release -p tako-seccomp --example install_cost [-- RUNS] [FILE…]`, where each
-//! FILE holds other filters in the `CompiledFilters::to_bytes` encoding
-//! (`install_cost dump FILE` writes the current ones).
+//! `cargo run --release -p tako-seccomp --example install_cost [-- RUNS]` (default 300).
 
 use std::time::Instant;
 
@@ -47,54 +45,37 @@ fn install_times(filters: &CompiledFilters, runs: usize) -> Vec<f64> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [dump, file] = args.as_slice() {
-        if dump == "dump" {
-            std::fs::write(file, compile_for_host().expect("compiles").to_bytes()).expect("write");
-            return;
-        }
-    }
-    let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(300);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(300);
     let arch = Arch::host().expect("a supported architecture");
-    let mut sets = vec![
+    let sets = [
+        ("installed", compile_for_host().expect("compiles")),
         (
-            "installed".to_owned(),
-            compile_for_host().expect("compiles"),
-        ),
-        (
-            "seccompiler, linear".to_owned(),
+            "seccompiler, linear",
             Policy::builtin()
                 .expect("parses")
                 .compile_reference(arch)
                 .expect("compiles"),
         ),
     ];
-    for file in args.iter().filter(|a| a.parse::<usize>().is_err()) {
-        let bytes = std::fs::read(file).expect("read");
-        sets.push((
-            file.clone(),
-            CompiledFilters::from_bytes(&bytes).expect("decodes"),
-        ));
-    }
-    let mut p50s = vec![Vec::new(); sets.len()];
+    let mut ratios = Vec::new();
     for round in 0..3 {
-        for (n, (name, filters)) in sets.iter().enumerate() {
+        let mut p50s = Vec::new();
+        for (name, filters) in &sets {
             let t = install_times(filters, runs);
             let (p50, p90) = (t[t.len() / 2], t[t.len() * 9 / 10]);
-            p50s[n].push(p50);
+            p50s.push(p50);
             println!(
                 "round {round}  {name:24} {:?} instructions  p50 {p50:7.1} µs  p90 {p90:7.1} µs",
                 filters.filter_lengths()
             );
         }
+        ratios.push(format!("{:.2}", p50s[0] / p50s[1]));
     }
-    for (n, (name, _)) in sets.iter().enumerate().skip(1) {
-        let ratio: Vec<String> = (0..3)
-            .map(|r| format!("{:.2}", p50s[0][r] / p50s[n][r]))
-            .collect();
-        println!(
-            "installed / {name}: p50 ratio per round {}",
-            ratio.join(", ")
-        );
-    }
+    println!(
+        "installed / seccompiler, linear: p50 ratio per round {}",
+        ratios.join(", ")
+    );
 }

@@ -53,7 +53,7 @@ const BPF_MAXINSNS: usize = 4096;
 
 /// Where the syscall numbers of one interval go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Leaf {
+enum Leaf {
     /// A fixed return value.
     Ret(u32),
     /// Instruction `n` of the body, entered with the syscall number in the accumulator.
@@ -62,10 +62,10 @@ pub(crate) enum Leaf {
 
 /// `lo..=hi` of syscall numbers with one leaf.
 #[derive(Debug, Clone)]
-pub(crate) struct Interval {
-    pub(crate) lo: u32,
-    pub(crate) hi: u32,
-    pub(crate) leaf: Leaf,
+struct Interval {
+    lo: u32,
+    hi: u32,
+    leaf: Leaf,
 }
 
 const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
@@ -209,7 +209,7 @@ pub(crate) fn accelerate(program: &[sock_filter]) -> Result<Vec<sock_filter>, Se
 /// Binary search over `ivs` (sorted, contiguous, covering every `u32`) on the loaded number.
 /// Returns the code and, for every `Enter` leaf, the position of its (not yet aimed) jump and
 /// the instruction it enters.
-pub(crate) fn search(ivs: &[Interval]) -> (Vec<sock_filter>, Vec<(usize, usize)>) {
+fn search(ivs: &[Interval]) -> (Vec<sock_filter>, Vec<(usize, usize)>) {
     if let [only] = ivs {
         return match only.leaf {
             Leaf::Ret(value) => (vec![insn(RET_K, 0, 0, value)], vec![]),

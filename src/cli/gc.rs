@@ -32,7 +32,7 @@ pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
         )),
         Err(_) => Box::new(rootfs_builder::DirectOwner(0, 0)),
     };
-    let (removed_snaps, bases) = snaps.gc_with(owner.as_ref())?;
+    let (removed_snaps, bases) = snaps.gc(owner.as_ref())?;
     if a.caches {
         let freed = snaps.clear_caches(owner.as_ref())?;
         println!("emptied the build caches ({:.1} MB)", freed as f64 / 1e6);

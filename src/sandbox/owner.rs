@@ -276,7 +276,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_other_than_the_two_operations_on_absolute_paths_are_refused() {
+    fn requests_other_than_the_three_operations_on_absolute_paths_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let rel = format!("hand_over\t{}\n", "relative/dir");
         assert!(handle(rel.as_bytes()).is_err());
