@@ -9,11 +9,12 @@
 //! delegated cgroup (systemd `Delegate=yes`): it moves itself into a `supervisor` leaf and
 //! puts the runs under `<own cgroup>/<parent>`.
 //!
-//! Why not libcgroups: we used youki's libcgroups first. Per run it cost 7–8 ms on this
-//! host (its procfs hardening and touching all twelve v1 controllers; the kernel part is
-//! 0.05 ms per mkdir), about as much as starting Python, and its v1 manager always writes
-//! `devices.allow`, which needs CAP_SYS_ADMIN. The few files a run needs are written here
-//! directly; every path is built from our own run ids, never from sandbox input.
+//! Why not libcgroups: the whole layer on youki's libcgroups 0.7 is built and tested on the
+//! branch `libcgroups` (docs/benchmarks.md, round 9). On this cgroup-v1 host its v1 manager
+//! adds 3.5-4.5 ms to every CLI start (twelve hardened procfs look-ups to build it, eight
+//! hierarchies per run, the cpuset copy-down), and it always writes `devices.allow`, which
+//! needs CAP_SYS_ADMIN. The few files a run needs are written here directly; every path is
+//! built from our own run ids, never from sandbox input.
 
 use std::fs;
 use std::io;
