@@ -317,8 +317,12 @@ impl Runner {
     /// Whether the init may be cloned here ([`clone_init`]): a single-threaded process (the
     /// CLI) whose helper binary is itself.
     fn may_clone_init(&self) -> bool {
-        self.clone_init
-            && single_threaded()
+        if !self.clone_init {
+            return false;
+        }
+        // A cgroup manager built ahead on a thread (`cgroup::prepare`) is finished first.
+        let joined = super::cgroup::settle();
+        single_threaded(joined)
             && std::env::current_exe().is_ok_and(|me| me == self.helper_exe)
             && std::env::var_os("TAKO_VM_HELPER_EXEC").is_none()
     }
@@ -980,12 +984,26 @@ fn scrub_environment() {
     }
 }
 
-/// True when this process has a single thread (then fork without exec is safe).
-fn single_threaded() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1"))
-    })
+/// True when this process has a single thread (then fork without exec is safe). After a
+/// thread was `just_joined`, the kernel may count it for a few more microseconds while it
+/// ends, so this looks again for up to about 2 ms.
+fn single_threaded(just_joined: bool) -> bool {
+    let once = || {
+        fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1"))
+        })
+    };
+    let tries = if just_joined { 200 } else { 1 };
+    for i in 0..tries {
+        if once() {
+            return true;
+        }
+        if i + 1 < tries {
+            std::thread::sleep(Duration::from_micros(10));
+        }
+    }
+    false
 }
 
 /// Clones the sandbox's init (no exec) straight into new user, mount, pid, ipc, uts and net
