@@ -671,6 +671,25 @@ mod tests {
         true
     }
 
+    /// A dead owner's leftover with a process inside is killed and removed by the sweep.
+    fn sweep_kills_a_dead_owners_leftover(cg: &Cgroups, name: &str) {
+        let left = cg.create(name).unwrap();
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        left.add(orphan.id() as i32).unwrap();
+        std::mem::forget(left);
+        assert_eq!(cg.sweep_dead(|n| n.starts_with("999999999.")), 1);
+        assert!(
+            orphan.wait().unwrap().code().is_none(),
+            "killed by the sweep"
+        );
+        for p in cg.parents() {
+            assert!(!p.join(name).exists(), "{} left", p.join(name).display());
+        }
+    }
+
     /// The v1 usage files are read with libcgroups' parsers.
     #[test]
     fn v1_usage_files_are_parsed() {
@@ -809,19 +828,7 @@ mod tests {
         for p in cg.parents() {
             assert!(!p.join(id).exists(), "{} left", p.join(id).display());
         }
-        // A dead owner's leftover with a process inside is killed and removed by the sweep.
-        let left = cg.create("999999999.2.v1left").unwrap();
-        let mut orphan = std::process::Command::new("sleep")
-            .arg("100")
-            .spawn()
-            .unwrap();
-        left.add(orphan.id() as i32).unwrap();
-        std::mem::forget(left);
-        assert_eq!(cg.sweep_dead(|name| name.starts_with("999999999.")), 1);
-        assert!(
-            orphan.wait().unwrap().code().is_none(),
-            "killed by the sweep"
-        );
+        sweep_kills_a_dead_owners_leftover(&cg, "999999999.2.v1left");
         for p in cg.parents() {
             assert!(!p.join("999999999.2.v1left").exists());
             let _ = fs::remove_dir(&p);
@@ -886,19 +893,7 @@ mod tests {
         );
         run.remove().unwrap();
         assert!(!base.join("999999999.1.v2run").exists());
-        // A dead owner's leftover with a process inside is killed and removed by the sweep.
-        let left = cg.create("999999999.2.v2left").unwrap();
-        let mut orphan = std::process::Command::new("sleep")
-            .arg("100")
-            .spawn()
-            .unwrap();
-        left.add(orphan.id() as i32).unwrap();
-        std::mem::forget(left);
-        assert_eq!(cg.sweep_dead(|name| name.starts_with("999999999.")), 1);
-        assert!(
-            orphan.wait().unwrap().code().is_none(),
-            "killed by the sweep"
-        );
+        sweep_kills_a_dead_owners_leftover(&cg, "999999999.2.v2left");
         assert!(!base.join("999999999.2.v2left").exists());
         fs::remove_dir(&base).unwrap();
     }
