@@ -14,7 +14,13 @@ use nix::unistd::{Gid, Uid};
 
 /// Recreates the tree `src` at `dst`: directories as new directories (same mode), regular
 /// files as hard links (copies, with their mtime, when linking fails, e.g. across file
-/// systems), symlinks as symlinks. Nothing is followed.
+/// systems), symlinks as hard links to the symlink itself (new symlinks when linking
+/// fails). Nothing is followed.
+///
+/// Linking a symlink spares a new inode and, for a target longer than 60 bytes, a data
+/// block: the base image of `python:3.11-slim` has about 680 symlinks. A symlink's target
+/// cannot be changed in place, and the builder changes the owner or mode only of what the
+/// sandbox's user owns, so the base keeps its symlinks as they were.
 pub fn clone_tree(src: &Path, dst: &Path) -> io::Result<()> {
     let md = fs::symlink_metadata(src)?;
     fs::create_dir(dst)?;
@@ -31,7 +37,9 @@ pub fn clone_tree(src: &Path, dst: &Path) -> io::Result<()> {
             return Ok(true);
         }
         if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(from)?, &to)?;
+            if fs::hard_link(from, &to).is_err() {
+                std::os::unix::fs::symlink(fs::read_link(from)?, &to)?;
+            }
         } else if ft.is_file() && fs::hard_link(from, &to).is_err() {
             copy_file(from, &to)?;
         }
@@ -460,8 +468,16 @@ mod tests {
             fs::read_link(dst.join("a/l")).unwrap(),
             Path::new("/etc/passwd")
         );
+        // The symlink itself is shared, never followed.
+        let (l1, l2) = (
+            fs::symlink_metadata(src.join("a/l")).unwrap(),
+            fs::symlink_metadata(dst.join("a/l")).unwrap(),
+        );
+        assert!(l2.file_type().is_symlink());
+        assert_eq!(l1.ino(), l2.ino());
         remove(&dst).unwrap();
         assert!(src.join("a/b/f").exists());
+        assert!(fs::symlink_metadata(src.join("a/l")).is_ok());
     }
 
     /// `depth` nested directories `d` below `top` (made by descriptor, as a sandbox can,

@@ -32,11 +32,14 @@ pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
         )),
         Err(_) => Box::new(rootfs_builder::DirectOwner(0, 0)),
     };
-    let (removed_snaps, bases) = snaps.gc(owner.as_ref())?;
+    // The caches first: the whole bytecode cache is then counted as freed, before the
+    // snapshot gc would prune its unused entries uncounted. Refused (and nothing else done)
+    // while a build holds them.
     if a.caches {
         let freed = snaps.clear_caches(owner.as_ref())?;
         println!("emptied the build caches ({:.1} MB)", freed as f64 / 1e6);
     }
+    let (removed_snaps, bases) = snaps.gc(owner.as_ref())?;
     let report = images.gc(&bases.into_iter().collect())?;
     println!(
         "removed {removed_snaps} snapshots, {} images, {} blobs ({:.1} MB)",
