@@ -32,9 +32,11 @@ impl SnapshotStore {
             "building {} on {reference}",
             Snapshot::image_name(&spec.name)
         ));
+        let t0 = std::time::Instant::now();
         fs::create_dir_all(staging).map_err(io_err("create", staging))?;
         let rootfs = staging.join("rootfs");
         tree::clone_tree(&base.rootfs, &rootfs).map_err(io_err("clone base rootfs", &rootfs))?;
+        crate::trace(t0, "build: base cloned");
         let owner = host.owner();
         let (suid, _) = owner.ids();
         let euid = nix_euid();
@@ -182,10 +184,12 @@ impl SnapshotStore {
                 binds,
                 network: !reqs.is_empty(),
             };
+            crate::trace(t0, "build: install directories handed over");
             let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
             if !out.success {
                 return Err(build_failed(&spec.name, out));
             }
+            crate::trace(t0, "build: uv done");
 
             // Bytecode: cached (job-type builds) or compiled now (crate::pyc).
             let bytecode_cache = match cache_scope {
@@ -254,6 +258,7 @@ impl SnapshotStore {
                     return Err(build_failed(&spec.name, out));
                 }
             }
+            crate::trace(t0, "build: bytecode listed (and compiled)");
             tree::remove(&build).map_err(io_err("remove", &build))?;
             owner
                 .discard(&scratch)
@@ -266,12 +271,14 @@ impl SnapshotStore {
             for d in &writable_dirs {
                 owner.take_back(d).map_err(io_err("reclaim", d))?;
             }
+            crate::trace(t0, "build: taken back");
             if let Some(c) = &bytecode_cache {
                 pyc::link_cached(&rootfs, c, &hits, &paths.cache_tag)
                     .map_err(io_err("link bytecode", c))?;
                 pyc::keep(&rootfs, c, &todo, &paths.cache_tag)
                     .map_err(io_err("keep bytecode", c))?;
             }
+            crate::trace(t0, "build: bytecode linked");
             if !spec.shared_code.is_empty() {
                 owner
                     .take_back(&shared_dir)
@@ -305,7 +312,9 @@ impl SnapshotStore {
         };
         let meta = staging.join("snapshot.json");
         fs::write(&meta, serde_json::to_vec_pretty(&snap).expect("serialises"))
-            .map_err(io_err("write", &meta))
+            .map_err(io_err("write", &meta))?;
+        crate::trace(t0, "build: staged");
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod build;
 pub mod bytecode;
+pub mod durable;
 pub mod pyc;
 pub mod requirements;
 pub mod snapshot;
@@ -54,6 +55,18 @@ pub const MOUNT_FILES: [&str; 2] = ["etc/resolv.conf", "etc/hosts"];
 
 /// The execution contract's user.
 pub const SANDBOX_USER: (&str, u32) = ("sandbox", 1000);
+
+/// With `TAKO_VM_TRACE=1`, prints `label` and the time since `t0` to stderr (phase timings
+/// of sandbox starts and builds, for measuring).
+pub fn trace(t0: std::time::Instant, label: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var("TAKO_VM_TRACE").as_deref() == Ok("1")) {
+        eprintln!(
+            "tako-vm trace +{:.2}ms {label}",
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
 
 /// What `rootfs` lacks to be run by the sandbox (empty when it is ready).
 pub fn check(rootfs: &Path) -> Vec<String> {

@@ -469,6 +469,9 @@ impl SnapshotStore {
         if let Ok(rd) = fs::read_dir(self.root.join("names")) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with('.') {
+                    continue; // a name being written (crate::durable::write_file)
+                }
                 if let Some(s) = self.status(&name) {
                     out.push((name, s));
                 }
@@ -483,12 +486,8 @@ impl SnapshotStore {
         if fs::read_to_string(&p).is_ok_and(|k| k.trim() == key) {
             return Ok(());
         }
-        // Unique per call: two threads may name the same snapshot at once.
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = p.with_extension(format!("tmp.{}.{n}", std::process::id()));
-        fs::write(&tmp, key).map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &p).map_err(io_err("rename", &p))
+        // Two threads may name the same snapshot at once; a crash leaves one name whole.
+        crate::durable::write_file(&p, key.as_bytes()).map_err(io_err("write", &p))
     }
 
     /// The snapshot to run a job type on. With `may_build` (development mode) a missing or
@@ -629,6 +628,7 @@ impl SnapshotStore {
             .root
             .join(format!(".staging-{key}-{}", std::process::id()));
         let _ = tree::remove(&staging);
+        let t_publish = std::time::Instant::now();
         let res = self.build_into(
             spec,
             host,
@@ -647,7 +647,11 @@ impl SnapshotStore {
         }
         res?;
         let dest = self.dir(&key);
+        // On disk before it is published (crate::durable).
+        crate::durable::sync_fs(&staging).map_err(io_err("sync", &staging))?;
         fs::rename(&staging, &dest).map_err(io_err("publish", &dest))?;
+        crate::durable::sync_dir(&self.root).map_err(io_err("sync", &self.root))?;
+        crate::trace(t_publish, "build: published (synced)");
         self.by_key(&key)
             .map(|s| (s, true))
             .ok_or_else(|| SnapshotError::Sandbox("published snapshot unreadable".into()))

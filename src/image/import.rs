@@ -684,6 +684,8 @@ fn commit(store: &ImageStore, p: Plan, source: &str, progress: &dyn Progress) ->
             .and_then(|f| f.sync_all())
             .map_err(|e| ImageError::io("sync", file, e))?;
         fs::rename(file, &dest).map_err(|e| ImageError::io("rename", &dest, e))?;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        rootfs_builder::durable::sync_dir(dir).map_err(|e| ImageError::io("sync", dir, e))?;
         progress.step(&format!(
             "stored layer {}",
             super::progress::short(&l.digest)

@@ -105,14 +105,11 @@ impl FileLock {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file + rename). The temporary name is
-/// unique per call, so threads of one process may write the same path at once.
+/// Writes `bytes` to `path` atomically and durably (`rootfs_builder::durable::write_file`):
+/// threads of one process may write the same path at once, and a crash leaves the old
+/// content or the new.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(|e| ImageError::io("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| ImageError::io("rename", path, e))
+    rootfs_builder::durable::write_file(path, bytes).map_err(|e| ImageError::io("write", path, e))
 }
 
 /// sha256 digest (`sha256:<hex>`) of bytes.

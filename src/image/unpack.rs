@@ -339,7 +339,11 @@ pub fn unpack_layers(
             apply_layer(&tmp, open_layer(&path, &l.media_type)?, &l.digest)?;
         }
         rootfs_builder::prepare(&tmp).map_err(|e| ImageError::io("prepare", &tmp, e))?;
-        fs::rename(&tmp, dest).map_err(|e| ImageError::io("rename", dest, e))
+        // On disk before it is published (rootfs_builder::durable).
+        rootfs_builder::durable::sync_fs(&tmp).map_err(|e| ImageError::io("sync", &tmp, e))?;
+        fs::rename(&tmp, dest).map_err(|e| ImageError::io("rename", dest, e))?;
+        let parent = dest.parent().unwrap_or(Path::new("."));
+        rootfs_builder::durable::sync_dir(parent).map_err(|e| ImageError::io("sync", parent, e))
     })();
     if res.is_err() {
         let _ = remove_any(&tmp);

@@ -28,16 +28,8 @@ use super::spec::SandboxSpec;
 use super::wire::{self, ArtifactHeader, ExitReport, Failure, FrameDecoder, InitPid, Kind, Mapped};
 use crate::exec::truncate::CappedBuffer;
 
-/// Prints `+<ms> <label>` on stderr when `TAKO_VM_TRACE=1` (phase timing for profiling).
-pub fn trace(t0: Instant, label: &str) {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *ON.get_or_init(|| std::env::var("TAKO_VM_TRACE").as_deref() == Ok("1")) {
-        eprintln!(
-            "tako-vm trace +{:.2}ms {label}",
-            t0.elapsed().as_secs_f64() * 1000.0
-        );
-    }
-}
+/// Phase timings with `TAKO_VM_TRACE=1`.
+pub use rootfs_builder::trace;
 
 /// Errors that keep a run from producing an outcome at all.
 #[derive(Debug, thiserror::Error)]
