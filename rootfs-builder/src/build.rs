@@ -313,7 +313,9 @@ impl SnapshotStore {
         let meta = staging.join("snapshot.json");
         fs::write(&meta, serde_json::to_vec_pretty(&snap).expect("serialises"))
             .map_err(io_err("write", &meta))?;
-        crate::trace(t0, "build: staged");
+        // On disk before the caller publishes it by rename (crate::durable).
+        crate::durable::sync_fs(staging).map_err(io_err("sync", staging))?;
+        crate::trace(t0, "build: staged and flushed");
         Ok(())
     }
 }
@@ -343,10 +345,7 @@ pub(crate) fn base_paths(host: &dyn BuildHost, base: &BaseImage) -> Result<PyPat
     let p = parse_paths(&text)?;
     if let Some(k) = kept {
         // A cache: another build writing it too, or a failure, only costs a probe later.
-        let tmp = k.with_extension(format!("tmp.{}", std::process::id()));
-        if fs::write(&tmp, &text).is_ok() && fs::rename(&tmp, &k).is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+        let _ = crate::durable::write_file(&k, text.as_bytes());
     }
     Ok(p)
 }

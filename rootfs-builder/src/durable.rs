@@ -27,6 +27,13 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Renames `from` to `to` and flushes `to`'s directory, so the new name survives a crash.
+/// What `from` holds must be on disk already ([`sync_fs`], or an fsync of the file).
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    sync_dir(to.parent().unwrap_or(Path::new(".")))
+}
+
 /// Writes `bytes` to `path` atomically and durably: a temporary file unique to this call
 /// (so threads may write the same path at once), flushed, renamed over `path`, and the
 /// directory flushed. A crash leaves the old content or the new, never a torn or empty file.
@@ -90,6 +97,9 @@ mod tests {
         assert!(write_file(&t.path().join("missing/name"), b"data").is_err());
         assert!(sync_fs(&t.path().join("missing")).is_err());
         assert!(sync_dir(&t.path().join("missing")).is_err());
+        assert!(rename(&t.path().join("missing"), &t.path().join("to")).is_err());
+        rename(&d, &t.path().join("moved")).unwrap();
+        assert!(t.path().join("moved/keep").is_file() && !d.exists());
         sync_fs(t.path()).unwrap();
         sync_dir(t.path()).unwrap();
     }

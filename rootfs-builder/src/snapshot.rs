@@ -628,7 +628,6 @@ impl SnapshotStore {
             .root
             .join(format!(".staging-{key}-{}", std::process::id()));
         let _ = tree::remove(&staging);
-        let t_publish = std::time::Instant::now();
         let res = self.build_into(
             spec,
             host,
@@ -647,11 +646,8 @@ impl SnapshotStore {
         }
         res?;
         let dest = self.dir(&key);
-        // On disk before it is published (crate::durable).
-        crate::durable::sync_fs(&staging).map_err(io_err("sync", &staging))?;
-        fs::rename(&staging, &dest).map_err(io_err("publish", &dest))?;
-        crate::durable::sync_dir(&self.root).map_err(io_err("sync", &self.root))?;
-        crate::trace(t_publish, "build: published (synced)");
+        // build_into flushed the staging tree (crate::durable).
+        crate::durable::rename(&staging, &dest).map_err(io_err("publish", &dest))?;
         self.by_key(&key)
             .map(|s| (s, true))
             .ok_or_else(|| SnapshotError::Sandbox("published snapshot unreadable".into()))

@@ -155,8 +155,7 @@ impl Registry {
             }));
         }
         let dest = store.blob_path(digest).map_err(no)?;
-        fs::rename(part, &dest).map_err(|e| no(ImageError::io("rename", &dest, e)))?;
-        let dir = dest.parent().unwrap_or(std::path::Path::new("."));
-        rootfs_builder::durable::sync_dir(dir).map_err(|e| no(ImageError::io("sync", dir, e)))
+        rootfs_builder::durable::rename(part, &dest)
+            .map_err(|e| no(ImageError::io("rename", &dest, e)))
     }
 }

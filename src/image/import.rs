@@ -683,9 +683,8 @@ fn commit(store: &ImageStore, p: Plan, source: &str, progress: &dyn Progress) ->
         File::open(file)
             .and_then(|f| f.sync_all())
             .map_err(|e| ImageError::io("sync", file, e))?;
-        fs::rename(file, &dest).map_err(|e| ImageError::io("rename", &dest, e))?;
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        rootfs_builder::durable::sync_dir(dir).map_err(|e| ImageError::io("sync", dir, e))?;
+        rootfs_builder::durable::rename(file, &dest)
+            .map_err(|e| ImageError::io("rename", &dest, e))?;
         progress.step(&format!(
             "stored layer {}",
             super::progress::short(&l.digest)

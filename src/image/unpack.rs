@@ -341,9 +341,7 @@ pub fn unpack_layers(
         rootfs_builder::prepare(&tmp).map_err(|e| ImageError::io("prepare", &tmp, e))?;
         // On disk before it is published (rootfs_builder::durable).
         rootfs_builder::durable::sync_fs(&tmp).map_err(|e| ImageError::io("sync", &tmp, e))?;
-        fs::rename(&tmp, dest).map_err(|e| ImageError::io("rename", dest, e))?;
-        let parent = dest.parent().unwrap_or(Path::new("."));
-        rootfs_builder::durable::sync_dir(parent).map_err(|e| ImageError::io("sync", parent, e))
+        rootfs_builder::durable::rename(&tmp, dest).map_err(|e| ImageError::io("rename", dest, e))
     })();
     if res.is_err() {
         let _ = remove_any(&tmp);
