@@ -106,6 +106,10 @@ fn limits(a: &RunArgs) -> anyhow::Result<Limits> {
 
 /// Runs `tako-vm run`; returns the exit code.
 pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> {
+    // The init first (the kernel builds its namespaces meanwhile), then threads.
+    if a.rootfs.as_ref().is_some_and(|r| r.is_dir()) {
+        crate::sandbox::supervisor::launch_init();
+    }
     let id = host::new_run_id();
     // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
     crate::sandbox::cgroup::prepare(&a.cgroup_parent, &id);
