@@ -144,6 +144,39 @@ fn bad_arguments_are_clear_errors() {
     assert!(out.starts_with("tako-vm "));
 }
 
+/// The CLI launches its sandbox's init before it checks the rootfs (`launch_init`): when the
+/// run is refused, that init must not outlive the CLI.
+#[test]
+fn a_refused_run_leaves_no_launched_init_behind() {
+    let empty = tempfile::tempdir().unwrap();
+    let marker = empty.path().to_str().unwrap().to_string();
+    let (code, _, err) = common::cli(&["run", "--rootfs", &marker, "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not prepared for tako-vm"), "{err}");
+    // The init is a copy of the CLI process: same command line, so the same marker.
+    let left = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(left().is_empty(), "left behind: {:?}", left());
+}
+
 /// Both spawn paths (the CLI's cloned init, and the exec'd helper a server uses) hand the
 /// payload fds 0-2 only.
 #[test]

@@ -106,6 +106,13 @@ fn limits(a: &RunArgs) -> anyhow::Result<Limits> {
 
 /// Runs `tako-vm run`; returns the exit code.
 pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> {
+    // The init first (the kernel builds its namespaces meanwhile), then threads.
+    if a.rootfs.as_ref().is_some_and(|r| r.is_dir()) {
+        crate::sandbox::supervisor::launch_init();
+    }
+    let id = host::new_run_id();
+    // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
+    crate::sandbox::cgroup::prepare(&a.cgroup_parent, &id);
     // `_hold` keeps gc away from a job-type snapshot until the run is over.
     let (rootfs, image_env, _hold) =
         super::run_image::rootfs_for(config, &a.rootfs, &a.image, &a.job_type, &a.store)?;
@@ -131,7 +138,6 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         clone_init: a.rootfs.is_some(),
         ..HostConfig::default()
     })?;
-    let id = host::new_run_id();
     let network = a.network.then(|| NetworkSpec {
         allowed_hosts: a.allow_hosts.clone(),
     });

@@ -268,9 +268,16 @@ impl Runner {
             net::add_network_files(spec.to_mut(), allowed.as_ref(), &resolvers);
         }
         let spec = spec.as_ref();
-        let spawned = match self.pool.as_ref().and_then(|p| p.take()) {
-            Some(s) => s,
-            None => self.spawn_helper(&opts.run_id)?,
+        let launched = self
+            .clone_init
+            .then(|| LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .flatten();
+        let spawned = match launched {
+            Some(l) => l.finish()?,
+            None => match self.pool.as_ref().and_then(|p| p.take()) {
+                Some(s) => s,
+                None => self.spawn_helper(&opts.run_id)?,
+            },
         };
         trace(t0, "helper ready");
         let mut cgroup = spawned.cgroup;
@@ -309,8 +316,12 @@ impl Runner {
     /// Whether the init may be cloned here ([`clone_init`]): a single-threaded process (the
     /// CLI) whose helper binary is itself.
     fn may_clone_init(&self) -> bool {
-        self.clone_init
-            && single_threaded()
+        if !self.clone_init {
+            return false;
+        }
+        // A cgroup manager built ahead on a thread (`cgroup::prepare`) is finished first.
+        let joined = super::cgroup::settle();
+        single_threaded(joined)
             && std::env::current_exe().is_ok_and(|me| me == self.helper_exe)
             && std::env::var_os("TAKO_VM_HELPER_EXEC").is_none()
     }
@@ -972,21 +983,149 @@ fn scrub_environment() {
     }
 }
 
-/// True when this process has a single thread (then fork without exec is safe).
-fn single_threaded() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1"))
-    })
+/// True when this process has a single thread (then fork without exec is safe). After a
+/// thread was `just_joined`, the kernel may count it for a few more microseconds while it
+/// ends, so this looks again for up to about 2 ms.
+fn single_threaded(just_joined: bool) -> bool {
+    let once = || {
+        fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1"))
+        })
+    };
+    let tries = if just_joined { 200 } else { 1 };
+    for i in 0..tries {
+        if once() {
+            return true;
+        }
+        if i + 1 < tries {
+            std::thread::sleep(Duration::from_micros(10));
+        }
+    }
+    false
+}
+
+/// An init being launched by [`launch_init`], for the first run of a cloning runner.
+static LAUNCHED: std::sync::Mutex<Option<Launch>> = std::sync::Mutex::new(None);
+
+/// Starts the sandbox's init of a single-threaded caller (the CLI) before anything else, so
+/// that the kernel builds its namespaces (~1 ms) while the caller prepares the run on its
+/// own CPU (on a cgroup v1 host: libcgroups' manager, ~2 ms, on a thread).
+///
+/// The clone needs a single-threaded process, and the caller starts a thread right after:
+/// a short-lived copy of it (fork, while it is single-threaded) clones the init with
+/// `CLONE_PARENT`, so that the init is the caller's own child, reports its pid and exits.
+/// The init waits for its spec and id maps as a cloned init always does; the next
+/// [`Runner::run`] of a runner with `clone_init` takes it. Returns false (nothing launched)
+/// when the process is not single-threaded or `TAKO_VM_HELPER_EXEC` asks for the exec'd
+/// helper. A failed clone is reported by that run.
+pub fn launch_init() -> bool {
+    if std::env::var_os("TAKO_VM_HELPER_EXEC").is_some() || !single_threaded(false) {
+        return false;
+    }
+    match Launch::start() {
+        Ok(l) => {
+            *LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A launcher process (see [`launch_init`]) and the init's ends of the run's channels.
+struct Launch {
+    launcher: i32,
+    /// The launcher writes the init's pid here (or minus the clone's errno).
+    report: File,
+    ctl: UnixStream,
+    out_r: File,
+    err_r: File,
+}
+
+impl Launch {
+    fn start() -> io::Result<Launch> {
+        let (ctl, theirs) = UnixStream::pair()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (report, report_w) = pipe()?;
+        let _ = io::stdout().flush();
+        // SAFETY: fork(2) of a single-threaded process (checked by the caller): the copy may
+        // run any code. It only clones (a fork again) and writes four bytes before _exit,
+        // which runs no destructor and no exit handler of this process.
+        let launcher = unsafe { libc::fork() };
+        if launcher < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if launcher == 0 {
+            let v = match clone_init_flags(
+                theirs.as_raw_fd(),
+                out_w.as_raw_fd(),
+                err_w.as_raw_fd(),
+                libc::CLONE_PARENT,
+            ) {
+                Ok(pid) => pid,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            let b = v.to_ne_bytes();
+            // SAFETY: a write of a local buffer to a descriptor this process owns, then _exit.
+            unsafe {
+                libc::write(report_w.as_raw_fd(), b.as_ptr().cast(), b.len());
+                libc::_exit(0);
+            }
+        }
+        Ok(Launch {
+            launcher,
+            report,
+            ctl,
+            out_r,
+            err_r,
+        })
+    }
+
+    /// Waits for the launcher's report (it exits right after) and returns the init.
+    fn finish(mut self) -> Result<Spawned, SandboxError> {
+        let mut b = [0u8; 4];
+        let read = self.report.read_exact(&mut b);
+        while let Err(nix::errno::Errno::EINTR) =
+            nix::sys::wait::waitpid(Pid::from_raw(self.launcher), None)
+        {}
+        read?;
+        let pid = i32::from_ne_bytes(b);
+        if pid <= 0 {
+            return Err(io::Error::other(super::child::namespaces_error(
+                io::Error::from_raw_os_error(-pid),
+            ))
+            .into());
+        }
+        Ok(Spawned {
+            child: HelperGuard {
+                pid,
+                child: None,
+                reaped: false,
+            },
+            ctl: self.ctl,
+            out_r: self.out_r,
+            err_r: self.err_r,
+            cgroup: None,
+            pid,
+            init_is_child: true,
+        })
+    }
 }
 
 /// Clones the sandbox's init (no exec) straight into new user, mount, pid, ipc, uts and net
 /// namespaces ([`super::child::NAMESPACES`]): fd 0 is /dev/null, 1 and 2 the capture pipes, 3
 /// the control socket, every other descriptor closed. Only for a single-threaded caller.
 fn clone_init(ctl: i32, out_w: i32, err_w: i32) -> io::Result<i32> {
+    clone_init_flags(ctl, out_w, err_w, 0)
+}
+
+/// [`clone_init`] with extra clone flags (`CLONE_PARENT` for [`launch_init`]).
+fn clone_init_flags(ctl: i32, out_w: i32, err_w: i32, extra: libc::c_int) -> io::Result<i32> {
     // Nothing buffered may be written twice (once by each process).
     let _ = io::stdout().flush();
-    let flags = super::child::NAMESPACES.bits() as libc::c_long | libc::SIGCHLD as libc::c_long;
+    let flags =
+        (super::child::NAMESPACES.bits() | extra) as libc::c_long | libc::SIGCHLD as libc::c_long;
     // SAFETY: clone(2) without CLONE_VM and without a new stack behaves like fork(2): the
     // child runs on a copy of this (single-threaded, as the caller checked) process, so it
     // may run any code; it never returns from init_in_namespaces_main. glibc's fork-time
