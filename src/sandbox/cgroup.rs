@@ -15,8 +15,9 @@
 //!
 //! Cost: libcgroups' v1 manager looks up all twelve controllers' mount points through
 //! hardened procfs opens when it is built, about 2 ms. A CLI run builds it on a thread while
-//! the rest of the start-up goes on ([`prepare`]); a server's pre-started helpers get their
-//! cgroups before a request arrives. The v2 manager costs nothing to build.
+//! the rest of the start-up goes on ([`prepare`]; the init was launched before that thread,
+//! `supervisor::launch_init`); a server's pre-started helpers get their cgroups before a
+//! request arrives. The v2 manager costs nothing to build.
 
 use std::collections::HashMap;
 use std::fs;
