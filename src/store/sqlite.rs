@@ -64,7 +64,10 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: every commit flushes the WAL, so a record the API has answered for (an
+        // accepted job, a result) survives a power loss; NORMAL could roll the last ones
+        // back. One fdatasync per commit, about 0.25 ms on this VM's disk.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteStore {
@@ -280,6 +283,21 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::exec::record::Status;
+
+    /// Commits are durable: WAL with `synchronous=FULL` (2), read back from SQLite itself.
+    #[test]
+    fn commits_are_flushed_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let db = s.db();
+        let mode: String = db
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = db
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
+    }
 
     #[test]
     fn terminal_records_are_never_overwritten_and_keys_are_unique() {
