@@ -144,8 +144,8 @@ fn bad_arguments_are_clear_errors() {
     assert!(out.starts_with("tako-vm "));
 }
 
-/// The CLI launches its sandbox's init before it checks the rootfs (`launch_init`): when the
-/// run is refused, that init must not outlive the CLI.
+/// As root on a cgroup v1 host the CLI launches its sandbox's init before it checks the
+/// rootfs (`launch_init`): when the run is refused, that init must not outlive the CLI.
 #[test]
 fn a_refused_run_leaves_no_launched_init_behind() {
     let empty = tempfile::tempdir().unwrap();

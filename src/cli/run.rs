@@ -106,8 +106,11 @@ fn limits(a: &RunArgs) -> anyhow::Result<Limits> {
 
 /// Runs `tako-vm run`; returns the exit code.
 pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> {
-    // The init first (the kernel builds its namespaces meanwhile), then threads.
-    if a.rootfs.as_ref().is_some_and(|r| r.is_dir()) {
+    // Where a manager is built ahead (v1, root): the init first, so that the kernel builds
+    // its namespaces meanwhile, then the thread. Elsewhere the init is cloned as the run
+    // starts: an unprivileged v2 CLI first moves itself into a leaf of its delegated cgroup,
+    // and a process launched before that would stay behind in its parent (EBUSY).
+    if a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && crate::sandbox::cgroup::builds_ahead() {
         crate::sandbox::supervisor::launch_init();
     }
     let id = host::new_run_id();

@@ -560,15 +560,19 @@ enum Prepared {
 
 static PREPARED: Mutex<Option<Prepared>> = Mutex::new(None);
 
+/// Whether [`prepare`] builds a manager ahead: a v1 host, as root. Nothing else moves a
+/// process between cgroups before the run then (an unprivileged v2 CLI moves itself into a
+/// leaf of its delegated cgroup, which must not hold other processes by that time).
+pub fn builds_ahead() -> bool {
+    nix::unistd::geteuid().is_root() && !is_cgroup2(Path::new(ROOT))
+}
+
 /// Starts building the v1 manager of run `run_id` under `parent` on a thread, so its
 /// mount-point look-ups (about 2 ms) overlap the rest of a CLI start. Only on a v1 host and as
 /// root (the only v1 case that has limits); the run's [`Cgroups::create`] takes it. A process
 /// that forks without exec must call [`settle`] first.
 pub fn prepare(parent: &str, run_id: &str) {
-    if check_run_id(run_id).is_err()
-        || !nix::unistd::geteuid().is_root()
-        || is_cgroup2(Path::new(ROOT))
-    {
+    if check_run_id(run_id).is_err() || !builds_ahead() {
         return;
     }
     let rel = Path::new(parent.trim_matches('/')).join(run_id);

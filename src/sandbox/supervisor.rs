@@ -1010,7 +1010,8 @@ static LAUNCHED: std::sync::Mutex<Option<Launch>> = std::sync::Mutex::new(None);
 
 /// Starts the sandbox's init of a single-threaded caller (the CLI) before anything else, so
 /// that the kernel builds its namespaces (~1 ms) while the caller prepares the run on its
-/// own CPU (on a cgroup v1 host: libcgroups' manager, ~2 ms, on a thread).
+/// own CPU (on a cgroup v1 host: libcgroups' manager, ~2 ms, on a thread). Not for a caller
+/// that moves itself to another cgroup before the run: the init would stay behind.
 ///
 /// The clone needs a single-threaded process, and the caller starts a thread right after:
 /// a short-lived copy of it (fork, while it is single-threaded) clones the init with
