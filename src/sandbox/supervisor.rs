@@ -1119,9 +1119,11 @@ impl Launch {
 /// the control socket, every other descriptor closed. Only for a single-threaded caller.
 fn clone_init(ctl: i32, out_w: i32, err_w: i32) -> io::Result<i32> {
     clone_init_flags(ctl, out_w, err_w, 0)
+        .map_err(|e| io::Error::other(super::child::namespaces_error(e)))
 }
 
-/// [`clone_init`] with extra clone flags (`CLONE_PARENT` for [`launch_init`]).
+/// [`clone_init`] with extra clone flags (`CLONE_PARENT` for [`launch_init`]); a failed
+/// clone is its OS error as it is.
 fn clone_init_flags(ctl: i32, out_w: i32, err_w: i32, extra: libc::c_int) -> io::Result<i32> {
     // Nothing buffered may be written twice (once by each process).
     let _ = io::stdout().flush();
@@ -1134,9 +1136,7 @@ fn clone_init_flags(ctl: i32, out_w: i32, err_w: i32, extra: libc::c_int) -> io:
     // for the thread id.
     let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     match pid {
-        -1 => Err(io::Error::other(super::child::namespaces_error(
-            io::Error::last_os_error(),
-        ))),
+        -1 => Err(io::Error::last_os_error()),
         pid if pid > 0 => Ok(pid as i32),
         _ => {
             // The caller's environment never reaches the sandbox: its strings are zeroed in
