@@ -34,7 +34,8 @@ use libcgroups::{v1, v2};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
+    LinuxResources, LinuxResourcesBuilder,
 };
 
 use super::spec::Limits;
@@ -436,6 +437,15 @@ impl RunCgroup {
         if !unified.is_empty() {
             res = res.unified(unified);
         }
+        // Default deny for devices, as runc does: everything is denied first, then
+        // libcgroups allows its default set (null, zero, full, random, urandom, tty, the
+        // pty pair, tun). Written on v1; v2 would need libcgroups' eBPF feature, which is not
+        // built (the sandbox has no device nodes beyond that set and no CAP_MKNOD anyway).
+        res = res.devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(e)?]);
         res.build().map_err(e)
     }
 
@@ -815,6 +825,15 @@ mod tests {
         assert_eq!(read(dir("cpu").join("cpu.cfs_quota_us")), "50000");
         assert_eq!(read(dir("cpu").join("cpu.cfs_period_us")), "100000");
         assert_eq!(read(dir("pids").join("pids.max")), "20");
+        // Devices: default deny, then the default set (the parent allows everything).
+        let devices = read(dir("devices").join("devices.list"));
+        assert!(!devices.contains("a *:* rwm"), "{devices}");
+        for allowed in ["c 1:3 rwm", "c 1:9 rwm", "c 5:2 rwm"] {
+            assert!(
+                devices.lines().any(|l| l == allowed),
+                "{allowed}: {devices}"
+            );
+        }
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while run.pids().len() < 2 && std::time::Instant::now() < deadline {
