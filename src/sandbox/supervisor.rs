@@ -1017,19 +1017,16 @@ static LAUNCHED: std::sync::Mutex<Option<Launch>> = std::sync::Mutex::new(None);
 /// a short-lived copy of it (fork, while it is single-threaded) clones the init with
 /// `CLONE_PARENT`, so that the init is the caller's own child, reports its pid and exits.
 /// The init waits for its spec and id maps as a cloned init always does; the next
-/// [`Runner::run`] of a runner with `clone_init` takes it. Returns false (nothing launched)
-/// when the process is not single-threaded or `TAKO_VM_HELPER_EXEC` asks for the exec'd
-/// helper. A failed clone is reported by that run.
-pub fn launch_init() -> bool {
+/// [`Runner::run`] of a runner with `clone_init` takes it. Nothing is launched when the
+/// process is not single-threaded, when `TAKO_VM_HELPER_EXEC` asks for the exec'd helper,
+/// or when the fork fails: the run then starts its init itself. A failed clone is reported
+/// by that run.
+pub fn launch_init() {
     if std::env::var_os("TAKO_VM_HELPER_EXEC").is_some() || !single_threaded(false) {
-        return false;
+        return;
     }
-    match Launch::start() {
-        Ok(l) => {
-            *LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
-            true
-        }
-        Err(_) => false,
+    if let Ok(l) = Launch::start() {
+        *LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
     }
 }
 
