@@ -154,27 +154,12 @@ fn a_refused_run_leaves_no_launched_init_behind() {
     assert_eq!(code, 1);
     assert!(err.contains("not prepared for tako-vm"), "{err}");
     // The init is a copy of the CLI process: same command line, so the same marker.
-    let left = || -> Vec<String> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.parse::<u32>().is_ok())
-            })
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
-            })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !left().is_empty() && std::time::Instant::now() < deadline {
+    while !common::host_processes_with(&marker).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(left().is_empty(), "left behind: {:?}", left());
+    let left = common::host_processes_with(&marker);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// Both spawn paths (the CLI's cloned init, and the exec'd helper a server uses) hand the

@@ -345,11 +345,7 @@ impl Runner {
             // A single-threaded caller (the CLI) clones the init itself into the namespaces,
             // without an exec of this binary (~2 ms) and without a helper level.
             let pid = clone_init(theirs.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd())?;
-            HelperGuard {
-                pid,
-                child: None,
-                reaped: false,
-            }
+            HelperGuard::cloned(pid)
         } else {
             let theirs_fd = theirs.as_raw_fd();
             let mut cmd = Command::new(&self.helper_exe);
@@ -938,6 +934,16 @@ struct HelperGuard {
 }
 
 impl HelperGuard {
+    /// An init this process cloned (directly or through [`launch_init`]): its own child,
+    /// reaped with waitpid.
+    fn cloned(pid: i32) -> HelperGuard {
+        HelperGuard {
+            pid,
+            child: None,
+            reaped: false,
+        }
+    }
+
     fn wait(&mut self) {
         if !self.reaped {
             match &mut self.child {
@@ -1096,11 +1102,7 @@ impl Launch {
             .into());
         }
         Ok(Spawned {
-            child: HelperGuard {
-                pid,
-                child: None,
-                reaped: false,
-            },
+            child: HelperGuard::cloned(pid),
             ctl: self.ctl,
             out_r: self.out_r,
             err_r: self.err_r,
