@@ -7,7 +7,7 @@ mod image_support;
 use std::fs;
 use std::path::Path;
 
-use image_support::{mirror_config, RegistryProc};
+use image_support::{mirror_config, RegistryProc, SmallDisk};
 use tako_vm::image::{client, ImageError, ImageStore, NoProgress, Reference, Registry};
 
 fn pull(
@@ -145,37 +145,13 @@ fn a_corrupt_blob_is_refused_and_never_stored() {
     assert!(store.lookup("python:3.11-slim").unwrap().is_none());
 }
 
-/// A tmpfs of our own, unmounted when dropped.
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let d = tempfile::tempdir().unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tako-vm-test"])
-            .arg(d.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        SmallDisk(d)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_a_clear_error_and_leaves_no_image() {
     let fixture = need_fixture!();
     let reg = RegistryProc::start(&fixture, "token", None);
     // Far smaller than the image's layers.
     let disk = SmallDisk::mount("2m");
-    let store = ImageStore::open(disk.0.path().join("store")).unwrap();
+    let store = ImageStore::open(disk.path().join("store")).unwrap();
     let err = pull(mirror_config(&reg.host), &store, "python:3.11-slim").unwrap_err();
     assert!(matches!(err, ImageError::DiskFull(_)), "{err:?}");
     let msg = err.to_string();

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use image_support::{mirror_config, RegistryProc};
+use image_support::{mirror_config, RegistryProc, SmallDisk};
 use rootfs_builder::{
     BaseImage, BuildHost, InstallOutcome, InstallRun, JobTypeSpec, SnapshotError, SnapshotStore,
 };
 use tako_vm::exec::record::Status;
-use tako_vm::image::builder::{BuilderConfig, SandboxBuildHost};
+use tako_vm::image::builder::{find_uv, BuilderConfig, SandboxBuildHost};
 use tako_vm::image::{ImageStore, NoProgress, Registry};
 
 /// The sandbox build host, counting the uv installs it runs; `base` replaces the pulled
@@ -36,7 +36,7 @@ impl BuildHost for Counting<'_> {
             None => self.inner.base_image(r, f),
         }
     }
-    fn uv(&self) -> Result<(PathBuf, String), String> {
+    fn uv(&self) -> Result<(PathBuf, String), SnapshotError> {
         self.inner.uv()
     }
     fn owner(&self) -> &dyn rootfs_builder::SandboxOwner {
@@ -76,14 +76,22 @@ struct World {
     snaps: SnapshotStore,
     registry: Registry,
     runner: tako_vm::sandbox::Runner,
+    /// A disk of its own, when the store is on one (dropped last).
+    _disk: Option<SmallDisk>,
 }
 
 fn world() -> Option<World> {
+    world_on(None)
+}
+
+/// A world whose stores are on `disk`.
+fn world_on(disk: Option<SmallDisk>) -> Option<World> {
     let fixture = image_support::fixture()?;
     common::rootfs()?;
     let reg = RegistryProc::start(&fixture, "token", None);
     let dir = tempfile::tempdir().unwrap();
-    let images = ImageStore::open(dir.path()).unwrap();
+    let root = disk.as_ref().map_or(dir.path(), |d| d.path());
+    let images = ImageStore::open(root.join("store")).unwrap();
     Some(World {
         snaps: SnapshotStore::open(images.root()).unwrap(),
         registry: Registry::new(mirror_config(&reg.host)).unwrap(),
@@ -91,6 +99,7 @@ fn world() -> Option<World> {
         images,
         _reg: reg,
         _dir: dir,
+        _disk: disk,
     })
 }
 
@@ -182,6 +191,62 @@ fn data_processing_builds_from_pypi_runs_pandas_and_rebuilds_as_a_no_op() {
     });
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
     assert_eq!(res.stdout.trim(), "1 3");
+}
+
+/// A full disk fails a build with the disk-full error, whether it fills while uv is copied
+/// into the store or while uv installs in the builder sandbox, and leaves no partial uv copy
+/// and no half snapshot. A failed uv copy is not remembered: with room again it is made.
+#[test]
+fn a_full_disk_is_a_clear_build_error_and_leaves_nothing_behind() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small disk needs root");
+        return;
+    }
+    let Some(w) = world_on(Some(SmallDisk::mount("1g"))) else {
+        return;
+    };
+    let disk = w._disk.as_ref().unwrap();
+    let host = w.host();
+    let dp = spec("data-processing", &["pandas", "numpy"]);
+    host.base_image(&dp.base_reference(), true).unwrap();
+    let snapshots = w.images.root().join("snapshots");
+    let tools = w.images.root().join("tools");
+    let leftovers = |dir: &std::path::Path, mark: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.contains(mark))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let check = |err: SnapshotError, names: &str| {
+        assert!(matches!(err, SnapshotError::DiskFull(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no space left on device")
+                && msg.contains("tako-vm gc")
+                && msg.contains(names),
+            "{msg}"
+        );
+        assert!(w.snaps.status("data-processing").is_none());
+        assert_eq!(leftovers(&snapshots, ".staging"), Vec::<String>::new());
+        assert_eq!(leftovers(&tools, ".tmp"), Vec::<String>::new());
+    };
+
+    // No room for uv's copy (tens of MB).
+    disk.resize(disk.used() + (4 << 20));
+    check(w.snaps.build(&dp, &host).unwrap_err(), "tools/uv-");
+
+    // Room for uv, not for pandas and numpy (over 100 MB installed).
+    let configured = BuilderConfig::default().uv_path;
+    let uv_size = std::fs::metadata(find_uv(configured.as_deref()).unwrap())
+        .unwrap()
+        .len();
+    disk.resize(disk.used() + uv_size + (40 << 20));
+    check(w.snaps.build(&dp, &host).unwrap_err(), "uv: ");
+    assert!(tools.read_dir().unwrap().next().is_some(), "uv was copied");
 }
 
 #[test]

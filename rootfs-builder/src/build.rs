@@ -321,6 +321,17 @@ impl SnapshotStore {
 }
 
 fn build_failed(name: &str, out: crate::InstallOutcome) -> SnapshotError {
+    // uv's own words for a full disk (its cache and the staging tree are on the store's).
+    if let Some(line) = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("No space left on device") || l.contains("os error 28"))
+    {
+        return SnapshotError::DiskFull(format!(
+            "the snapshot store (job type '{name}'; uv: {})",
+            line.trim()
+        ));
+    }
     let tail: String = out.stderr.trim().chars().rev().take(4000).collect();
     SnapshotError::BuildFailed {
         name: name.to_string(),

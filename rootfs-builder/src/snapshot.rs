@@ -123,8 +123,9 @@ pub trait BuildHost: Sync {
     /// The base image; pulled when missing if `may_fetch`. Must be quick when local: it is
     /// called on every resolve.
     fn base_image(&self, reference: &str, may_fetch: bool) -> Result<BaseImage, String>;
-    /// The uv binary on the host and its version (`0.13.9`).
-    fn uv(&self) -> Result<(PathBuf, String), String>;
+    /// The uv binary the builder sandbox gets and its version (`0.13.9`):
+    /// [`SnapshotError::Uv`] when there is none.
+    fn uv(&self) -> Result<(PathBuf, String), SnapshotError>;
     /// Who the builder sandbox's user is on the host, and how this process hands it the
     /// build's directories and takes them back.
     fn owner(&self) -> &dyn SandboxOwner;
@@ -252,6 +253,9 @@ pub enum SnapshotError {
     /// uv is missing.
     #[error("uv not found: {0} (pip install uv, or set uv_path)")]
     Uv(String),
+    /// The disk of the snapshot store is full (what was being written).
+    #[error("no space left on device while writing {0}; free disk space (tako-vm gc) and retry")]
+    DiskFull(String),
     /// The install failed; `stderr` is uv's.
     #[error("building job type '{name}' failed ({status}): {stderr}")]
     BuildFailed {
@@ -277,15 +281,27 @@ pub enum SnapshotError {
     },
 }
 
+impl SnapshotError {
+    /// Wraps an I/O error, recognising a full disk (or a full quota).
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> SnapshotError {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                SnapshotError::DiskFull(path.display().to_string())
+            }
+            _ => SnapshotError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
+
 pub(crate) fn io_err<'a>(
     op: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
-    move |source| SnapshotError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SnapshotError::io(op, path, source)
 }
 
 /// The snapshot store.
@@ -608,7 +624,7 @@ impl SnapshotStore {
                 reference: reference.clone(),
                 detail,
             })?;
-        let (uv, uv_version) = host.uv().map_err(SnapshotError::Uv)?;
+        let (uv, uv_version) = host.uv()?;
         let key = snapshot_key(spec, &base.digest, &uv_version)?;
         if let Some(s) = self.by_key(&key) {
             return Ok((s, false));

@@ -3,10 +3,12 @@
 //! sandbox core (network on, memory/CPU limits, startup timeout, writable binds).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rootfs_builder::{BaseImage, BuildHost, InstallOutcome, InstallRun, SandboxOwner};
+use rootfs_builder::{
+    BaseImage, BuildHost, InstallOutcome, InstallRun, SandboxOwner, SnapshotError,
+};
 
 use super::{client, unpack, ImageStore, Progress, Registry};
 use crate::sandbox::owner::Ownership;
@@ -53,7 +55,9 @@ pub struct SandboxBuildHost<'a> {
     pub config: BuilderConfig,
     /// Progress sink.
     pub progress: &'a dyn Progress,
-    uv: OnceLock<Result<(PathBuf, String), String>>,
+    /// The uv found and copied into the store (only a success is kept: a missing uv or a
+    /// full disk may be mended while a server runs).
+    uv: Mutex<Option<(PathBuf, String)>>,
     /// Hand-over of the build's directories to the sandbox user and back.
     owner: Ownership,
 }
@@ -73,7 +77,7 @@ impl<'a> SandboxBuildHost<'a> {
             registry,
             config,
             progress,
-            uv: OnceLock::new(),
+            uv: Mutex::new(None),
             owner: Ownership::new(&runner.helper_exe, &runner.idmap),
         }
     }
@@ -116,6 +120,26 @@ pub fn find_uv(configured: Option<&Path>) -> Result<PathBuf, String> {
     }
 }
 
+/// Copies `from` to `to` (mode 0755) through a temporary name in the same directory, which
+/// is removed when the copy fails (a full disk keeps no partial copy).
+fn install_copy(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = to.parent().expect("has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| SnapshotError::io("create", dir, e))?;
+    let tmp = to.with_extension(format!("tmp.{}", std::process::id()));
+    let r = std::fs::copy(from, &tmp)
+        .map_err(|e| SnapshotError::io("copy uv to", to, e))
+        .and_then(|_| {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                .and_then(|_| std::fs::rename(&tmp, to))
+                .map_err(|e| SnapshotError::io("install", to, e))
+        });
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
 impl BuildHost for SandboxBuildHost<'_> {
     fn base_image(&self, reference: &str, may_fetch: bool) -> Result<BaseImage, String> {
         let rec = match self.store.lookup(reference).map_err(|e| e.to_string())? {
@@ -137,40 +161,34 @@ impl BuildHost for SandboxBuildHost<'_> {
         })
     }
 
-    fn uv(&self) -> Result<(PathBuf, String), String> {
-        self.uv
-            .get_or_init(|| {
-                let p = find_uv(self.config.uv_path.as_deref())?;
-                let out = std::process::Command::new(&p)
-                    .arg("--version")
-                    .output()
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
-                let v = String::from_utf8_lossy(&out.stdout);
-                let version = v
-                    .split_whitespace()
-                    .nth(1)
-                    .ok_or_else(|| format!("{} --version printed {v:?}", p.display()))?
-                    .to_string();
-                // The sandbox's (unprivileged) root must be able to reach the bind source:
-                // a copy in the store, not e.g. /root/.local/bin/uv.
-                let copy = self
-                    .store
-                    .root()
-                    .join("tools")
-                    .join(format!("uv-{version}"));
-                if !copy.is_file() {
-                    let dir = copy.parent().expect("has a parent");
-                    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                    let tmp = copy.with_extension(format!("tmp.{}", std::process::id()));
-                    std::fs::copy(&p, &tmp).map_err(|e| format!("copy {}: {e}", p.display()))?;
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-                        .and_then(|_| std::fs::rename(&tmp, &copy))
-                        .map_err(|e| format!("{}: {e}", copy.display()))?;
-                }
-                Ok((copy, version))
-            })
-            .clone()
+    fn uv(&self) -> Result<(PathBuf, String), SnapshotError> {
+        let mut kept = self.uv.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(uv) = kept.as_ref() {
+            return Ok(uv.clone());
+        }
+        let p = find_uv(self.config.uv_path.as_deref()).map_err(SnapshotError::Uv)?;
+        let out = std::process::Command::new(&p)
+            .arg("--version")
+            .output()
+            .map_err(|e| SnapshotError::Uv(format!("{}: {e}", p.display())))?;
+        let v = String::from_utf8_lossy(&out.stdout);
+        let version = v
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| SnapshotError::Uv(format!("{} --version printed {v:?}", p.display())))?
+            .to_string();
+        // The sandbox's (unprivileged) root must be able to reach the bind source: a copy
+        // in the store, not e.g. /root/.local/bin/uv.
+        let copy = self
+            .store
+            .root()
+            .join("tools")
+            .join(format!("uv-{version}"));
+        if !copy.is_file() {
+            install_copy(&p, &copy)?;
+        }
+        *kept = Some((copy.clone(), version.clone()));
+        Ok((copy, version))
     }
 
     fn owner(&self) -> &dyn SandboxOwner {

@@ -280,7 +280,7 @@ impl BuildHost for Host<'_> {
         }
     }
 
-    fn uv(&self) -> Result<(PathBuf, String), String> {
+    fn uv(&self) -> Result<(PathBuf, String), rootfs_builder::SnapshotError> {
         let mut found = self.envs.uv.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(uv) = found.as_ref() {
             return Ok(uv.clone());

@@ -140,3 +140,53 @@ pub fn assert_fixture_record(
         .iter()
         .any(|e| e.starts_with("PATH=/usr/local/bin:")));
 }
+
+/// A tmpfs of our own (root), unmounted when dropped: a disk that fills up.
+pub struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    /// Mounts one of `size` (`2m`).
+    pub fn mount(size: &str) -> SmallDisk {
+        let d = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tako-vm-test",
+            ])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        SmallDisk(d)
+    }
+
+    /// Its mount point.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        let st = nix::sys::statvfs::statvfs(self.path()).unwrap();
+        (st.blocks() - st.blocks_free()) * st.fragment_size()
+    }
+
+    /// Changes its size to `bytes` (never below what is in use).
+    pub fn resize(&self, bytes: u64) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount tmpfs");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.path()).status();
+    }
+}
