@@ -127,6 +127,25 @@ fn bad_arguments_are_clear_errors() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid size"), "{err}");
+    // 0 means "no limit" to the cgroup (memory, pids) and to tmpfs: refused.
+    for (flag, message) in [
+        ("--memory", "--memory must be at least 1m"),
+        ("--pids", "--pids must be at least 1"),
+        ("--tmpfs-size", "--tmpfs-size must be at least 1m"),
+    ] {
+        let (code, out, err) = common::cli(&[
+            "run",
+            "--rootfs",
+            r.to_str().unwrap(),
+            flag,
+            "0",
+            "--",
+            "echo",
+            "ran",
+        ]);
+        assert_eq!((code, out.as_str()), (1, ""), "{flag} 0: {err}");
+        assert!(err.contains(message), "{flag} 0: {err}");
+    }
     // A mount point that is a symlink (here to the host's /) is refused, not followed.
     let scratch = tempfile::tempdir().unwrap();
     let linked = scratch.path().join("rootfs");

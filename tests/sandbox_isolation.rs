@@ -290,3 +290,23 @@ fn startup_sweep_kills_and_removes_leftovers_of_dead_owners() {
     assert!(live_dir.exists(), "a live owner's cgroup is kept");
     std::fs::remove_dir(&live_dir).unwrap();
 }
+
+/// A library caller's limits that would switch a cgroup or tmpfs limit off are refused
+/// before anything runs, instead of running the code without that limit.
+#[test]
+fn limits_of_zero_are_refused_not_unlimited() {
+    let r = need_rootfs!();
+    let zero_memory =
+        common::exec_with(&r, "print('ran')", |run| run.limits.memory_bytes = Some(0));
+    let zero_pids = common::exec_with(&r, "print('ran')", |run| run.limits.pids = Some(0));
+    for res in [zero_memory, zero_pids] {
+        assert_ne!(res.status, Status::Succeeded, "{res:?}");
+        assert!(!res.stdout.contains("ran"), "{res:?}");
+        let msg = res
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        assert!(msg.contains("of 0 would mean no limit"), "{res:?}");
+    }
+}

@@ -95,11 +95,23 @@ fn limits(a: &RunArgs) -> anyhow::Result<Limits> {
     if a.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
+    // 0 would mean "no limit" to the cgroup and to tmpfs: refused, not passed on.
+    if a.pids == 0 {
+        bail!("--pids must be at least 1");
+    }
+    let memory = parse_size(&a.memory)?;
+    if memory < 1 << 20 {
+        bail!("--memory must be at least 1m");
+    }
+    let tmpfs_bytes = parse_size(&a.tmpfs_size)?;
+    if tmpfs_bytes < 1 << 20 {
+        bail!("--tmpfs-size must be at least 1m");
+    }
     Ok(Limits {
-        memory_bytes: Some(parse_size(&a.memory)?),
+        memory_bytes: Some(memory),
         cpus: Some(a.cpus),
         pids: Some(a.pids),
-        tmpfs_bytes: parse_size(&a.tmpfs_size)?,
+        tmpfs_bytes,
         ..Limits::default()
     })
 }

@@ -31,6 +31,30 @@ pub struct Limits {
     pub tmpfs_bytes: u64,
 }
 
+impl Limits {
+    /// Refuses values that would not limit at all. libcgroups leaves a memory limit of 0
+    /// unset and writes a pids limit of 0 as `max`, and a tmpfs of size 0 has no size limit:
+    /// each would run the sandbox without that limit, silently.
+    pub fn check(&self) -> Result<(), String> {
+        if self.memory_bytes == Some(0) {
+            return Err("a memory limit of 0 would mean no limit".into());
+        }
+        if self.pids == Some(0) {
+            return Err("a pids limit of 0 would mean no limit".into());
+        }
+        if self.cpus.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return Err(format!(
+                "a CPU limit must be a positive number of cores, not {}",
+                self.cpus.unwrap_or_default()
+            ));
+        }
+        if self.tmpfs_bytes == 0 {
+            return Err("a /tmp size of 0 would mean no size limit".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -166,4 +190,28 @@ pub struct SandboxSpec {
     /// Host paths bind-mounted into the sandbox (empty for user code runs).
     #[serde(default)]
     pub binds: Vec<Bind>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values that would switch a limit off are refused; the defaults pass.
+    #[test]
+    fn limits_that_would_not_limit_are_refused() {
+        assert_eq!(Limits::default().check(), Ok(()));
+        let off = |f: fn(&mut Limits)| {
+            let mut l = Limits::default();
+            f(&mut l);
+            l.check()
+        };
+        assert!(off(|l| l.memory_bytes = Some(0)).is_err());
+        assert!(off(|l| l.pids = Some(0)).is_err());
+        assert!(off(|l| l.tmpfs_bytes = 0).is_err());
+        assert!(off(|l| l.cpus = Some(0.0)).is_err());
+        assert!(off(|l| l.cpus = Some(f64::NAN)).is_err());
+        // No limit of a kind is said with None, and stays possible.
+        assert_eq!(off(|l| l.memory_bytes = None), Ok(()));
+        assert_eq!(off(|l| l.pids = None), Ok(()));
+    }
 }

@@ -54,6 +54,9 @@ pub enum SandboxError {
     /// Local I/O failure (pipes, artifact files).
     #[error("sandbox i/o: {0}")]
     Io(#[from] io::Error),
+    /// Limits that would not limit ([`super::spec::Limits::check`]).
+    #[error("invalid sandbox limits: {0}")]
+    Limits(String),
 }
 
 /// How runs are performed on this host (shared by many runs).
@@ -250,6 +253,7 @@ impl Runner {
     /// Runs one sandbox to completion. Cleans up its cgroup on every path.
     pub fn run(&self, spec: &SandboxSpec, opts: &RunOptions) -> Result<Outcome, SandboxError> {
         let t0 = Instant::now();
+        spec.limits.check().map_err(SandboxError::Limits)?;
         let mut spec = std::borrow::Cow::Borrowed(spec);
         let mut allowed = None;
         // Read once: what the sandbox is told and what the table lets through are the same.
