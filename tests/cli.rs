@@ -130,7 +130,7 @@ fn bad_arguments_are_clear_errors() {
     // 0 means "no limit" to the cgroup (memory, pids) and to tmpfs: refused.
     for (flag, message) in [
         ("--memory", "--memory must be at least 1m"),
-        ("--pids", "--pids must be at least 1"),
+        ("--pids", "--pids must be between 1 and 4194304"),
         ("--tmpfs-size", "--tmpfs-size must be at least 1m"),
     ] {
         let (code, out, err) = common::cli(&[
@@ -145,6 +145,32 @@ fn bad_arguments_are_clear_errors() {
         ]);
         assert_eq!((code, out.as_str()), (1, ""), "{flag} 0: {err}");
         assert!(err.contains(message), "{flag} 0: {err}");
+    }
+    // Too large to compute deadlines or cgroup values from (they used to wrap around).
+    for (flag, value, message) in [
+        (
+            "--timeout",
+            "18446744073709552",
+            "--timeout must be between 1 and 604800",
+        ),
+        (
+            "--pids",
+            "18446744073709551615",
+            "--pids must be between 1 and 4194304",
+        ),
+    ] {
+        let (code, out, err) = common::cli(&[
+            "run",
+            "--rootfs",
+            r.to_str().unwrap(),
+            flag,
+            value,
+            "--",
+            "echo",
+            "ran",
+        ]);
+        assert_eq!((code, out.as_str()), (1, ""), "{flag} {value}: {err}");
+        assert!(err.contains(message), "{flag} {value}: {err}");
     }
     // A mount point that is a symlink (here to the host's /) is refused, not followed.
     let scratch = tempfile::tempdir().unwrap();

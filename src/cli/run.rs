@@ -88,16 +88,21 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("size {s:?} is too large"))
 }
 
+/// The longest `--timeout`: a week.
+const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
 fn limits(a: &RunArgs) -> anyhow::Result<Limits> {
     if !(a.cpus > 0.0 && a.cpus <= 1024.0) {
         bail!("--cpus must be between 0 and 1024");
     }
-    if a.timeout == 0 {
-        bail!("--timeout must be at least 1 second");
+    // A week at most: the deadlines are computed in milliseconds from it.
+    if !(1..=MAX_TIMEOUT_S).contains(&a.timeout) {
+        bail!("--timeout must be between 1 and {MAX_TIMEOUT_S} seconds");
     }
-    // 0 would mean "no limit" to the cgroup and to tmpfs: refused, not passed on.
-    if a.pids == 0 {
-        bail!("--pids must be at least 1");
+    // 0 would mean "no limit" to the cgroup and to tmpfs: refused, not passed on. The
+    // kernel has at most 2^22 pids.
+    if !(1..=1 << 22).contains(&a.pids) {
+        bail!("--pids must be between 1 and 4194304");
     }
     let memory = parse_size(&a.memory)?;
     if memory < 1 << 20 {
