@@ -110,3 +110,22 @@ fn gc_caches_empties_the_build_caches_unless_a_build_holds_them() {
     assert_eq!((m.len(), m.nlink()), (50_000, 1));
     assert!(snaps.by_key("eeee05").is_some());
 }
+
+/// `images` and `gc` only read or remove: a mistyped `--store` is reported, not created.
+#[test]
+fn images_and_gc_do_not_create_a_missing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-store");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["images", "--store", m],
+        vec!["images", "--json", "--store", m],
+    ] {
+        let (code, out, err) = common::cli(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.starts_with("NAME") || out.trim() == "[]", "{out}");
+        assert!(err.contains("no image store at"), "{err}");
+    }
+    assert!(gc(&missing).contains("removed 0 snapshots"));
+    assert!(!missing.exists(), "a read-only command created the store");
+}

@@ -19,7 +19,10 @@ pub struct GcArgs {
 /// neither named nor used by a remaining snapshot, then unreferenced blobs.
 pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
     let store = a.store.load(config)?;
-    let images = store.images()?;
+    let Some(images) = store.existing_images()? else {
+        println!("removed 0 snapshots, 0 images, 0 blobs (0.0 MB)");
+        return Ok(0);
+    };
     let snaps = store.snapshots(&images)?;
     // A dead build's staging tree, and uv's cache, hold what a builder sandbox's user wrote:
     // an unprivileged user with subordinate ids removes them through the owner helper. Where

@@ -46,10 +46,28 @@ impl StoreArgs {
         Ok(self.configured(&cfg))
     }
 
-    /// Opens the image store.
+    /// The store's directory.
+    pub fn root(&self) -> PathBuf {
+        self.store.clone().unwrap_or_else(ImageStore::default_root)
+    }
+
+    /// Opens the image store (creating it).
     pub fn images(&self) -> anyhow::Result<ImageStore> {
-        let root = self.store.clone().unwrap_or_else(ImageStore::default_root);
-        Ok(ImageStore::open(root)?)
+        Ok(ImageStore::open(self.root())?)
+    }
+
+    /// Opens the image store if it exists: commands that only read or remove (`images`,
+    /// `gc`) do not create one where a mistyped `--store` points.
+    pub fn existing_images(&self) -> anyhow::Result<Option<ImageStore>> {
+        let root = self.root();
+        if !root.exists() {
+            eprintln!(
+                "no image store at {} yet (tako-vm pull or tako-vm build makes it)",
+                root.display()
+            );
+            return Ok(None);
+        }
+        self.images().map(Some)
     }
 
     /// Opens the snapshot store (beside the images).
@@ -172,9 +190,12 @@ fn unix_to_iso(secs: u64) -> String {
 /// `tako-vm images`: pulled images and job-type snapshots (name, digest, size, created).
 pub fn run(config: Option<&Path>, a: ImagesArgs) -> anyhow::Result<i32> {
     let store = a.store.load(config)?;
-    let images = store.images()?;
-    let snaps = store.snapshots(&images)?;
     let mut rows: Vec<[String; 4]> = Vec::new();
+    let Some(images) = store.existing_images()? else {
+        print_rows(&rows, a.json)?;
+        return Ok(0);
+    };
+    let snaps = store.snapshots(&images)?;
     for (name, digest) in images.names()? {
         if let Some(rec) = images.record_by_digest(&digest)? {
             rows.push([
@@ -194,18 +215,24 @@ pub fn run(config: Option<&Path>, a: ImagesArgs) -> anyhow::Result<i32> {
             unix_to_iso(s.created),
         ]);
     }
-    if a.json {
+    print_rows(&rows, a.json)?;
+    Ok(0)
+}
+
+/// The image list: a table, or JSON objects.
+fn print_rows(rows: &[[String; 4]], json: bool) -> anyhow::Result<()> {
+    if json {
         let v: Vec<_> = rows
             .iter()
             .map(|r| serde_json::json!({"name": r[0], "digest": r[1], "size": r[2], "created": r[3]}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(0);
+        return Ok(());
     }
     let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(4).max(4);
     println!("{:w0$}  {:19}  {:>9}  CREATED", "NAME", "DIGEST", "SIZE");
     for r in rows {
         println!("{:w0$}  {:19}  {:>9}  {}", r[0], r[1], r[2], r[3]);
     }
-    Ok(0)
+    Ok(())
 }
