@@ -321,12 +321,14 @@ impl SnapshotStore {
 }
 
 fn build_failed(name: &str, out: crate::InstallOutcome) -> SnapshotError {
-    // uv's own words for a full disk (its cache and the staging tree are on the store's).
-    if let Some(line) = out
-        .stderr
-        .lines()
-        .find(|l| l.contains("No space left on device") || l.contains("os error 28"))
-    {
+    // uv's own words for a full disk (its cache and the staging tree are on the store's):
+    // an `error:` or `cause:` line of uv, not whatever a package's build code printed.
+    let full = |l: &&str| {
+        let l = l.trim_start();
+        (l.starts_with("error:") || l.starts_with("cause:") || l.starts_with("Caused by:"))
+            && (l.contains("No space left on device") || l.contains("os error 28"))
+    };
+    if let Some(line) = out.stderr.lines().find(full) {
         return SnapshotError::DiskFull(format!(
             "the snapshot store (job type '{name}'; uv: {})",
             line.trim()
@@ -443,4 +445,37 @@ pub(crate) fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
 pub(crate) fn nix_euid() -> u32 {
     // SAFETY: geteuid(2) cannot fail and has no side effects.
     unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(stderr: &str) -> SnapshotError {
+        build_failed(
+            "dp",
+            crate::InstallOutcome {
+                success: false,
+                exit_code: Some(1),
+                status: "exit code 1".into(),
+                stdout: String::new(),
+                stderr: stderr.into(),
+            },
+        )
+    }
+
+    /// uv's own error about a full disk is the disk-full error; the same words printed by a
+    /// package's build code, with uv failing for another reason, are not.
+    #[test]
+    fn a_full_disk_is_told_by_uvs_own_error_lines() {
+        let uv = "Resolved 4 packages\nerror: Failed to download `pandas==3.1.1`\n  \
+                  cause: failed to write to file `/tako-build/cache/x.py`: No space left on \
+                  device (os error 28)\n";
+        let e = failed(uv);
+        assert!(matches!(e, SnapshotError::DiskFull(_)), "{e:?}");
+        assert!(e.to_string().contains("tako-vm gc"), "{e}");
+        let chatty = "checking disk: No space left on device (os error 28) is handled\n\
+                      error: Failed to build `pkg==1.0`\n  cause: the build backend returned 1\n";
+        assert!(matches!(failed(chatty), SnapshotError::BuildFailed { .. }));
+    }
 }
