@@ -129,3 +129,49 @@ fn images_and_gc_do_not_create_a_missing_store() {
     assert!(gc(&missing).contains("removed 0 snapshots"));
     assert!(!missing.exists(), "a read-only command created the store");
 }
+
+/// `gc` removes copies of uv no build uses: a dead process's temporary copy always, and
+/// the copies of other uv versions when the host's uv is known. The current copy and a
+/// live process's temporary copy stay.
+#[test]
+fn gc_removes_unused_copies_of_uv() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let tools = store.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let configured = tako_vm::image::builder::BuilderConfig::default().uv_path;
+    let current = tako_vm::image::builder::find_uv(configured.as_deref())
+        .and_then(|p| tako_vm::image::builder::uv_version(&p))
+        .ok();
+    let live = format!("uv-0.1.tmp.{}", std::process::id());
+    let mut names = vec![
+        "uv-0.0.1".to_string(),
+        "uv-0.0.tmp.999999999".to_string(),
+        live.clone(),
+    ];
+    if let Some(v) = &current {
+        names.push(format!("uv-{v}"));
+    }
+    for n in &names {
+        std::fs::write(tools.join(n), b"not uv").unwrap();
+    }
+    let out = gc(&store);
+    let left: std::collections::BTreeSet<String> = std::fs::read_dir(&tools)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(!left.contains("uv-0.0.tmp.999999999"), "{left:?}");
+    assert!(left.contains(&live), "{left:?}");
+    match &current {
+        Some(v) => {
+            assert!(left.contains(&format!("uv-{v}")), "{left:?}");
+            assert!(!left.contains("uv-0.0.1"), "{left:?}");
+            assert!(out.contains("removed 2 unused copies of uv"), "{out}");
+        }
+        None => {
+            eprintln!("no uv on this host: only the dead process's copy is removed");
+            assert!(left.contains("uv-0.0.1"), "{left:?}");
+        }
+    }
+}

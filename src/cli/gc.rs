@@ -50,5 +50,18 @@ pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
         report.blobs,
         report.bytes as f64 / 1e6
     );
+    // Copies of uv that no build uses any more (the host's uv was upgraded, or a build
+    // died while copying it). Without a uv on this host no version is removed.
+    let (cfg, _) = crate::config::load(config)?;
+    let current = crate::image::builder::find_uv(cfg.builder_config().uv_path.as_deref())
+        .and_then(|p| crate::image::builder::uv_version(&p))
+        .ok();
+    let (files, bytes) = crate::image::builder::gc_tools(&images, current.as_deref());
+    if files > 0 {
+        println!(
+            "removed {files} unused copies of uv ({:.1} MB)",
+            bytes as f64 / 1e6
+        );
+    }
     Ok(0)
 }

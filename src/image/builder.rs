@@ -120,6 +120,55 @@ pub fn find_uv(configured: Option<&Path>) -> Result<PathBuf, String> {
     }
 }
 
+/// The version uv `p` reports (`0.13.9`).
+pub fn uv_version(p: &Path) -> Result<String, String> {
+    let out = std::process::Command::new(p)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let v = String::from_utf8_lossy(&out.stdout);
+    v.split_whitespace()
+        .nth(1)
+        .map(String::from)
+        .ok_or_else(|| format!("{} --version printed {v:?}", p.display()))
+}
+
+/// Where the store keeps the tools builder sandboxes get (copies of uv, `uv-<version>`).
+fn tools_dir(store: &ImageStore) -> PathBuf {
+    store.root().join("tools")
+}
+
+/// Removes what the store's tools directory holds that no build can use: temporary copies
+/// left by processes that are gone (`uv-….tmp.<pid>`) and, when the host's uv version is
+/// known (`current`), the copies of other uv versions (one per uv upgrade, tens of MB
+/// each). Without `current` no version is removed. Returns the files and bytes removed.
+pub fn gc_tools(store: &ImageStore, current: Option<&str>) -> (usize, u64) {
+    let Ok(rd) = std::fs::read_dir(tools_dir(store)) else {
+        return (0, 0);
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("uv-") else {
+            continue;
+        };
+        let unused = match rest.rsplit_once(".tmp.") {
+            Some((_, pid)) => pid
+                .parse::<u32>()
+                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+            None => current.is_some_and(|c| c != rest),
+        };
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
+        if unused && m.is_file() && std::fs::remove_file(e.path()).is_ok() {
+            files += 1;
+            bytes += m.len();
+        }
+    }
+    (files, bytes)
+}
+
 /// Copies `from` to `to` (mode 0755) through a temporary name in the same directory, which
 /// is removed when the copy fails (a full disk keeps no partial copy).
 fn install_copy(from: &Path, to: &Path) -> Result<(), SnapshotError> {
@@ -167,23 +216,10 @@ impl BuildHost for SandboxBuildHost<'_> {
             return Ok(uv.clone());
         }
         let p = find_uv(self.config.uv_path.as_deref()).map_err(SnapshotError::Uv)?;
-        let out = std::process::Command::new(&p)
-            .arg("--version")
-            .output()
-            .map_err(|e| SnapshotError::Uv(format!("{}: {e}", p.display())))?;
-        let v = String::from_utf8_lossy(&out.stdout);
-        let version = v
-            .split_whitespace()
-            .nth(1)
-            .ok_or_else(|| SnapshotError::Uv(format!("{} --version printed {v:?}", p.display())))?
-            .to_string();
+        let version = uv_version(&p).map_err(SnapshotError::Uv)?;
         // The sandbox's (unprivileged) root must be able to reach the bind source: a copy
         // in the store, not e.g. /root/.local/bin/uv.
-        let copy = self
-            .store
-            .root()
-            .join("tools")
-            .join(format!("uv-{version}"));
+        let copy = tools_dir(self.store).join(format!("uv-{version}"));
         if !copy.is_file() {
             install_copy(&p, &copy)?;
         }
