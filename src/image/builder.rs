@@ -120,6 +120,23 @@ pub fn find_uv(configured: Option<&Path>) -> Result<PathBuf, String> {
     }
 }
 
+/// uv's copy in the store and its version: the one `kept` while that copy is still there
+/// (`tako-vm gc` removes copies of other uv versions than its own idea of the host's),
+/// else `find()`'s, kept when found. A failure is not kept: a missing uv or a full disk
+/// may be mended while a server runs.
+pub fn kept_uv(
+    kept: &Mutex<Option<(PathBuf, String)>>,
+    find: impl FnOnce() -> Result<(PathBuf, String), SnapshotError>,
+) -> Result<(PathBuf, String), SnapshotError> {
+    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(uv) = kept.as_ref().filter(|(copy, _)| copy.is_file()) {
+        return Ok(uv.clone());
+    }
+    let uv = find()?;
+    *kept = Some(uv.clone());
+    Ok(uv)
+}
+
 /// The version uv `p` reports (`0.13.9`).
 pub fn uv_version(p: &Path) -> Result<String, String> {
     let out = std::process::Command::new(p)
@@ -211,20 +228,17 @@ impl BuildHost for SandboxBuildHost<'_> {
     }
 
     fn uv(&self) -> Result<(PathBuf, String), SnapshotError> {
-        let mut kept = self.uv.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(uv) = kept.as_ref() {
-            return Ok(uv.clone());
-        }
-        let p = find_uv(self.config.uv_path.as_deref()).map_err(SnapshotError::Uv)?;
-        let version = uv_version(&p).map_err(SnapshotError::Uv)?;
-        // The sandbox's (unprivileged) root must be able to reach the bind source: a copy
-        // in the store, not e.g. /root/.local/bin/uv.
-        let copy = tools_dir(self.store).join(format!("uv-{version}"));
-        if !copy.is_file() {
-            install_copy(&p, &copy)?;
-        }
-        *kept = Some((copy.clone(), version.clone()));
-        Ok((copy, version))
+        kept_uv(&self.uv, || {
+            let p = find_uv(self.config.uv_path.as_deref()).map_err(SnapshotError::Uv)?;
+            let version = uv_version(&p).map_err(SnapshotError::Uv)?;
+            // The sandbox's (unprivileged) root must be able to reach the bind source: a
+            // copy in the store, not e.g. /root/.local/bin/uv.
+            let copy = tools_dir(self.store).join(format!("uv-{version}"));
+            if !copy.is_file() {
+                install_copy(&p, &copy)?;
+            }
+            Ok((copy, version))
+        })
     }
 
     fn owner(&self) -> &dyn SandboxOwner {
@@ -311,5 +325,34 @@ impl BuildHost for SandboxBuildHost<'_> {
             stdout: o.stdout.finish(256 << 10).text,
             stderr: o.stderr.finish(256 << 10).text,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept uv is found again when its copy is gone; a failure is never kept.
+    #[test]
+    fn kept_uv_is_found_again_when_its_copy_is_gone_and_failures_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("uv-1.0.0");
+        let kept = Mutex::new(None);
+        let calls = std::cell::Cell::new(0);
+        let find = || {
+            calls.set(calls.get() + 1);
+            std::fs::write(&copy, b"uv")
+                .map(|_| (copy.clone(), "1.0.0".to_string()))
+                .map_err(|e| SnapshotError::io("copy uv to", &copy, e))
+        };
+        let missing = || Err(SnapshotError::Uv("no uv on PATH".into()));
+        assert!(matches!(kept_uv(&kept, missing), Err(SnapshotError::Uv(_))));
+        assert_eq!(kept_uv(&kept, find).unwrap().0, copy);
+        assert_eq!(kept_uv(&kept, find).unwrap().0, copy);
+        assert_eq!(calls.get(), 1, "kept while the copy is there");
+        std::fs::remove_file(&copy).unwrap();
+        assert_eq!(kept_uv(&kept, find).unwrap().0, copy);
+        assert_eq!(calls.get(), 2, "found again once the copy was gone");
+        assert!(copy.is_file());
     }
 }

@@ -281,13 +281,7 @@ impl BuildHost for Host<'_> {
     }
 
     fn uv(&self) -> Result<(PathBuf, String), rootfs_builder::SnapshotError> {
-        let mut found = self.envs.uv.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(uv) = found.as_ref() {
-            return Ok(uv.clone());
-        }
-        let uv = self.inner.uv()?;
-        *found = Some(uv.clone());
-        Ok(uv)
+        crate::image::builder::kept_uv(&self.envs.uv, || self.inner.uv())
     }
 
     fn owner(&self) -> &dyn rootfs_builder::SandboxOwner {
