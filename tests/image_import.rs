@@ -571,3 +571,31 @@ fn escaping_member_names_links_and_mismatched_diff_ids_are_refused() {
         .to_string()
         .contains("neither an OCI image layout"));
 }
+
+/// What is neither an archive nor a layout, or is missing, is a clear error printed once
+/// (the CLI used to print an error's cause twice), and imports nothing.
+#[test]
+fn a_file_that_is_not_an_image_is_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(t.path().join("store")).unwrap();
+    let bogus = t.path().join("bogus.tar");
+    fs::write(&bogus, b"not a tar at all").unwrap();
+    let cut = t.path().join("cut.tar.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&[0xa5; 700]).unwrap();
+    fs::write(&cut, gz.finish().unwrap()).unwrap();
+    for f in [&bogus, &cut] {
+        let (code, _, err) = common::cli(&["import", s(f), "--store", s(store.root())]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("not a tar archive, or a truncated one"),
+            "{err}"
+        );
+        assert!(err.is_ascii(), "{err}");
+    }
+    let missing = t.path().join("missing.tar");
+    let (code, _, err) = common::cli(&["import", s(&missing), "--store", s(store.root())]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(store_is_empty(&store));
+}

@@ -147,15 +147,43 @@ fn report(r: anyhow::Result<i32>) -> i32 {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", error_text(&e));
             1
         }
     }
 }
 
+/// An error and its causes on one line, as `{:#}` prints them, without a cause its message
+/// already includes (most of our errors print their source themselves).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cause is printed once: after a context that lacks it, not after an error whose
+    /// message already has it.
+    #[test]
+    fn error_text_prints_each_cause_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let own = crate::image::ImageError::io("open", std::path::Path::new("/x"), io());
+        assert_eq!(
+            error_text(&anyhow::Error::new(own)),
+            format!("open /x: {}", io())
+        );
+        let ctx = anyhow::Error::new(io()).context("cannot read /y");
+        assert_eq!(error_text(&ctx), format!("cannot read /y: {}", io()));
+    }
 
     /// The `run` fast path parses exactly as the full command line does, and leaves
     /// everything else (other commands, errors) to it.

@@ -226,7 +226,26 @@ impl Source {
             .entries()
             .map_err(|e| self.malformed(format!("not a tar archive: {e}")))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| ImageError::io("read", path, e))?;
+            // The tar crate reports a bad or cut-short archive as an I/O error without an
+            // OS error code.
+            let mut entry = entry.map_err(|e| match e.raw_os_error() {
+                Some(_) => ImageError::io("read", path, e),
+                None => {
+                    // Its message may quote raw header bytes.
+                    let why: String = e
+                        .to_string()
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_graphic() || c == ' ' {
+                                c
+                            } else {
+                                '?'
+                            }
+                        })
+                        .collect();
+                    self.malformed(format!("not a tar archive, or a truncated one: {why}"))
+                }
+            })?;
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let name = self.member_name(&raw)?;
             if name.is_empty() {
