@@ -143,10 +143,11 @@ fn gc_removes_unused_copies_of_uv() {
     let current = tako_vm::image::builder::find_uv(configured.as_deref())
         .and_then(|p| tako_vm::image::builder::uv_version(&p))
         .ok();
-    let live = format!("uv-0.1.tmp.{}", std::process::id());
+    // Temporary copies as `rootfs_builder::durable::write_file` names them.
+    let live = format!(".uv-0.1.tmp.{}.0", std::process::id());
     let mut names = vec![
         "uv-0.0.1".to_string(),
-        "uv-0.0.tmp.999999999".to_string(),
+        ".uv-0.0.tmp.999999999.0".to_string(),
         live.clone(),
     ];
     if let Some(v) = &current {
@@ -161,7 +162,7 @@ fn gc_removes_unused_copies_of_uv() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
-    assert!(!left.contains("uv-0.0.tmp.999999999"), "{left:?}");
+    assert!(!left.contains(".uv-0.0.tmp.999999999.0"), "{left:?}");
     assert!(left.contains(&live), "{left:?}");
     match &current {
         Some(v) => {

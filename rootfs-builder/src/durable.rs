@@ -38,13 +38,21 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
 /// (so threads may write the same path at once), flushed, renamed over `path`, and the
 /// directory flushed. A crash leaves the old content or the new, never a torn or empty file.
 pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file_mode(path, bytes, 0o644)
+}
+
+/// [`write_file`] creating the file with `mode` (less the umask), e.g. 0o755 for a program
+/// that must never be seen under its name without its execute bits.
+pub fn write_file_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()));
+    let tmp = path.with_file_name(format!(".{name}{TEMP}{}.{n}", std::process::id()));
     let written = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(mode)
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
@@ -56,6 +64,23 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
         return Err(e);
     }
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// What [`write_file`]'s temporary names carry between the file name and the writer's pid.
+const TEMP: &str = ".tmp.";
+
+/// Whether `name` is a temporary file of [`write_file`] whose writer is gone (killed while
+/// writing): what a store's clean-up may remove.
+pub fn is_stale_temp(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((_, pid_n)) = rest.rsplit_once(TEMP) else {
+        return false;
+    };
+    let pid = pid_n.split('.').next().unwrap_or("");
+    pid.parse::<u32>()
+        .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 #[cfg(test)]
@@ -102,5 +127,22 @@ mod tests {
         assert!(t.path().join("moved/keep").is_file() && !d.exists());
         sync_fs(t.path()).unwrap();
         sync_dir(t.path()).unwrap();
+    }
+
+    /// A program is never seen under its name without its mode; a temporary name is stale
+    /// only when its writer is gone.
+    #[test]
+    fn modes_and_stale_temporary_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("uv-1.0");
+        write_file_mode(&p, b"#!", 0o755).unwrap();
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o111, 0o111, "{mode:o}");
+        let me = std::process::id();
+        assert!(is_stale_temp(".uv-1.0.tmp.999999999.3"));
+        assert!(!is_stale_temp(&format!(".uv-1.0.tmp.{me}.3")));
+        assert!(!is_stale_temp("uv-1.0"));
+        assert!(!is_stale_temp(".uv-1.0.tmp.notapid.3"));
     }
 }

@@ -156,7 +156,7 @@ fn tools_dir(store: &ImageStore) -> PathBuf {
 }
 
 /// Removes what the store's tools directory holds that no build can use: temporary copies
-/// left by processes that are gone (`uv-….tmp.<pid>`) and, when the host's uv version is
+/// left by processes that are gone (`durable::is_stale_temp`) and, when the host's uv version is
 /// known (`current`), the copies of other uv versions (one per uv upgrade, tens of MB
 /// each). Without `current` no version is removed. Returns the files and bytes removed.
 pub fn gc_tools(store: &ImageStore, current: Option<&str>) -> (usize, u64) {
@@ -166,15 +166,10 @@ pub fn gc_tools(store: &ImageStore, current: Option<&str>) -> (usize, u64) {
     let (mut files, mut bytes) = (0, 0);
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("uv-") else {
-            continue;
-        };
-        let unused = match rest.rsplit_once(".tmp.") {
-            Some((_, pid)) => pid
-                .parse::<u32>()
-                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
-            None => current.is_some_and(|c| c != rest),
-        };
+        let unused = rootfs_builder::durable::is_stale_temp(&name)
+            || name
+                .strip_prefix("uv-")
+                .is_some_and(|v| current.is_some_and(|c| c != v));
         let Ok(m) = e.path().symlink_metadata() else {
             continue;
         };
@@ -186,24 +181,14 @@ pub fn gc_tools(store: &ImageStore, current: Option<&str>) -> (usize, u64) {
     (files, bytes)
 }
 
-/// Copies `from` to `to` (mode 0755) through a temporary name in the same directory, which
-/// is removed when the copy fails (a full disk keeps no partial copy).
+/// Copies `from` to `to` (mode 0755) atomically and durably (`durable::write_file_mode`: a
+/// full disk keeps no partial copy, a crash no torn one under the name).
 fn install_copy(from: &Path, to: &Path) -> Result<(), SnapshotError> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = to.parent().expect("has a parent");
     std::fs::create_dir_all(dir).map_err(|e| SnapshotError::io("create", dir, e))?;
-    let tmp = to.with_extension(format!("tmp.{}", std::process::id()));
-    let r = std::fs::copy(from, &tmp)
+    let bytes = std::fs::read(from).map_err(|e| SnapshotError::io("read", from, e))?;
+    rootfs_builder::durable::write_file_mode(to, &bytes, 0o755)
         .map_err(|e| SnapshotError::io("copy uv to", to, e))
-        .and_then(|_| {
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-                .and_then(|_| std::fs::rename(&tmp, to))
-                .map_err(|e| SnapshotError::io("install", to, e))
-        });
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
 }
 
 impl BuildHost for SandboxBuildHost<'_> {
