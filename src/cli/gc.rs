@@ -18,7 +18,8 @@ pub struct GcArgs {
 /// Unnamed snapshots (old builds, ad-hoc runtime-requirement snapshots), then images
 /// neither named nor used by a remaining snapshot, then unreferenced blobs.
 pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
-    let store = a.store.load(config)?;
+    let (cfg, _) = crate::config::load(config)?;
+    let store = a.store.configured(&cfg);
     let Some(images) = store.existing_images()? else {
         println!("removed 0 snapshots, 0 images, 0 blobs (0.0 MB)");
         return Ok(0);
@@ -52,7 +53,6 @@ pub fn run(config: Option<&std::path::Path>, a: GcArgs) -> anyhow::Result<i32> {
     );
     // Copies of uv that no build uses any more (the host's uv was upgraded, or a build
     // died while copying it). Without a uv on this host no version is removed.
-    let (cfg, _) = crate::config::load(config)?;
     let current = crate::image::builder::find_uv(cfg.builder_config().uv_path.as_deref())
         .and_then(|p| crate::image::builder::uv_version(&p))
         .ok();
