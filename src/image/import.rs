@@ -230,21 +230,10 @@ impl Source {
             // OS error code.
             let mut entry = entry.map_err(|e| match e.raw_os_error() {
                 Some(_) => ImageError::io("read", path, e),
-                None => {
-                    // Its message may quote raw header bytes.
-                    let why: String = e
-                        .to_string()
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_graphic() || c == ' ' {
-                                c
-                            } else {
-                                '?'
-                            }
-                        })
-                        .collect();
-                    self.malformed(format!("not a tar archive, or a truncated one: {why}"))
-                }
+                None => self.malformed(format!(
+                    "not a tar archive, or a truncated one: {}",
+                    super::tar_error_text(&e)
+                )),
             })?;
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let name = self.member_name(&raw)?;

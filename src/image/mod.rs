@@ -146,6 +146,20 @@ impl ImageError {
     }
 }
 
+/// The tar crate's message for a bad archive, printable: it may quote raw header bytes.
+pub(crate) fn tar_error_text(e: &io::Error) -> String {
+    e.to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// Shorthand for results of this layer.
 pub type Result<T> = std::result::Result<T, ImageError>;
 

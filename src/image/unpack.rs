@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::store::{remove_any, ImageStore, LayerRef};
-use super::{ImageError, Progress, Result};
+use super::{tar_error_text, ImageError, Progress, Result};
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
@@ -172,9 +172,10 @@ pub fn apply_layer(root: &Path, tar: impl Read, layer: &str) -> Result<()> {
     let mut written: HashSet<PathBuf> = HashSet::new();
     let entries = archive
         .entries()
-        .map_err(|e| unsafe_layer(layer, format!("not a tar stream: {e}")))?;
+        .map_err(|e| unsafe_layer(layer, format!("not a tar stream: {}", tar_error_text(&e))))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| unsafe_layer(layer, format!("corrupt tar: {e}")))?;
+        let mut entry = entry
+            .map_err(|e| unsafe_layer(layer, format!("corrupt tar: {}", tar_error_text(&e))))?;
         let raw = entry
             .path()
             .map_err(|e| unsafe_layer(layer, format!("bad path: {e}")))?
