@@ -127,10 +127,15 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
     // its namespaces meanwhile, then the thread. Elsewhere the init is cloned as the run
     // starts: an unprivileged v2 CLI first moves itself into a leaf of its delegated cgroup,
     // and a process launched before that would stay behind in its parent (EBUSY).
-    if a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && crate::sandbox::cgroup::builds_ahead() {
-        crate::sandbox::supervisor::launch_init();
-    }
+    // There the init is born in its cgroup: the launcher enters it first (`SelfJoin`).
     let id = host::new_run_id();
+    if a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && crate::sandbox::cgroup::builds_ahead() {
+        use crate::sandbox::cgroup;
+        let join = cgroup::SelfJoin::plan(&cgroup::v1_mount_points(), &a.cgroup_parent, &id)
+            .ok()
+            .filter(|j| j.create().is_ok());
+        crate::sandbox::supervisor::launch_init(join);
+    }
     // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
     crate::sandbox::cgroup::prepare(&a.cgroup_parent, &id);
     // `_hold` keeps gc away from a job-type snapshot until the run is over.

@@ -10,8 +10,14 @@
 //! namespace, which the kernel kills as a whole when its init dies.
 //!
 //! What is ours: detecting the layout (and preparing `<parent>`), the run names, the sweep's
-//! listing, and reading the few usage files with libcgroups' parsers (its `stats()` reads
-//! every controller's files, which a run's teardown does not need).
+//! listing, reading the few usage files with libcgroups' parsers (its `stats()` reads every
+//! controller's files, which a run's teardown does not need), and, on v1, how a run's first
+//! process gets into its cgroup ([`SelfJoin`]): it enters by itself, because moving another
+//! task costs one RCU grace period (6–25 ms measured here), more than the floor's whole start.
+//! libcgroups applies the limits, lists the tasks and removes the run.
+//!
+//! Device rules on v1: `<parent>` denies every device but libcgroups' default set (written
+//! once, by libcgroups' manager of `<parent>`), and each run inherits that when it is made.
 //!
 //! Cost: libcgroups' v1 manager looks up all twelve controllers' mount points through
 //! hardened procfs opens when it is built, about 2 ms. A CLI run builds it on a thread while
@@ -170,6 +176,7 @@ impl Cgroups {
                 CgroupError::Unavailable(format!("cannot create {}: {e}", base.display()))
             })?;
         }
+        v1_parent_denies_devices(mounts, parent);
         Ok(Cgroups {
             version: Version::V1,
             parent: parent.to_string(),
@@ -275,8 +282,22 @@ impl Cgroups {
             manager: self.manager(run_id)?,
             usage_dir,
             cpuacct_dir,
+            devices_dir: self.v1_dir("devices", run_id),
             removed: false,
         })
+    }
+
+    /// The v1 cgroup of a run whose first process entered it by itself ([`SelfJoin`]):
+    /// nothing is moved; [`RunCgroup::apply`] sets the limits. Takes over the removal.
+    pub fn create_joined(&self, mut join: SelfJoin) -> Result<RunCgroup, CgroupError> {
+        let run = self.create(&join.run_id)?;
+        join.armed = false;
+        Ok(run)
+    }
+
+    /// v1: the [`SelfJoin`] of run `run_id` (`None` on v2, where the first task is moved).
+    pub fn self_join(&self, run_id: &str) -> Option<Result<SelfJoin, CgroupError>> {
+        (self.version == Version::V1).then(|| SelfJoin::plan(&self.v1_mounts, &self.parent, run_id))
     }
 
     /// Directories holding run cgroups: each hierarchy's `<parent>` on v1, the base on v2.
@@ -381,6 +402,8 @@ pub struct RunCgroup {
     usage_dir: PathBuf,
     /// v1: the run's `cpuacct` directory, if that controller is mounted.
     cpuacct_dir: Option<PathBuf>,
+    /// v1: the run's `devices` directory, if that controller is mounted.
+    devices_dir: Option<PathBuf>,
     removed: bool,
 }
 
@@ -441,11 +464,16 @@ impl RunCgroup {
         // libcgroups allows its default set (null, zero, full, random, urandom, tty, the
         // pty pair, tun). Written on v1; v2 would need libcgroups' eBPF feature, which is not
         // built (the sandbox has no device nodes beyond that set and no CAP_MKNOD anyway).
-        res = res.devices(vec![LinuxDeviceCgroupBuilder::default()
-            .allow(false)
-            .access("rwm")
-            .build()
-            .map_err(e)?]);
+        // On v1 a run normally inherits both from `<parent>` ([`v1_parent_denies_devices`]):
+        // then only the allow rules are written again, so a task already inside (a
+        // [`SelfJoin`]) never meets a moment where every device is denied.
+        let inherited = self
+            .devices_dir
+            .as_deref()
+            .is_some_and(denies_devices_by_default);
+        if !inherited {
+            res = res.devices(vec![deny_all_devices().map_err(e)?]);
+        }
         res.build().map_err(e)
     }
 
@@ -546,6 +574,58 @@ impl Drop for RunCgroup {
     }
 }
 
+/// The device rule that denies everything (libcgroups then allows its default set).
+fn deny_all_devices() -> Result<oci_spec::runtime::LinuxDeviceCgroup, oci_spec::OciSpecError> {
+    LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+}
+
+/// v1: whether the `devices` cgroup `dir` denies by default (its list lacks `a *:* rwm`).
+fn denies_devices_by_default(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("devices.list"))
+        .is_ok_and(|l| !l.is_empty() && !l.lines().any(|r| r.trim() == "a *:* rwm"))
+}
+
+/// v1: makes `<devices mount>/<parent>` deny every device but libcgroups' default set
+/// (libcgroups' manager of `parent` writes the rules), unless it does already. Every run
+/// cgroup made below it inherits these rules when it is created. Returns whether `parent`
+/// denies by default now; the kernel refuses the change while `parent` has children (runs
+/// of a server, say), and runs then get the rules one by one ([`RunCgroup::apply`]).
+pub fn v1_parent_denies_devices(mounts: &[(String, PathBuf)], parent: &str) -> bool {
+    let parent = parent.trim_matches('/');
+    mounts
+        .iter()
+        .find(|(c, _)| c == "devices")
+        .is_some_and(|(_, m)| parent_denies_devices(&m.join(parent), parent))
+}
+
+/// [`v1_parent_denies_devices`] for the parent's `devices` directory `dir`.
+fn parent_denies_devices(dir: &Path, parent: &str) -> bool {
+    if denies_devices_by_default(dir) {
+        return true;
+    }
+    // A failure shows in the file read below (another process may have succeeded).
+    let _ = (|| -> Result<(), String> {
+        fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let manager = v1::manager::Manager::new(Path::new(parent)).map_err(|e| e.to_string())?;
+        let resources = LinuxResourcesBuilder::default()
+            .devices(vec![deny_all_devices().map_err(|e| e.to_string())?])
+            .build()
+            .map_err(|e| e.to_string())?;
+        manager
+            .apply(&ControllerOpt {
+                resources: &resources,
+                freezer_state: None,
+                oom_score_adj: None,
+                disable_oom_killer: false,
+            })
+            .map_err(|e| e.to_string())
+    })();
+    denies_devices_by_default(dir)
+}
+
 /// The value of `key` in a flat keyed cgroup file (`key value` lines).
 fn keyed_value(path: &Path, key: &str) -> Option<u64> {
     let text = read_cgroup_file(path).ok()?;
@@ -557,6 +637,173 @@ fn keyed_value(path: &Path, key: &str) -> Option<u64> {
 
 fn mib(bytes: u64) -> f64 {
     (bytes as f64 / 1_048_576.0 * 100.0).round() / 100.0
+}
+
+/// v1 hierarchies a run's tasks are in: its limits (memory, cpu, pids), its CPU time
+/// (cpuacct) and its device rules (devices). The others keep the caller's cgroup.
+pub const V1_JOINED: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
+
+/// A v1 run cgroup that the run's first process enters by itself, before the sandbox's init
+/// is forked from it (the init and every later task are born inside).
+///
+/// Why: moving *another* task into a cgroup (`cgroup.procs`, which libcgroups' `add_task`
+/// writes) write-locks the kernel's `cgroup_threadgroup_rwsem`, which waits for a full RCU
+/// grace period unless one just passed: 6–25 ms per run measured on this v1 host, more than
+/// the whole floor's start. A single-threaded process writing `0` to `tasks` moves only
+/// itself and takes no such lock (1 ms for five hierarchies). libcgroups still builds the
+/// manager, applies the limits, reads the tasks and removes the cgroup.
+///
+/// Dropping an armed `SelfJoin` (a run that never got its [`RunCgroup`]) kills what is in
+/// its directories and removes them; [`Cgroups::create_joined`] disarms it.
+#[derive(Debug)]
+pub struct SelfJoin {
+    run_id: String,
+    dirs: Vec<PathBuf>,
+    tasks: JoinTasks,
+    /// The parent's `devices` directory and the parent's name.
+    devices_parent: Option<(PathBuf, String)>,
+    armed: bool,
+}
+
+impl SelfJoin {
+    /// The directories of run `run_id` under `parent` in the [`V1_JOINED`] hierarchies of
+    /// `mounts` (a hierarchy mounted with two of them counted once). Creates nothing.
+    pub fn plan(
+        mounts: &[(String, PathBuf)],
+        parent: &str,
+        run_id: &str,
+    ) -> Result<SelfJoin, CgroupError> {
+        check_run_id(run_id)?;
+        let parent = parent.trim_matches('/');
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for c in V1_JOINED {
+            if let Some((_, m)) = mounts.iter().find(|(n, _)| n == c) {
+                let d = m.join(parent).join(run_id);
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+        let tasks = dirs
+            .iter()
+            .map(|d| {
+                std::ffi::CString::new(d.join("tasks").into_os_string().into_encoded_bytes())
+                    .map_err(|e| CgroupError::Io {
+                        op: "name",
+                        path: d.display().to_string(),
+                        source: io::Error::other(e),
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(JoinTasks)?;
+        Ok(SelfJoin {
+            run_id: run_id.to_string(),
+            dirs,
+            tasks,
+            devices_parent: mounts
+                .iter()
+                .find(|(c, _)| c == "devices")
+                .map(|(_, m)| (m.join(parent), parent.to_string())),
+            armed: true,
+        })
+    }
+
+    /// Creates the run's directories (an existing one is fine). Refused unless the run
+    /// inherits default-deny device rules from its parent ([`v1_parent_denies_devices`]):
+    /// rules written after its first task entered would deny every device for a moment.
+    pub fn create(&self) -> Result<(), CgroupError> {
+        let denies = |(dir, parent): &(PathBuf, String)| parent_denies_devices(dir, parent);
+        if !self.devices_parent.as_ref().is_some_and(denies) {
+            return Err(CgroupError::Unavailable(
+                "the parent cgroup's device rules are not default-deny".into(),
+            ));
+        }
+        for d in &self.dirs {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the calling thread into the run's cgroup ([`JoinTasks::enter`]).
+    pub fn enter(&self) -> Result<(), (usize, i32)> {
+        self.tasks.enter()
+    }
+
+    /// What [`SelfJoin::enter`] needs, for a `pre_exec` closure (which must own its data).
+    pub fn tasks(&self) -> JoinTasks {
+        self.tasks.clone()
+    }
+
+    /// The error of a failed [`SelfJoin::enter`].
+    pub fn enter_error(&self, (i, errno): (usize, i32)) -> CgroupError {
+        CgroupError::Io {
+            op: "join",
+            path: self
+                .dirs
+                .get(i)
+                .map(|d| d.join("tasks").display().to_string())
+                .unwrap_or_default(),
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// The run's name.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+}
+
+/// The `tasks` files of a [`SelfJoin`], ready before a fork (no allocation after it).
+#[derive(Debug, Clone)]
+pub struct JoinTasks(Vec<std::ffi::CString>);
+
+impl JoinTasks {
+    /// Moves the calling thread into the run's cgroup in every hierarchy (`0` into each
+    /// `tasks`). Only async-signal-safe calls, so it may run between fork and exec; call it
+    /// in a single-threaded process (its other threads would stay behind). Returns the
+    /// index of the hierarchy and the errno of the first failure.
+    pub fn enter(&self) -> Result<(), (usize, i32)> {
+        for (i, t) in self.0.iter().enumerate() {
+            // SAFETY: open/write/close of a NUL-terminated path and a local buffer, and a
+            // read of this thread's errno.
+            unsafe {
+                let fd = libc::open(t.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err((i, *libc::__errno_location()));
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let errno = *libc::__errno_location();
+                libc::close(fd);
+                if n != 1 {
+                    return Err((i, if n < 0 { errno } else { libc::EIO }));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SelfJoin {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for _ in 0..50 {
+            let mut left = false;
+            for d in &self.dirs {
+                for p in get_all_pids(d).unwrap_or_default() {
+                    let _ = kill(p, Signal::SIGKILL);
+                }
+                if d.exists() && fs::remove_dir(d).is_err() {
+                    left = true;
+                }
+            }
+            if !left {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// A v1 manager being built ahead of its run ([`prepare`]).
@@ -686,6 +933,24 @@ mod tests {
         true
     }
 
+    /// The limits the life-cycle tests apply.
+    fn test_limits() -> Limits {
+        Limits {
+            memory_bytes: Some(64 << 20),
+            cpus: Some(0.5),
+            pids: Some(20),
+            ..Limits::default()
+        }
+    }
+
+    /// Waits up to 5 s for `run` to hold `n` tasks.
+    fn wait_for_tasks(run: &RunCgroup, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while run.pids().len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// A dead owner's leftover with a process inside is killed and removed by the sweep.
     fn sweep_kills_a_dead_owners_leftover(cg: &Cgroups, name: &str) {
         let left = cg.create(name).unwrap();
@@ -723,6 +988,7 @@ mod tests {
             manager: Manager::V2(v2::manager::Manager::new(dir.clone(), "absent".into()).unwrap()),
             usage_dir: dir.clone(),
             cpuacct_dir: Some(dir.clone()),
+            devices_dir: None,
             removed: false,
         };
         assert_eq!(
@@ -802,13 +1068,7 @@ mod tests {
             .spawn()
             .unwrap();
         run.add(child.id() as i32).unwrap();
-        run.apply(&Limits {
-            memory_bytes: Some(64 << 20),
-            cpus: Some(0.5),
-            pids: Some(20),
-            ..Limits::default()
-        })
-        .unwrap();
+        run.apply(&test_limits()).unwrap();
         let dir = |c: &str| cg.v1_dir(c, id).unwrap();
         let read = |p: PathBuf| fs::read_to_string(p).unwrap().trim().to_string();
         assert_eq!(
@@ -835,10 +1095,7 @@ mod tests {
             );
         }
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while run.pids().len() < 2 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_tasks(&run, 2);
         assert_eq!(run.pids().len(), 2, "the fork is in the run's cgroup");
         let u = run.usage();
         assert!(u.cpu_time_ms.is_some() && u.max_rss_mb.is_some(), "{u:?}");
@@ -857,6 +1114,154 @@ mod tests {
             assert!(!p.join("999999999.2.v1left").exists());
             let _ = fs::remove_dir(&p);
         }
+    }
+
+    /// A v1 run whose first process enters its cgroup by itself ([`SelfJoin`]): it is in
+    /// the five joined hierarchies and no other, the parent makes every run default-deny for
+    /// devices (so no deny rule is written with a task inside), libcgroups applies the
+    /// limits and removes the run; an armed `SelfJoin` that is dropped kills what is inside
+    /// and removes its directories.
+    #[test]
+    fn v1_self_join_life_cycle() {
+        use std::os::unix::process::CommandExt;
+        if skip_unless_root_v1() {
+            return;
+        }
+        let parent = format!("tako-vm-test-join-{}", std::process::id());
+        let mounts = v1_mount_points();
+        let cg = Cgroups::detect_v1(&mounts, &parent).unwrap();
+        let devices_parent = cg.v1_dir("devices", "").unwrap();
+        assert!(
+            denies_devices_by_default(&devices_parent),
+            "the parent denies by default: {}",
+            fs::read_to_string(devices_parent.join("devices.list")).unwrap()
+        );
+        let spawn_in = |join: &SelfJoin, script: &str| {
+            let tasks = join.tasks();
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", script]).stdin(std::process::Stdio::piped());
+            // SAFETY: JoinTasks::enter makes only async-signal-safe calls.
+            unsafe {
+                cmd.pre_exec(move || {
+                    tasks
+                        .enter()
+                        .map_err(|(_, e)| io::Error::from_raw_os_error(e))
+                });
+            }
+            cmd.spawn().unwrap()
+        };
+
+        let id = "999999999.3.joined";
+        let join = cg.self_join(id).unwrap().unwrap();
+        join.create().unwrap();
+        let mut child = spawn_in(&join, "read go; sleep 100 & exec sleep 100");
+        let pid = child.id().to_string();
+        let in_tasks = |d: &Path| {
+            fs::read_to_string(d.join("tasks")).is_ok_and(|t| t.lines().any(|l| l == pid))
+        };
+        for c in V1_JOINED {
+            if let Some(d) = cg.v1_dir(c, id) {
+                assert!(in_tasks(&d), "{c}: the child entered {}", d.display());
+            }
+        }
+        for (c, _) in &mounts {
+            if !V1_JOINED.contains(&c.as_str()) {
+                let d = cg.v1_dir(c, id).unwrap();
+                assert!(!d.exists(), "{c}: nothing made in {}", d.display());
+            }
+        }
+        let run = cg.create_joined(join).unwrap();
+        run.apply(&test_limits()).unwrap();
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap().trim().to_string();
+        assert_eq!(
+            read(
+                cg.v1_dir("memory", id)
+                    .unwrap()
+                    .join("memory.limit_in_bytes")
+            ),
+            "67108864"
+        );
+        assert_eq!(read(cg.v1_dir("pids", id).unwrap().join("pids.max")), "20");
+        let devices = read(cg.v1_dir("devices", id).unwrap().join("devices.list"));
+        assert!(!devices.contains("a *:* rwm"), "{devices}");
+        assert!(devices.lines().any(|l| l == "c 1:3 rwm"), "{devices}");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+        wait_for_tasks(&run, 2);
+        assert_eq!(run.pids().len(), 2, "the fork was born in the run's cgroup");
+        run.remove().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&child.wait().unwrap()),
+            Some(9)
+        );
+        for p in cg.parents() {
+            assert!(!p.join(id).exists(), "{} left", p.join(id).display());
+        }
+
+        // A run that never got its RunCgroup: dropping the join cleans up.
+        let id = "999999999.4.abandoned";
+        let join = cg.self_join(id).unwrap().unwrap();
+        join.create().unwrap();
+        let mut sleeper = spawn_in(&join, "exec sleep 100");
+        drop(join);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&sleeper.wait().unwrap()),
+            Some(9)
+        );
+        for p in cg.parents() {
+            assert!(!p.join(id).exists(), "{} left", p.join(id).display());
+            let _ = fs::remove_dir(&p);
+        }
+    }
+
+    /// A join that cannot enter says which file failed and why.
+    #[test]
+    fn a_failed_self_join_names_its_file() {
+        let dir = tmp("join-missing");
+        let mounts = vec![("memory".to_string(), dir.clone())];
+        let join = SelfJoin::plan(&mounts, "parent", "999999999.5.r").unwrap();
+        // Nothing was created, so the first open fails before anything is written.
+        let failed = join.enter().unwrap_err();
+        let text = join.enter_error(failed).to_string();
+        assert!(text.contains("cgroup join"), "{text}");
+        assert!(
+            text.contains(&dir.join("parent/999999999.5.r/tasks").display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("No such file"), "{text}");
+        assert!(SelfJoin::plan(&mounts, "parent", "../escape").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A run writes the deny-everything device rule only when it does not inherit one.
+    #[test]
+    fn device_deny_rule_only_when_not_inherited() {
+        let dir = tmp("devices");
+        let run = RunCgroup {
+            name: "r".into(),
+            version: Version::V1,
+            // Never created: dropping it removes nothing.
+            manager: Manager::V2(v2::manager::Manager::new(dir.clone(), "absent".into()).unwrap()),
+            usage_dir: dir.clone(),
+            cpuacct_dir: None,
+            devices_dir: Some(dir.clone()),
+            removed: false,
+        };
+        let denies = |run: &RunCgroup| {
+            run.resources(&Limits::default())
+                .unwrap()
+                .devices()
+                .as_ref()
+                .is_some_and(|d| d.iter().any(|r| !r.allow()))
+        };
+        fs::write(dir.join("devices.list"), "a *:* rwm\n").unwrap();
+        assert!(denies(&run), "allow-all inherited: the run denies first");
+        fs::write(dir.join("devices.list"), "c 1:3 rwm\nc 1:5 rwm\n").unwrap();
+        assert!(
+            !denies(&run),
+            "default-deny inherited: nothing is denied again"
+        );
+        drop(run);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A run's v2 life cycle on a real cgroup2 mount: create, move a process in, read the
@@ -903,10 +1308,7 @@ mod tests {
         );
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
         // The forked sleeper is in the run's cgroup too.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while run.pids().len() < 2 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_tasks(&run, 2);
         assert_eq!(run.pids().len(), 2);
         assert!(run.usage().cpu_time_ms.is_some(), "cpu.stat usage_usec");
         run.kill_all();

@@ -20,7 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
-use super::cgroup::{Cgroups, RunCgroup, Usage};
+use super::cgroup::{Cgroups, RunCgroup, SelfJoin, Usage};
 use super::child::{CTL_FD, HELPER_ARG};
 use super::idmap::IdMap;
 use super::net;
@@ -304,6 +304,7 @@ impl Runner {
                 err_r: spawned.err_r,
                 pid: spawned.pid,
                 init_is_child: spawned.init_is_child,
+                join: spawned.join,
             },
         );
         trace(t0, "sandbox gone");
@@ -331,16 +332,32 @@ impl Runner {
     }
 
     /// Starts a helper in a fresh cgroup (limits not applied yet); it waits for its spec.
-    /// Moving a process into a cgroup costs one RCU grace period on current kernels
-    /// (~10-15 ms on cgroup v1), which is why servers keep a few of these ready.
+    /// On v1 the helper enters its cgroup itself between fork and exec ([`SelfJoin`]);
+    /// elsewhere it is moved in, which costs one RCU grace period on current kernels
+    /// (~10-25 ms), one reason why servers keep a few of these ready.
     ///
     /// A cloned init ([`clone_init`]) gets its cgroup later, while it builds its filesystem
     /// (see [`Runner::run`]).
     pub fn spawn_helper(&self, run_id: &str) -> Result<Spawned, SandboxError> {
         let init_is_child = self.may_clone_init();
-        let cgroup = match &self.cgroups {
-            Some(c) if !init_is_child => Some(c.create(run_id)?),
-            _ => None,
+        // v1: the new process enters the run's cgroup by itself, nothing is moved
+        // ([`SelfJoin`]); where that is refused, it is moved in as on v2.
+        let join = match self.cgroups.as_ref().and_then(|c| c.self_join(run_id)) {
+            Some(j) => Some(j?).filter(|j| j.create().is_ok()),
+            None => None,
+        };
+        if init_is_child && join.is_some() {
+            // Through a launcher that enters the cgroup and clones the init there.
+            let _ = io::stdout().flush();
+            return Launch::start(join)?.finish();
+        }
+        let (cgroup, join_tasks) = match (&self.cgroups, join) {
+            (Some(c), Some(j)) if !init_is_child => {
+                let tasks = j.tasks();
+                (Some(c.create_joined(j)?), Some(tasks))
+            }
+            (Some(c), _) if !init_is_child => (Some(c.create(run_id)?), None),
+            _ => (None, None),
         };
         let (ours, theirs) = UnixStream::pair()?;
         let (out_r, out_w) = pipe()?;
@@ -358,12 +375,18 @@ impl Runner {
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out_w))
                 .stderr(Stdio::from(err_w));
-            // SAFETY: the closure runs between fork and exec and only calls dup2(2), which is
-            // async-signal-safe; dup2 also clears FD_CLOEXEC on the new descriptor.
+            let joined = join_tasks.is_some();
+            // SAFETY: the closure runs between fork and exec and only calls dup2(2) and
+            // open/write/close (`JoinTasks::enter`, on data allocated before the fork), which
+            // are async-signal-safe; dup2 also clears FD_CLOEXEC on the new descriptor.
             unsafe {
                 cmd.pre_exec(move || {
                     if libc::dup2(theirs_fd, CTL_FD) < 0 {
                         return Err(io::Error::last_os_error());
+                    }
+                    if let Some(t) = &join_tasks {
+                        t.enter()
+                            .map_err(|(_, e)| io::Error::from_raw_os_error(e))?;
                     }
                     Ok(())
                 });
@@ -373,18 +396,19 @@ impl Runner {
                 source,
             })?;
             drop(cmd); // closes our copies of the child's stdout/stderr write ends
-            HelperGuard {
+            let guard = HelperGuard {
                 pid: child.id() as i32,
                 child: Some(child),
                 reaped: false,
+            };
+            if let (Some(c), false) = (&cgroup, joined) {
+                // The helper waits for its spec, so it runs nothing before the limits hold.
+                c.add(guard.pid)?;
             }
+            guard
         };
         drop(theirs);
         let pid = child.pid;
-        if let Some(c) = &cgroup {
-            // The helper waits for its spec, so it runs nothing before the limits hold.
-            c.add(pid)?;
-        }
         Ok(Spawned {
             child,
             ctl: ours,
@@ -393,6 +417,7 @@ impl Runner {
             cgroup,
             pid,
             init_is_child,
+            join: None,
         })
     }
 
@@ -416,6 +441,7 @@ impl Runner {
             err_r,
             pid: helper_pid,
             init_is_child,
+            mut join,
         } = helper;
         if let Some(c) = cgroup_slot.as_ref() {
             c.apply(&spec.limits)?;
@@ -477,7 +503,7 @@ impl Runner {
             let mut setup = self.map_and_connect(&mut ctl, helper_pid, &mut out, &mut net_state);
             if setup.is_ok() {
                 trace(t0, "mapped");
-                match self.limit_cloned_init(helper_pid, opts, &spec.limits) {
+                match self.limit_cloned_init(helper_pid, opts, &spec.limits, &mut join) {
                     Ok(c) => {
                         *cgroup_slot = c;
                         setup = wire::write_frame(&mut ctl, Kind::Limited, &[]);
@@ -649,19 +675,27 @@ impl Runner {
         Ok(out)
     }
 
-    /// Creates the run's cgroup, moves the cloned init `pid` into it and applies the limits
-    /// (`None` when running without limits was allowed).
+    /// Applies the limits to the cloned init `pid`: in the v1 cgroup it was born in
+    /// (`join`), or in a new cgroup it is moved into (`None` when running without limits was
+    /// allowed; a `join` then stays with the caller, which removes it after the run).
     fn limit_cloned_init(
         &self,
         pid: i32,
         opts: &RunOptions,
         limits: &super::spec::Limits,
+        join: &mut Option<SelfJoin>,
     ) -> Result<Option<RunCgroup>, SandboxError> {
         let Some(cgroups) = &self.cgroups else {
             return Ok(None);
         };
-        let c = cgroups.create(&opts.run_id)?;
-        c.add(pid)?;
+        let c = match join.take() {
+            Some(j) => cgroups.create_joined(j)?,
+            None => {
+                let c = cgroups.create(&opts.run_id)?;
+                c.add(pid)?;
+                c
+            }
+        };
         c.apply(limits)?;
         Ok(Some(c))
     }
@@ -805,6 +839,8 @@ pub struct Spawned {
     pid: i32,
     /// The child is the sandbox's init itself ([`clone_init`]), not a helper.
     init_is_child: bool,
+    /// A cloned init born in its v1 cgroup ([`SelfJoin`]): its limits are applied later.
+    join: Option<SelfJoin>,
 }
 
 impl std::fmt::Debug for Spawned {
@@ -820,6 +856,7 @@ struct Helper {
     err_r: File,
     pid: i32,
     init_is_child: bool,
+    join: Option<SelfJoin>,
 }
 
 /// Helpers started ahead of time (each single-use), refilled by a background thread.
@@ -1031,11 +1068,14 @@ static LAUNCHED: std::sync::Mutex<Option<Launch>> = std::sync::Mutex::new(None);
 /// process is not single-threaded, when `TAKO_VM_HELPER_EXEC` asks for the exec'd helper,
 /// or when the fork fails: the run then starts its init itself. A failed clone is reported
 /// by that run.
-pub fn launch_init() {
+///
+/// With a `join` (a root caller on a cgroup v1 host), the launcher first enters the run's
+/// cgroup, so the init is born in it and nothing has to be moved ([`SelfJoin`]).
+pub fn launch_init(join: Option<SelfJoin>) {
     if std::env::var_os("TAKO_VM_HELPER_EXEC").is_some() || !single_threaded(false) {
         return;
     }
-    if let Ok(l) = Launch::start() {
+    if let Ok(l) = Launch::start(join) {
         *LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
     }
 }
@@ -1043,15 +1083,17 @@ pub fn launch_init() {
 /// A launcher process (see [`launch_init`]) and the init's ends of the run's channels.
 struct Launch {
     launcher: i32,
-    /// The launcher writes the init's pid here (or minus the clone's errno).
+    /// The launcher writes the init's pid here (or minus the clone's errno), then the index
+    /// and errno of a failed cgroup join (0, 0 when it joined or had nothing to join).
     report: File,
+    join: Option<SelfJoin>,
     ctl: UnixStream,
     out_r: File,
     err_r: File,
 }
 
 impl Launch {
-    fn start() -> io::Result<Launch> {
+    fn start(join: Option<SelfJoin>) -> io::Result<Launch> {
         let (ctl, theirs) = UnixStream::pair()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -1065,17 +1107,26 @@ impl Launch {
             return Err(io::Error::last_os_error());
         }
         if launcher == 0 {
-            let v = match clone_init_flags(
-                theirs.as_raw_fd(),
-                out_w.as_raw_fd(),
-                err_w.as_raw_fd(),
-                libc::CLONE_PARENT,
-            ) {
-                Ok(pid) => pid,
-                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            let joined = join.as_ref().map_or(Ok(()), |j| j.enter());
+            let v = match joined {
+                Err(_) => 0,
+                Ok(()) => match clone_init_flags(
+                    theirs.as_raw_fd(),
+                    out_w.as_raw_fd(),
+                    err_w.as_raw_fd(),
+                    libc::CLONE_PARENT,
+                ) {
+                    Ok(pid) => pid,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                },
             };
-            let b = v.to_ne_bytes();
-            // SAFETY: a write of a local buffer to a descriptor this process owns, then _exit.
+            let (i, errno) = joined.err().unwrap_or((0, 0));
+            let mut b = [0u8; 12];
+            b[..4].copy_from_slice(&v.to_ne_bytes());
+            b[4..8].copy_from_slice(&(i as i32).to_ne_bytes());
+            b[8..].copy_from_slice(&errno.to_ne_bytes());
+            // SAFETY: a write of a local buffer to a descriptor this process owns, then _exit
+            // (no destructor runs: the parent's `join` stays armed there).
             unsafe {
                 libc::write(report_w.as_raw_fd(), b.as_ptr().cast(), b.len());
                 libc::_exit(0);
@@ -1084,6 +1135,7 @@ impl Launch {
         Ok(Launch {
             launcher,
             report,
+            join,
             ctl,
             out_r,
             err_r,
@@ -1092,13 +1144,17 @@ impl Launch {
 
     /// Waits for the launcher's report (it exits right after) and returns the init.
     fn finish(mut self) -> Result<Spawned, SandboxError> {
-        let mut b = [0u8; 4];
+        let mut b = [0u8; 12];
         let read = self.report.read_exact(&mut b);
         while let Err(nix::errno::Errno::EINTR) =
             nix::sys::wait::waitpid(Pid::from_raw(self.launcher), None)
         {}
         read?;
-        let pid = i32::from_ne_bytes(b);
+        let word = |k: usize| i32::from_ne_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+        let (pid, failed_at, errno) = (word(0), word(4), word(8));
+        if let (Some(j), true) = (&self.join, errno != 0) {
+            return Err(j.enter_error((failed_at as usize, errno)).into());
+        }
         if pid <= 0 {
             return Err(io::Error::other(super::child::namespaces_error(
                 io::Error::from_raw_os_error(-pid),
@@ -1113,6 +1169,7 @@ impl Launch {
             cgroup: None,
             pid,
             init_is_child: true,
+            join: self.join,
         })
     }
 }
