@@ -133,7 +133,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         use crate::sandbox::cgroup;
         let join = cgroup::SelfJoin::plan(&cgroup::v1_mount_points(), &a.cgroup_parent, &id)
             .ok()
-            .filter(|j| j.create().is_ok());
+            .filter(|j| j.ready().is_ok());
         crate::sandbox::supervisor::launch_init(join);
     }
     // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.

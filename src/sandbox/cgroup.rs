@@ -684,17 +684,19 @@ impl SelfJoin {
                 }
             }
         }
+        let c_path = |p: PathBuf| {
+            std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).map_err(|e| {
+                CgroupError::Io {
+                    op: "name",
+                    path: run_id.into(),
+                    source: io::Error::other(e),
+                }
+            })
+        };
         let tasks = dirs
             .iter()
-            .map(|d| {
-                std::ffi::CString::new(d.join("tasks").into_os_string().into_encoded_bytes())
-                    .map_err(|e| CgroupError::Io {
-                        op: "name",
-                        path: d.display().to_string(),
-                        source: io::Error::other(e),
-                    })
-            })
-            .collect::<Result<_, _>>()
+            .map(|d| Ok((c_path(d.clone())?, c_path(d.join("tasks"))?)))
+            .collect::<Result<_, CgroupError>>()
             .map(JoinTasks)?;
         Ok(SelfJoin {
             run_id: run_id.to_string(),
@@ -708,23 +710,25 @@ impl SelfJoin {
         })
     }
 
-    /// Creates the run's directories (an existing one is fine). Refused unless the run
-    /// inherits default-deny device rules from its parent ([`v1_parent_denies_devices`]):
-    /// rules written after its first task entered would deny every device for a moment.
-    pub fn create(&self) -> Result<(), CgroupError> {
+    /// Readies the join: the parents of the run's directories exist, and the run will
+    /// inherit default-deny device rules from its parent ([`v1_parent_denies_devices`]);
+    /// refused otherwise, since rules written after its first task entered would deny every
+    /// device for a moment. The run's own directories are made by [`SelfJoin::enter`].
+    pub fn ready(&self) -> Result<(), CgroupError> {
         let denies = |(dir, parent): &(PathBuf, String)| parent_denies_devices(dir, parent);
         if !self.devices_parent.as_ref().is_some_and(denies) {
             return Err(CgroupError::Unavailable(
                 "the parent cgroup's device rules are not default-deny".into(),
             ));
         }
-        for d in &self.dirs {
+        for d in self.dirs.iter().filter_map(|d| d.parent()) {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
         Ok(())
     }
 
-    /// Moves the calling thread into the run's cgroup ([`JoinTasks::enter`]).
+    /// Makes the run's directories and moves the calling thread into them
+    /// ([`JoinTasks::enter`]).
     pub fn enter(&self) -> Result<(), (usize, i32)> {
         self.tasks.enter()
     }
@@ -741,7 +745,7 @@ impl SelfJoin {
             path: self
                 .dirs
                 .get(i)
-                .map(|d| d.join("tasks").display().to_string())
+                .map(|d| d.display().to_string())
                 .unwrap_or_default(),
             source: io::Error::from_raw_os_error(errno),
         }
@@ -753,20 +757,25 @@ impl SelfJoin {
     }
 }
 
-/// The `tasks` files of a [`SelfJoin`], ready before a fork (no allocation after it).
+/// The directories and `tasks` files of a [`SelfJoin`], ready before a fork (no allocation
+/// after it).
 #[derive(Debug, Clone)]
-pub struct JoinTasks(Vec<std::ffi::CString>);
+pub struct JoinTasks(Vec<(std::ffi::CString, std::ffi::CString)>);
 
 impl JoinTasks {
-    /// Moves the calling thread into the run's cgroup in every hierarchy (`0` into each
-    /// `tasks`). Only async-signal-safe calls, so it may run between fork and exec; call it
-    /// in a single-threaded process (its other threads would stay behind). Returns the
-    /// index of the hierarchy and the errno of the first failure.
+    /// Makes the run's directory in every hierarchy (an existing one is fine; its parent
+    /// must exist) and moves the calling thread in (`0` into each `tasks`). Only
+    /// async-signal-safe calls, so it may run between fork and exec; call it in a
+    /// single-threaded process (its other threads would stay behind). Returns the index of
+    /// the hierarchy and the errno of the first failure.
     pub fn enter(&self) -> Result<(), (usize, i32)> {
-        for (i, t) in self.0.iter().enumerate() {
-            // SAFETY: open/write/close of a NUL-terminated path and a local buffer, and a
-            // read of this thread's errno.
+        for (i, (d, t)) in self.0.iter().enumerate() {
+            // SAFETY: mkdir/open/write/close of NUL-terminated paths and a local buffer, and
+            // reads of this thread's errno.
             unsafe {
+                if libc::mkdir(d.as_ptr(), 0o755) < 0 && *libc::__errno_location() != libc::EEXIST {
+                    return Err((i, *libc::__errno_location()));
+                }
                 let fd = libc::open(t.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
                     return Err((i, *libc::__errno_location()));
@@ -1153,7 +1162,7 @@ mod tests {
 
         let id = "999999999.3.joined";
         let join = cg.self_join(id).unwrap().unwrap();
-        join.create().unwrap();
+        join.ready().unwrap();
         let mut child = spawn_in(&join, "read go; sleep 100 & exec sleep 100");
         let pid = child.id().to_string();
         let in_tasks = |d: &Path| {
@@ -1200,7 +1209,7 @@ mod tests {
         // A run that never got its RunCgroup: dropping the join cleans up.
         let id = "999999999.4.abandoned";
         let join = cg.self_join(id).unwrap().unwrap();
-        join.create().unwrap();
+        join.ready().unwrap();
         let mut sleeper = spawn_in(&join, "exec sleep 100");
         drop(join);
         assert_eq!(
@@ -1219,12 +1228,12 @@ mod tests {
         let dir = tmp("join-missing");
         let mounts = vec![("memory".to_string(), dir.clone())];
         let join = SelfJoin::plan(&mounts, "parent", "999999999.5.r").unwrap();
-        // Nothing was created, so the first open fails before anything is written.
+        // Nothing was readied, so the first mkdir fails (no parent) before anything is made.
         let failed = join.enter().unwrap_err();
         let text = join.enter_error(failed).to_string();
         assert!(text.contains("cgroup join"), "{text}");
         assert!(
-            text.contains(&dir.join("parent/999999999.5.r/tasks").display().to_string()),
+            text.contains(&dir.join("parent/999999999.5.r").display().to_string()),
             "{text}"
         );
         assert!(text.contains("No such file"), "{text}");

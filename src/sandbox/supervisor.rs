@@ -343,7 +343,7 @@ impl Runner {
         // v1: the new process enters the run's cgroup by itself, nothing is moved
         // ([`SelfJoin`]); where that is refused, it is moved in as on v2.
         let join = match self.cgroups.as_ref().and_then(|c| c.self_join(run_id)) {
-            Some(j) => Some(j?).filter(|j| j.create().is_ok()),
+            Some(j) => Some(j?).filter(|j| j.ready().is_ok()),
             None => None,
         };
         if init_is_child && join.is_some() {
