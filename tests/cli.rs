@@ -190,14 +190,41 @@ fn bad_arguments_are_clear_errors() {
 }
 
 /// As root on a cgroup v1 host the CLI launches its sandbox's init before it checks the
-/// rootfs (`launch_init`): when the run is refused, that init must not outlive the CLI.
+/// rootfs (`launch_init`), born in the run's cgroup: when the run is refused, neither that
+/// init nor the cgroup directories its launcher made may outlive the CLI.
 #[test]
 fn a_refused_run_leaves_no_launched_init_behind() {
     let empty = tempfile::tempdir().unwrap();
     let marker = empty.path().to_str().unwrap().to_string();
-    let (code, _, err) = common::cli(&["run", "--rootfs", &marker, "--", "true"]);
+    let parent = format!("tako-vm-test-refused-{}", std::process::id());
+    let (code, _, err) = common::cli(&[
+        "run",
+        "--cgroup-parent",
+        &parent,
+        "--rootfs",
+        &marker,
+        "--",
+        "true",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("not prepared for tako-vm"), "{err}");
+    // The parent in every hierarchy is empty (or was never made), then removed.
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = h.path().join(&parent);
+        let runs: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        let _ = std::fs::remove_dir(&dir);
+        assert!(runs.is_empty(), "cgroups left behind: {runs:?}");
+    }
     // The init is a copy of the CLI process: same command line, so the same marker.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !common::host_processes_with(&marker).is_empty() && std::time::Instant::now() < deadline {

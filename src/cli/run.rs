@@ -136,6 +136,14 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
             .filter(|j| j.ready().is_ok());
         crate::sandbox::supervisor::launch_init(join);
     }
+    // A run refused before it starts leaves no launched init and no cgroup behind.
+    struct DiscardLaunched;
+    impl Drop for DiscardLaunched {
+        fn drop(&mut self) {
+            crate::sandbox::supervisor::discard_launched();
+        }
+    }
+    let _discard = DiscardLaunched;
     // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
     crate::sandbox::cgroup::prepare(&a.cgroup_parent, &id);
     // `_hold` keeps gc away from a job-type snapshot until the run is over.

@@ -1080,6 +1080,17 @@ pub fn launch_init(join: Option<SelfJoin>) {
     }
 }
 
+/// Ends an init launched by [`launch_init`] that no run took (the run was refused before it
+/// started): the init is killed and reaped, and the cgroup directories its launcher made are
+/// removed. Nothing happens when there is none.
+pub fn discard_launched() {
+    let launched = LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(l) = launched {
+        // Dropping the init's guard kills and reaps it, then the join removes its directories.
+        drop(l.finish());
+    }
+}
+
 /// A launcher process (see [`launch_init`]) and the init's ends of the run's channels.
 struct Launch {
     launcher: i32,
