@@ -650,7 +650,7 @@ pub const V1_JOINED: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"]
 /// writes) write-locks the kernel's `cgroup_threadgroup_rwsem`, which waits for a full RCU
 /// grace period unless one just passed: 6–25 ms per run measured on this v1 host, more than
 /// the whole floor's start. A single-threaded process writing `0` to `tasks` moves only
-/// itself and takes no such lock (1 ms for five hierarchies). libcgroups still builds the
+/// itself and takes no such lock (about 0.1 ms for five hierarchies). libcgroups still builds the
 /// manager, applies the limits, reads the tasks and removes the cgroup.
 ///
 /// Dropping an armed `SelfJoin` (a run that never got its [`RunCgroup`]) kills what is in
@@ -749,11 +749,6 @@ impl SelfJoin {
                 .unwrap_or_default(),
             source: io::Error::from_raw_os_error(errno),
         }
-    }
-
-    /// The run's name.
-    pub fn run_id(&self) -> &str {
-        &self.run_id
     }
 }
 
