@@ -176,7 +176,6 @@ impl Cgroups {
                 CgroupError::Unavailable(format!("cannot create {}: {e}", base.display()))
             })?;
         }
-        v1_parent_denies_devices(mounts, parent);
         Ok(Cgroups {
             version: Version::V1,
             parent: parent.to_string(),
@@ -464,7 +463,7 @@ impl RunCgroup {
         // libcgroups allows its default set (null, zero, full, random, urandom, tty, the
         // pty pair, tun). Written on v1; v2 would need libcgroups' eBPF feature, which is not
         // built (the sandbox has no device nodes beyond that set and no CAP_MKNOD anyway).
-        // On v1 a run normally inherits both from `<parent>` ([`v1_parent_denies_devices`]):
+        // On v1 a run normally inherits both from `<parent>` ([`parent_denies_devices`]):
         // then only the allow rules are written again, so a task already inside (a
         // [`SelfJoin`]) never meets a moment where every device is denied.
         let inherited = self
@@ -588,23 +587,23 @@ fn denies_devices_by_default(dir: &Path) -> bool {
         .is_ok_and(|l| !l.is_empty() && !l.lines().any(|r| r.trim() == "a *:* rwm"))
 }
 
-/// v1: makes `<devices mount>/<parent>` deny every device but libcgroups' default set
-/// (libcgroups' manager of `parent` writes the rules), unless it does already. Every run
-/// cgroup made below it inherits these rules when it is created. Returns whether `parent`
-/// denies by default now; the kernel refuses the change while `parent` has children (runs
-/// of a server, say), and runs then get the rules one by one ([`RunCgroup::apply`]).
-pub fn v1_parent_denies_devices(mounts: &[(String, PathBuf)], parent: &str) -> bool {
-    let parent = parent.trim_matches('/');
-    mounts
-        .iter()
-        .find(|(c, _)| c == "devices")
-        .is_some_and(|(_, m)| parent_denies_devices(&m.join(parent), parent))
-}
-
-/// [`v1_parent_denies_devices`] for the parent's `devices` directory `dir`.
+/// v1: whether `<devices mount>/<parent>` (its directory `dir`) denies every device but
+/// libcgroups' default set, making it do so first where it does not (libcgroups' manager of
+/// `parent` writes the rules; tried once per process and directory, since it costs a
+/// manager, ~2 ms). Every run cgroup made below it inherits these rules when it is created.
+/// The kernel refuses the change while `parent` has children (runs of a server, say): runs
+/// then get the rules one by one ([`RunCgroup::apply`]) and are not self-joined.
 fn parent_denies_devices(dir: &Path, parent: &str) -> bool {
+    static TRIED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     if denies_devices_by_default(dir) {
         return true;
+    }
+    {
+        let mut tried = TRIED.lock().unwrap_or_else(|e| e.into_inner());
+        if tried.iter().any(|d| d == dir) {
+            return false;
+        }
+        tried.push(dir.to_path_buf());
     }
     // A failure shows in the file read below (another process may have succeeded).
     let _ = (|| -> Result<(), String> {
@@ -711,7 +710,7 @@ impl SelfJoin {
     }
 
     /// Readies the join: the parents of the run's directories exist, and the run will
-    /// inherit default-deny device rules from its parent ([`v1_parent_denies_devices`]);
+    /// inherit default-deny device rules from its parent ([`parent_denies_devices`]);
     /// refused otherwise, since rules written after its first task entered would deny every
     /// device for a moment. The run's own directories are made by [`SelfJoin::enter`].
     pub fn ready(&self) -> Result<(), CgroupError> {
@@ -1121,8 +1120,8 @@ mod tests {
     }
 
     /// A v1 run whose first process enters its cgroup by itself ([`SelfJoin`]): it is in
-    /// the five joined hierarchies and no other, the parent makes every run default-deny for
-    /// devices (so no deny rule is written with a task inside), libcgroups applies the
+    /// the five joined hierarchies and no other, the parent (made so by the join's `ready`)
+    /// makes every run default-deny for devices (so no deny rule is written with a task inside), libcgroups applies the
     /// limits and removes the run; an armed `SelfJoin` that is dropped kills what is inside
     /// and removes its directories.
     #[test]
@@ -1134,12 +1133,6 @@ mod tests {
         let parent = format!("tako-vm-test-join-{}", std::process::id());
         let mounts = v1_mount_points();
         let cg = Cgroups::detect_v1(&mounts, &parent).unwrap();
-        let devices_parent = cg.v1_dir("devices", "").unwrap();
-        assert!(
-            denies_devices_by_default(&devices_parent),
-            "the parent denies by default: {}",
-            fs::read_to_string(devices_parent.join("devices.list")).unwrap()
-        );
         let spawn_in = |join: &SelfJoin, script: &str| {
             let tasks = join.tasks();
             let mut cmd = std::process::Command::new("sh");
@@ -1158,6 +1151,12 @@ mod tests {
         let id = "999999999.3.joined";
         let join = cg.self_join(id).unwrap().unwrap();
         join.ready().unwrap();
+        let devices_parent = cg.v1_dir("devices", "").unwrap();
+        assert!(
+            denies_devices_by_default(&devices_parent),
+            "the parent denies by default: {}",
+            fs::read_to_string(devices_parent.join("devices.list")).unwrap()
+        );
         let mut child = spawn_in(&join, "read go; sleep 100 & exec sleep 100");
         let pid = child.id().to_string();
         let in_tasks = |d: &Path| {
@@ -1215,6 +1214,37 @@ mod tests {
             assert!(!p.join(id).exists(), "{} left", p.join(id).display());
             let _ = fs::remove_dir(&p);
         }
+    }
+
+    /// The parent's device rules: refused by the kernel while the parent has children, then
+    /// not tried again by this process (each try builds a manager); a parent without
+    /// children is made default-deny.
+    #[test]
+    fn parent_device_rules_are_set_once_and_only_without_children() {
+        if skip_unless_root_v1() {
+            return;
+        }
+        let mounts = v1_mount_points();
+        let devices = &mounts.iter().find(|(c, _)| c == "devices").unwrap().1;
+        let busy = format!("tako-vm-test-devbusy-{}", std::process::id());
+        let dir = devices.join(&busy);
+        fs::create_dir_all(dir.join("child")).unwrap();
+        assert!(
+            !parent_denies_devices(&dir, &busy),
+            "a parent with children"
+        );
+        fs::remove_dir(dir.join("child")).unwrap();
+        assert!(
+            !parent_denies_devices(&dir, &busy),
+            "tried once per process"
+        );
+        assert!(!denies_devices_by_default(&dir));
+        fs::remove_dir(&dir).unwrap();
+        let free = format!("tako-vm-test-devfree-{}", std::process::id());
+        let dir = devices.join(&free);
+        assert!(parent_denies_devices(&dir, &free), "made default-deny");
+        assert!(denies_devices_by_default(&dir));
+        fs::remove_dir(&dir).unwrap();
     }
 
     /// A join that cannot enter says which file failed and why.
