@@ -9,7 +9,7 @@ use crate::exec::classify;
 use crate::exec::record::Status;
 use crate::exec::runner::{self, CodeRun};
 use crate::sandbox::spec::{Limits, NetworkSpec, SandboxSpec};
-use crate::sandbox::{host, HostConfig, RunOptions, Runner};
+use crate::sandbox::{cgroup, host, HostConfig, RunOptions, Runner};
 
 /// Arguments of `tako-vm run`.
 #[derive(Debug, Args)]
@@ -127,25 +127,18 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
     // its namespaces meanwhile, then the thread. Elsewhere the init is cloned as the run
     // starts: an unprivileged v2 CLI first moves itself into a leaf of its delegated cgroup,
     // and a process launched before that would stay behind in its parent (EBUSY).
-    // There the init is born in its cgroup: the launcher enters it first (`SelfJoin`).
+    // There the init is born in its cgroup: the launcher enters it first (`SelfJoin`). A run
+    // refused before it starts leaves no launched init and no cgroup behind (`_launched`).
     let id = host::new_run_id();
-    if a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && crate::sandbox::cgroup::builds_ahead() {
-        use crate::sandbox::cgroup;
+    let early = a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && cgroup::builds_ahead();
+    let _launched = early.then(|| {
         let join = cgroup::SelfJoin::plan(&cgroup::v1_mount_points(), &a.cgroup_parent, &id)
             .ok()
             .filter(|j| j.ready().is_ok());
-        crate::sandbox::supervisor::launch_init(join);
-    }
-    // A run refused before it starts leaves no launched init and no cgroup behind.
-    struct DiscardLaunched;
-    impl Drop for DiscardLaunched {
-        fn drop(&mut self) {
-            crate::sandbox::supervisor::discard_launched();
-        }
-    }
-    let _discard = DiscardLaunched;
+        crate::sandbox::supervisor::launch_init(join)
+    });
     // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
-    crate::sandbox::cgroup::prepare(&a.cgroup_parent, &id);
+    cgroup::prepare(&a.cgroup_parent, &id);
     // `_hold` keeps gc away from a job-type snapshot until the run is over.
     let (rootfs, image_env, _hold) =
         super::run_image::rootfs_for(config, &a.rootfs, &a.image, &a.job_type, &a.store)?;

@@ -348,7 +348,6 @@ impl Runner {
         };
         if init_is_child && join.is_some() {
             // Through a launcher that enters the cgroup and clones the init there.
-            let _ = io::stdout().flush();
             return Launch::start(join)?.finish();
         }
         let (cgroup, join_tasks) = match (&self.cgroups, join) {
@@ -1071,23 +1070,31 @@ static LAUNCHED: std::sync::Mutex<Option<Launch>> = std::sync::Mutex::new(None);
 ///
 /// With a `join` (a root caller on a cgroup v1 host), the launcher first enters the run's
 /// cgroup, so the init is born in it and nothing has to be moved ([`SelfJoin`]).
-pub fn launch_init(join: Option<SelfJoin>) {
-    if std::env::var_os("TAKO_VM_HELPER_EXEC").is_some() || !single_threaded(false) {
-        return;
+///
+/// Keep the returned guard until the run is over: if no run took the init by then (the run
+/// was refused before it started), dropping the guard kills and reaps the init and removes
+/// the cgroup directories its launcher made.
+#[must_use = "dropping the guard discards the launched init"]
+pub fn launch_init(join: Option<SelfJoin>) -> LaunchGuard {
+    if std::env::var_os("TAKO_VM_HELPER_EXEC").is_none() && single_threaded(false) {
+        if let Ok(l) = Launch::start(join) {
+            *LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
+        }
     }
-    if let Ok(l) = Launch::start(join) {
-        *LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
-    }
+    LaunchGuard(())
 }
 
-/// Ends an init launched by [`launch_init`] that no run took (the run was refused before it
-/// started): the init is killed and reaped, and the cgroup directories its launcher made are
-/// removed. Nothing happens when there is none.
-pub fn discard_launched() {
-    let launched = LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(l) = launched {
-        // Dropping the init's guard kills and reaps it, then the join removes its directories.
-        drop(l.finish());
+/// See [`launch_init`].
+#[derive(Debug)]
+pub struct LaunchGuard(());
+
+impl Drop for LaunchGuard {
+    fn drop(&mut self) {
+        let launched = LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(l) = launched {
+            // The init's guard kills and reaps it, then the join removes its directories.
+            drop(l.finish());
+        }
     }
 }
 
