@@ -31,6 +31,13 @@ fn assert_error(r: &api_support::Resp, status: u16, want: &str) {
     );
 }
 
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
 fn call(s: &Server, method: &str, path: &str, body: Option<Value>) -> api_support::Resp {
     let b = body.map(|b| serde_json::to_vec(&b).unwrap());
     s.raw(
@@ -103,10 +110,11 @@ fn health_is_503_starting_until_start_up_completes() {
 #[test]
 fn a_corrupt_record_is_the_middleware_500_on_every_route_reading_it() {
     let s = Server::start("");
+    // Created now: a record older than `execution_record_ttl_days` is retention's to drop.
     db(&s)
         .execute(
-            "INSERT INTO execution_records(execution_id, status, job_type, created_us, data) VALUES ('broken', 'succeeded', 'default', 1, '{not json')",
-            [],
+            "INSERT INTO execution_records(execution_id, status, job_type, created_us, data) VALUES ('broken', 'succeeded', 'default', ?1, '{not json')",
+            [now_us()],
         )
         .unwrap();
     for (method, path, body) in [

@@ -101,3 +101,42 @@ fn sigterm_cancels_queued_and_interrupts_running_after_grace() {
     assert_eq!(rec["status"], "failed", "{rec}");
     assert_eq!(rec["error"]["type"], "interrupted");
 }
+
+/// Records past `execution_record_ttl_days` (and their run directories) are gone by the
+/// time a restarted server answers, and younger ones are kept. The first retention pass
+/// finishes before the server is ready. (Before, it ran in a task started as the server
+/// became ready; a request that came first saw a record about to vanish. That race needs
+/// the task to be scheduled late, which this test cannot force.)
+#[test]
+fn a_restarted_server_has_dropped_expired_records_before_it_is_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(tmp.path(), "");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let day_us = 86_400_000_000i64;
+    assert_eq!(s.terminate(), Some(0), "{}", s.log());
+    let db = rusqlite::Connection::open(tmp.path().join("data/tako_vm.db")).unwrap();
+    // Undecodable data on purpose: a record that is still there answers 500, one that
+    // was dropped answers 404, whatever the decoder would have made of it.
+    for (id, created) in [
+        ("expired", now_us - 31 * day_us),
+        ("kept", now_us - 29 * day_us),
+    ] {
+        db.execute(
+            "INSERT INTO execution_records(execution_id, status, job_type, created_us, data) VALUES (?1, 'succeeded', 'default', ?2, '{}')",
+            rusqlite::params![id, created],
+        )
+        .unwrap();
+        std::fs::create_dir_all(tmp.path().join("data/runs").join(id)).unwrap();
+    }
+    drop(db);
+    let s = Server::start_in(tmp.path(), "");
+    let r = s.get("/jobs/expired");
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!tmp.path().join("data/runs/expired").exists());
+    let r = s.get("/jobs/kept");
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    assert!(tmp.path().join("data/runs/kept").is_dir());
+}

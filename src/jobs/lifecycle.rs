@@ -218,15 +218,22 @@ impl Service {
         Ok((ids.len(), dlq))
     }
 
-    /// Runs [`Service::retention_pass`] now and every hour.
+    /// Runs [`Service::retention_pass`] now, before returning (so a server that is ready
+    /// has already dropped what expired while it was down, and no request races the
+    /// first pass), then every hour in a task.
     pub fn start_retention(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let pass = |svc: &Service| {
+            if let Err(e) = svc.retention_pass() {
+                eprintln!("tako-vm: retention pass failed: {e}");
+            }
+        };
+        pass(self);
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = me.retention_pass() {
-                    eprintln!("tako-vm: retention pass failed: {e}");
-                }
                 tokio::time::sleep(Duration::from_secs(3600)).await;
+                let svc = me.clone();
+                let _ = tokio::task::spawn_blocking(move || pass(&svc)).await;
             }
         })
     }
