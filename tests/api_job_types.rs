@@ -11,7 +11,7 @@ mod image_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api_support::Server;
 use image_support::RegistryProc;
@@ -124,16 +124,22 @@ fn build_data_processing_over_http_then_the_doc_example() {
             Err(e) => panic!("{e}"),
         }
     });
-    let mut slowest = Duration::ZERO;
+    // Health answers that came back while the build was still going. A server blocked by
+    // the build would answer at most one (the one waiting when the build ends).
+    let mut during = 0;
     while !build.is_finished() {
-        let t = Instant::now();
         assert_eq!(s.get("/health").status, 200);
-        slowest = slowest.max(t.elapsed());
-        std::thread::sleep(Duration::from_millis(200));
+        if !build.is_finished() {
+            during += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let (status, v) = build.join().unwrap();
     assert_eq!(status, 200, "{v}\n{}", s.log());
-    assert!(slowest < Duration::from_secs(2), "health took {slowest:?}");
+    assert!(
+        during >= 2,
+        "health answered {during} times during the build"
+    );
     // Digest: the §1.5.14 hash of the job type's definition (not the snapshot key).
     let builtin = tako_vm::jobs::registry::builtins()
         .into_iter()
@@ -166,12 +172,11 @@ fn build_data_processing_over_http_then_the_doc_example() {
     assert!((std - std::f64::consts::SQRT_2).abs() < 1e-6, "{std}");
     assert_eq!(v["job_type"], "data-processing");
 
-    // Building again is a no-op with the same answer.
-    let t = Instant::now();
+    // Building again is a no-op with the same answer (its speed is `scripts/bench-images
+    // --cases noop`'s to measure, not a test's).
     let again = s.post("/job-types/data-processing/build", &json!({}));
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["digest"], &digest[..12]);
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(count(&s.log(), "installing numpy pandas"), 1);
 }
 
