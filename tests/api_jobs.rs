@@ -383,7 +383,9 @@ fn cancel_during_the_back_off_stops_the_retries_without_dead_lettering() {
     let t0 = std::time::Instant::now();
     let p = s.poll("/pool/stats", |v| v["running"] == 0);
     assert_eq!(p["running"], 0);
-    assert!(t0.elapsed().as_secs() < 5, "the back-off was interrupted");
+    // The back-off is 27-33 s: ending well before it means the cancel interrupted it
+    // (a bound with room for a loaded machine, not a speed claim).
+    assert!(t0.elapsed().as_secs() < 20, "the back-off was interrupted");
     let rec = result(&s, &id);
     assert_eq!(rec["status"], "cancelled");
     assert_eq!(rec["error"]["message"], "Execution was cancelled by user");
