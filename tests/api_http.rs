@@ -217,6 +217,7 @@ fn auth_rate_limit_and_payload_limit() {
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["detail"], "Missing or invalid API key.");
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(r.header("connection"), None, "nothing unread: kept alive");
     let r = s.raw(
         "GET",
         "/job-types",
@@ -232,8 +233,11 @@ fn auth_rate_limit_and_payload_limit() {
     );
     assert_eq!(r.status, 200);
     let big = vec![b'x'; 2000];
+    // Answers given before the body was read close the connection and say so: a client
+    // must not reuse it (it did, and its next request met a closed socket).
     let r = s.raw("POST", "/execute", &[], Some(("application/json", &big)));
     assert_eq!(r.status, 401, "unauthenticated oversized requests get 401");
+    assert_eq!(r.header("connection"), Some("close"));
     let r = s.raw(
         "POST",
         "/execute",
@@ -241,6 +245,7 @@ fn auth_rate_limit_and_payload_limit() {
         Some(("application/json", &big)),
     );
     assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(
         r.json()["detail"],
         "Payload too large. Maximum allowed size is 1024 bytes."
@@ -648,6 +653,24 @@ fn chunked_bodies_over_the_payload_limit_get_413() {
         ),
         "{resp}"
     );
+    // On a keep-alive connection the 413, answered before the rest of the body was read,
+    // says `Connection: close` and the server closes (EOF, not a hang or a reset).
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let keep = String::from_utf8(req.clone())
+            .unwrap()
+            .replace("Connection: close\r\n", "");
+        c.write_all(keep.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out)
+            .expect("the server closes the connection");
+        let resp = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(resp.starts_with("http/1.1 413"), "{resp}");
+        assert!(resp.contains("\r\nconnection: close\r\n"), "{resp}");
+    }
     // Exactly at the limit is accepted (and then validated).
     let body = format!("{{\"code\": \"{}\"}}", " ".repeat(1024 - 12));
     assert_eq!(body.len(), 1024);

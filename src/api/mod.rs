@@ -165,21 +165,50 @@ pub async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response
 }
 
 async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>) -> Response {
-    let path = req.uri().path().to_string();
+    // An answer given before the request's body was read in full closes the connection,
+    // and says so: hyper drops a connection with unread body bytes, and a client that had
+    // pooled it would send its next request into a closed socket.
+    let unread = !axum::body::HttpBody::is_end_stream(req.body());
+    match refused(st, &req, cid, ip.as_deref()) {
+        Some(r) if unread => closing(r),
+        Some(r) => r,
+        None => admitted(st, req, cid, ip).await,
+    }
+}
+
+/// `r` with `Connection: close`.
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn too_large(limit: u64, cid: &str) -> Response {
+    http::layer_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("Payload too large. Maximum allowed size is {limit} bytes."),
+        cid,
+    )
+}
+
+/// The answer to a request refused on its head alone, before its body is read: not ready
+/// yet, rate-limited, unauthenticated, or declaring a body over the payload limit.
+fn refused(st: &AppState, req: &Request, cid: &str, ip: Option<&str>) -> Option<Response> {
+    let path = req.uri().path();
     if !st.ready.load(std::sync::atomic::Ordering::SeqCst) {
         if path == "/health" {
-            return http::json_response(
+            return Some(http::json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"status": "starting", "detail": "Server is not ready yet"}),
-            );
+            ));
         }
-        return http::layer_error(
+        return Some(http::layer_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server is not ready yet",
             cid,
-        );
+        ));
     }
-    if !is_exempt(&path) {
+    if !is_exempt(path) {
         // Keys only identify a client when authentication is on (§1.2).
         let key = if st.cfg.api_auth_enabled {
             st.key_index(req.headers())
@@ -189,7 +218,7 @@ async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>
         if st.cfg.api_rate_limit_enabled {
             let identity = match key {
                 Some(i) => format!("api_key:{i}"),
-                None => ip.clone().unwrap_or_else(|| "unknown".into()),
+                None => ip.unwrap_or("unknown").to_string(),
             };
             if let Err(retry) = st.rate_limit(identity) {
                 let mut r = http::layer_error(
@@ -199,7 +228,7 @@ async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>
                 );
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry));
-                return r;
+                return Some(r);
             }
         }
         if st.cfg.api_auth_enabled && key.is_none() {
@@ -207,31 +236,34 @@ async fn guarded(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>
                 http::layer_error(StatusCode::UNAUTHORIZED, "Missing or invalid API key.", cid);
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return Some(r);
         }
     }
     let limit = st.cfg.api_max_payload_bytes as u64;
-    let too_large = || {
-        http::layer_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("Payload too large. Maximum allowed size is {limit} bytes."),
-            cid,
-        )
-    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large();
-    }
+    declared
+        .is_some_and(|n| n > limit)
+        .then(|| too_large(limit, cid))
+}
+
+/// Reads the body of an admitted request (within the payload limit) and routes it.
+async fn admitted(st: &Arc<AppState>, req: Request, cid: &str, ip: Option<String>) -> Response {
+    let limit = st.cfg.api_max_payload_bytes as u64;
     let (parts, body) = req.into_parts();
     let body = match read_limited(body, limit).await {
         Ok(b) => b,
-        Err(true) => return too_large(),
+        // The rest of the body was not read (or could not be).
+        Err(true) => return closing(too_large(limit, cid)),
         Err(false) => {
-            return http::layer_error(StatusCode::BAD_REQUEST, "Invalid request body.", cid)
+            return closing(http::layer_error(
+                StatusCode::BAD_REQUEST,
+                "Invalid request body.",
+                cid,
+            ))
         }
     };
     let ctx = routes::Ctx {
