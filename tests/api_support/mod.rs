@@ -40,12 +40,20 @@ pub struct Server {
     agent: ureq::Agent,
 }
 
+/// A port for a server to bind, free when checked. Taken below the kernel's ephemeral range
+/// (32768 and up by default): between this check and the server's bind, a port from that
+/// range can go to any outgoing connection (a test's own HTTP clients make many), which
+/// would leave the server unable to bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Server {

@@ -6,6 +6,7 @@ TAKO_VM_FIXTURES (the image fixture served by scripts/registry as the docker.io 
 """
 import os
 import shutil
+import random
 import socket
 import subprocess
 import tempfile
@@ -25,9 +26,17 @@ def _skip_or_fail(msg):
 
 
 def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free when checked, below the kernel's ephemeral range (32768 and up by
+    default): a port from that range can go to any outgoing connection before the process
+    it is meant for binds it."""
+    while True:
+        port = random.randint(20000, 31999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @pytest.fixture(scope="session")
