@@ -277,7 +277,9 @@ fn infrastructure_failures_are_retried_with_back_off_and_open_the_breaker() {
     assert_eq!(breaker(&s)["failure_count"], 3);
     let ms = rec["duration_ms"].as_u64().unwrap();
     assert!(ms >= 1350, "back-off between attempts: {ms} ms");
-    assert!(ms < 10_000, "{ms} ms");
+    // A sanity bound, not a speed claim: each attempt resolves the allowed host, which
+    // takes seconds on a host with a slow resolver.
+    assert!(ms < 60_000, "{ms} ms");
     // Retries exhausted on infrastructure: a failed record, no DLQ entry (§4.10: the DLQ
     // is for jobs whose worker itself failed, not for failed executions).
     assert_eq!(s.get("/dlq/stats").json()["total"], 0);
