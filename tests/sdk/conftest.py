@@ -6,9 +6,8 @@ TAKO_VM_FIXTURES (the image fixture served by scripts/registry as the docker.io 
 """
 import os
 import shutil
-import random
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,26 +16,15 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.dont_write_bytecode = True
+from ports import free_port as _free_port  # noqa: E402
 
 
 def _skip_or_fail(msg):
     if os.environ.get("TAKO_TEST_REQUIRE") == "1":
         pytest.fail(msg)
     pytest.skip(msg)
-
-
-def _free_port():
-    """A port free when checked, below the kernel's ephemeral range (32768 and up by
-    default): a port from that range can go to any outgoing connection before the process
-    it is meant for binds it."""
-    while True:
-        port = random.randint(20000, 31999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 @pytest.fixture(scope="session")
