@@ -31,13 +31,6 @@ fn assert_error(r: &api_support::Resp, status: u16, want: &str) {
     );
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
-
 fn call(s: &Server, method: &str, path: &str, body: Option<Value>) -> api_support::Resp {
     let b = body.map(|b| serde_json::to_vec(&b).unwrap());
     s.raw(
@@ -114,7 +107,7 @@ fn a_corrupt_record_is_the_middleware_500_on_every_route_reading_it() {
     db(&s)
         .execute(
             "INSERT INTO execution_records(execution_id, status, job_type, created_us, data) VALUES ('broken', 'succeeded', 'default', ?1, '{not json')",
-            [now_us()],
+            [tako_vm::store::time::now_us()],
         )
         .unwrap();
     for (method, path, body) in [

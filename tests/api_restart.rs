@@ -111,10 +111,7 @@ fn sigterm_cancels_queued_and_interrupts_running_after_grace() {
 fn a_restarted_server_has_dropped_expired_records_before_it_is_ready() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = Server::start_in(tmp.path(), "");
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64;
+    let now_us = tako_vm::store::time::now_us();
     let day_us = 86_400_000_000i64;
     assert_eq!(s.terminate(), Some(0), "{}", s.log());
     let db = rusqlite::Connection::open(tmp.path().join("data/tako_vm.db")).unwrap();

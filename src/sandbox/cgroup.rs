@@ -649,8 +649,8 @@ pub const V1_JOINED: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"]
 /// writes) write-locks the kernel's `cgroup_threadgroup_rwsem`, which waits for a full RCU
 /// grace period unless one just passed: 6–25 ms per run measured on this v1 host, more than
 /// the whole floor's start. A single-threaded process writing `0` to `tasks` moves only
-/// itself and takes no such lock (about 0.1 ms for five hierarchies). libcgroups still builds the
-/// manager, applies the limits, reads the tasks and removes the cgroup.
+/// itself and takes no such lock (about 0.1 ms for five hierarchies). libcgroups still
+/// builds the manager, applies the limits, reads the tasks and removes the cgroup.
 ///
 /// Dropping an armed `SelfJoin` (a run that never got its [`RunCgroup`]) kills what is in
 /// its directories and removes them; [`Cgroups::create_joined`] disarms it.
@@ -1121,9 +1121,9 @@ mod tests {
 
     /// A v1 run whose first process enters its cgroup by itself ([`SelfJoin`]): it is in
     /// the five joined hierarchies and no other, the parent (made so by the join's `ready`)
-    /// makes every run default-deny for devices (so no deny rule is written with a task inside), libcgroups applies the
-    /// limits and removes the run; an armed `SelfJoin` that is dropped kills what is inside
-    /// and removes its directories.
+    /// makes every run default-deny for devices (so no deny rule is written with a task
+    /// inside), libcgroups applies the limits and removes the run; an armed `SelfJoin` that
+    /// is dropped kills what is inside and removes its directories.
     #[test]
     fn v1_self_join_life_cycle() {
         use std::os::unix::process::CommandExt;
