@@ -111,6 +111,53 @@ fn gc_caches_empties_the_build_caches_unless_a_build_holds_them() {
     assert!(snaps.by_key("eeee05").is_some());
 }
 
+/// The distribution store is a build cache, not a snapshot: `gc` keeps the entries a
+/// snapshot still links and removes the others (and a dead recording's leftovers);
+/// `gc --caches` empties it.
+#[test]
+fn gc_prunes_the_distribution_store_to_what_snapshots_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    SnapshotStore::open(root).unwrap();
+    fake_snapshot(root, "ffff06");
+    std::fs::write(root.join("snapshots/names/kept"), "ffff06").unwrap();
+    let scope = root.join("snapshots/dist-store/0123456789abcdef0123456789abcdef");
+    let entry = |name: &str| {
+        let tree = scope.join(name).join("tree/usr/lib/site/pkg");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("__init__.py"), name).unwrap();
+        std::fs::write(
+            scope.join(name).join("manifest"),
+            "usr/lib/site/pkg/__init__.py\0",
+        )
+        .unwrap();
+        tree.join("__init__.py")
+    };
+    let linked = entry("linked==1.0");
+    let in_snapshot = root.join("snapshots/ffff06/rootfs/usr/bin/pkg.py");
+    std::fs::hard_link(&linked, &in_snapshot).unwrap();
+    entry("unlinked==2.0");
+    entry(".tmp-dead==3.0-999999999.0");
+    std::fs::create_dir_all(scope.join("plans")).unwrap();
+    std::fs::write(scope.join("plans/abc"), "linked==1.0\n").unwrap();
+
+    let out = gc(root);
+    assert!(out.starts_with("removed 0 snapshots"), "{out}");
+    assert!(linked.is_file(), "linked by a snapshot");
+    assert!(!scope.join("unlinked==2.0").exists());
+    assert!(!scope.join(".tmp-dead==3.0-999999999.0").exists());
+    assert!(scope.join("plans/abc").is_file());
+
+    let store = root.to_str().unwrap();
+    let (code, out, err) = common::cli(&["gc", "--caches", "--store", store]);
+    assert_eq!(code, 0, "{err}\n{out}");
+    assert!(!root.join("snapshots/dist-store").exists());
+    assert_eq!(
+        std::fs::read_to_string(&in_snapshot).unwrap(),
+        "linked==1.0"
+    );
+}
+
 /// `images` and `gc` only read or remove: a mistyped `--store` is reported, not created.
 #[test]
 fn images_and_gc_do_not_create_a_missing_store() {

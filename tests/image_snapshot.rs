@@ -105,12 +105,16 @@ fn world_on(disk: Option<SmallDisk>) -> Option<World> {
 
 impl World {
     fn host(&self) -> Counting<'_> {
+        self.host_with(BuilderConfig::default())
+    }
+
+    fn host_with(&self, config: BuilderConfig) -> Counting<'_> {
         Counting {
             inner: SandboxBuildHost::new(
                 &self.runner,
                 &self.images,
                 &self.registry,
-                BuilderConfig::default(),
+                config,
                 &NoProgress,
             ),
             installs: AtomicUsize::new(0),
@@ -160,15 +164,20 @@ fn data_processing_builds_from_pypi_runs_pandas_and_rebuilds_as_a_no_op() {
         snap.key
     );
 
-    // Another job type with numpy: installed again, but not compiled again. Its bytecode
-    // comes from the cache, as hard links of the first snapshot's files, and Python takes
-    // it as valid unchecked-hash bytecode (PEP 552 flags 0b01).
+    // Another job type with numpy: neither installed nor compiled again. uv plans it as a
+    // fresh install; the distribution store has that numpy from the first build, so its
+    // files and bytecode are hard links of the first snapshot's (root's, read-only), and
+    // Python takes the bytecode as valid unchecked-hash bytecode (PEP 552 flags 0b01).
     assert_eq!(host.bytecode_runs.load(Ordering::SeqCst), 1);
     let ml = w
         .snaps
         .build(&spec("ml-inference", &["numpy"]), &host)
         .unwrap();
-    assert_eq!(host.installs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        host.installs.load(Ordering::SeqCst),
+        1,
+        "numpy installed again"
+    );
     assert_eq!(
         host.bytecode_runs.load(Ordering::SeqCst),
         1,
@@ -522,27 +531,129 @@ fn a_hostile_base_image_cannot_lead_the_builder_out_of_its_rootfs() {
     assert!(shared.join("helpers.py").is_file());
 }
 
+/// A job type's build keeps what it installed in the distribution store (hard links of the
+/// snapshot's root-owned files): a later build whose fresh resolution picks the same
+/// versions links them instead of copying, console scripts included; a newer version on
+/// the index is installed as a fresh build would; per-request builds never use the store.
+#[test]
+fn builds_link_stored_distributions_and_still_resolve_fresh() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(w) = world() else { return };
+    let links = tempfile::tempdir().unwrap();
+    let name = "takostored";
+    local_sdist_version(
+        links.path(),
+        name,
+        "1.1",
+        &wheel_backend_version(name, "1.1", "pass"),
+    );
+    let config = BuilderConfig {
+        find_links: Some(links.path().to_path_buf()),
+        ..BuilderConfig::default()
+    };
+    let host = w.host_with(config);
+    let installs = || host.installs.load(Ordering::SeqCst);
+    let build = |job: &str| {
+        let mut s = spec(job, &[name]);
+        s.environment.insert("JOB".into(), job.into());
+        w.snaps.build(&s, &host).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let site = "usr/local/lib/python3.11/dist-packages";
+    let module = format!("{site}/{name}/__init__.py");
+    let script = format!("usr/local/bin/{name}");
+    let ino = |snap: &rootfs_builder::Snapshot, rel: &str| {
+        let m = std::fs::metadata(snap.rootfs.join(rel)).unwrap();
+        assert_eq!(
+            (m.uid(), m.mode() & 0o022),
+            (0, 0),
+            "{rel}: root's, read-only"
+        );
+        m.ino()
+    };
+
+    let one = build("store-one");
+    assert_eq!(installs(), 1);
+    let two = build("store-two");
+    assert_ne!(one.key, two.key);
+    assert_eq!(
+        installs(),
+        1,
+        "all of it was in the store: nothing to install"
+    );
+    for rel in [
+        &module,
+        &script,
+        &format!("{site}/{name}-1.1.dist-info/RECORD"),
+    ] {
+        assert_eq!(
+            ino(&one, rel),
+            ino(&two, rel),
+            "{rel} linked from the store"
+        );
+    }
+    let run = |snap: &rootfs_builder::Snapshot| {
+        let res = common::exec_with(
+            &snap.rootfs,
+            &format!("import subprocess\nsubprocess.run(['{name}'], check=True)"),
+            |run| run.env = snap.env.clone(),
+        );
+        assert_eq!(res.status, Status::Succeeded, "{res:?}");
+        res.stdout.trim().to_string()
+    };
+    assert_eq!(run(&two), "1.1");
+
+    // A newer release: resolved as a fresh build resolves, not kept at the stored one.
+    local_sdist_version(
+        links.path(),
+        name,
+        "2.0",
+        &wheel_backend_version(name, "2.0", "pass"),
+    );
+    let three = build("store-three");
+    assert_eq!(installs(), 2);
+    assert_ne!(ino(&three, &module), ino(&two, &module));
+    assert_eq!(run(&three), "2.0");
+    assert!(!three
+        .rootfs
+        .join(format!("{site}/{name}-1.1.dist-info"))
+        .exists());
+
+    // An API caller's requirements: a private cache and no store.
+    let adhoc = w
+        .snaps
+        .resolve_with_requirements(&spec("default", &[]), &[format!("{name}==2.0")], &host)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(ino(&adhoc, &module), ino(&three, &module));
+    assert_eq!(run(&adhoc), "2.0");
+    assert_eq!(installs(), 3);
+}
+
 /// Writes `<dir>/<name>-1.0.tar.gz`: an sdist whose in-tree build backend (PEP 517
 /// `backend-path`) is `backend` (Python source); uv runs it in the builder sandbox.
 fn local_sdist(dir: &std::path::Path, name: &str, backend: &str) {
-    let pkg = dir.join(format!("{name}-1.0"));
+    local_sdist_version(dir, name, "1.0", backend)
+}
+
+/// [`local_sdist`] of version `version`.
+fn local_sdist_version(dir: &std::path::Path, name: &str, version: &str, backend: &str) {
+    let pkg = dir.join(format!("{name}-{version}"));
     std::fs::create_dir(&pkg).unwrap();
     std::fs::write(
         pkg.join("pyproject.toml"),
-        format!("[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"1.0\"\n"),
+        format!("[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"{version}\"\n"),
     )
     .unwrap();
     std::fs::write(pkg.join("backend.py"), backend).unwrap();
     std::fs::write(
         pkg.join("PKG-INFO"),
-        format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"),
+        format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"),
     )
     .unwrap();
     let st = std::process::Command::new("tar")
         .current_dir(dir)
         .arg("czf")
-        .arg(format!("{name}-1.0.tar.gz"))
-        .arg(format!("{name}-1.0"))
+        .arg(format!("{name}-{version}.tar.gz"))
+        .arg(format!("{name}-{version}"))
         .status()
         .unwrap();
     assert!(st.success());
@@ -552,7 +663,21 @@ fn local_sdist(dir: &std::path::Path, name: &str, backend: &str) {
 /// An in-tree build backend that runs `pre` (Python, at the start of `build_wheel`) and then
 /// builds a valid wheel of package `name` (`name/__init__.py` with `X = 1`).
 fn wheel_backend(name: &str, pre: &str) -> String {
+    wheel_backend_version(name, "1.0", pre)
+}
+
+/// [`wheel_backend`] of version `version`, whose module has `X = "<version>"`.
+fn wheel_backend_version(name: &str, version: &str, pre: &str) -> String {
     let pre = pre.replace('\n', "\n    ");
+    // Other versions also have a console script (installed outside site-packages).
+    let (x, script) = if version == "1.0" {
+        ("1".to_string(), String::new())
+    } else {
+        (
+            format!("\"{version}\"\\ndef main():\\n    print(X)"),
+            format!("'{name}-{version}.dist-info/entry_points.txt': b'[console_scripts]\\n{name} = {name}:main\\n',"),
+        )
+    };
     format!(
         r#"import base64, hashlib, os, zipfile
 
@@ -561,11 +686,12 @@ def get_requires_for_build_wheel(config_settings=None):
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     {pre}
-    whl = '{name}-1.0-py3-none-any.whl'
+    whl = '{name}-{version}-py3-none-any.whl'
     files = {{
-        '{name}/__init__.py': b'X = 1\n',
-        '{name}-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n',
-        '{name}-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+        '{name}/__init__.py': b'X = {x}\n',
+        '{name}-{version}.dist-info/METADATA': b'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+        '{name}-{version}.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+        {script}
     }}
     record = []
     with zipfile.ZipFile(os.path.join(wheel_directory, whl), 'w') as z:
@@ -573,8 +699,8 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
             z.writestr(path, data)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
             record.append(f'{{path}},sha256={{digest}},{{len(data)}}')
-        record.append('{name}-1.0.dist-info/RECORD,,')
-        z.writestr('{name}-1.0.dist-info/RECORD', '\n'.join(record) + '\n')
+        record.append('{name}-{version}.dist-info/RECORD,,')
+        z.writestr('{name}-{version}.dist-info/RECORD', '\n'.join(record) + '\n')
     return whl
 "#
     )
@@ -801,13 +927,7 @@ fn runtime_requirement_snapshots_are_bounded_least_recently_used_first() {
         find_links: Some(links.path().to_path_buf()),
         ..BuilderConfig::default()
     };
-    let host = Counting {
-        inner: SandboxBuildHost::new(&w.runner, &w.images, &w.registry, config, &NoProgress),
-        installs: AtomicUsize::new(0),
-        compiles: AtomicUsize::new(0),
-        bytecode_runs: AtomicUsize::new(0),
-        base: None,
-    };
+    let host = w.host_with(config);
     let snaps = SnapshotStore::open(w.images.root())
         .unwrap()
         .keep_unnamed(1);

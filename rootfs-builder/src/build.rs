@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::dists::{self, DistStore};
 use crate::requirements::valid_environment;
 use crate::snapshot::{
     io_err, BaseImage, BindMount, BuildHost, CacheScope, InstallRun, JobTypeSpec, Snapshot,
@@ -35,8 +36,6 @@ impl SnapshotStore {
         let t0 = std::time::Instant::now();
         fs::create_dir_all(staging).map_err(io_err("create", staging))?;
         let rootfs = staging.join("rootfs");
-        tree::clone_tree(&base.rootfs, &rootfs).map_err(io_err("clone base rootfs", &rootfs))?;
-        crate::trace(t0, "build: base cloned");
         let owner = host.owner();
         let (suid, _) = owner.ids();
         let euid = nix_euid();
@@ -45,6 +44,48 @@ impl SnapshotStore {
         let mut reqs = spec.requirements.clone();
         reqs.sort();
         reqs.dedup();
+
+        // The distribution store (crate::dists), for job types, and only where the sandbox
+        // user is not the store's own (it could write the files it was given otherwise).
+        // uv plans the install on the base image while the base is cloned and what the last
+        // build of these requirements planned is linked in; then the clone is made to match
+        // the plan.
+        let dists = match cache_scope == CacheScope::Shared && suid != euid && !reqs.is_empty() {
+            true => {
+                let paths = base_paths(host, base)?;
+                let store = DistStore::new(&self.root, &base.digest, &paths.magic, uv_version);
+                Some((store, install_dirs(&paths), paths))
+            }
+            false => None,
+        };
+        let (mut linked, mut plan) = (Vec::new(), None);
+        match &dists {
+            None => tree::clone_tree(&base.rootfs, &rootfs)
+                .map_err(io_err("clone base rootfs", &rootfs))?,
+            Some((store, dirs, paths)) => {
+                let _caches = self.hold_caches()?;
+                let index = host.find_links().map(|p| p.display().to_string());
+                let plan_key = format!("{reqs:?} {index:?}");
+                let guess = store.last_plan(&plan_key);
+                let (cloned, planned) = std::thread::scope(|sc| {
+                    let clone = sc.spawn(|| {
+                        tree::clone_tree(&base.rootfs, &rootfs)
+                            .map(|()| store.populate(&rootfs, dirs, &guess))
+                    });
+                    let planned = self.plan(spec, host, base, uv, paths, &reqs, staging);
+                    let cloned = clone
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    (cloned, planned)
+                });
+                let cloned = cloned.map_err(io_err("clone base rootfs", &rootfs))?;
+                let planned = planned?;
+                linked = store.reconcile(&rootfs, dirs, cloned, &planned.dists);
+                store.save_plan(&plan_key, &planned.dists);
+                plan = Some(planned);
+            }
+        }
+        crate::trace(t0, "build: base cloned (and distributions linked)");
 
         // Every path below the staging rootfs that the host itself creates, writes or
         // chowns is checked to be a real directory of the image (`dir_within`): an image
@@ -105,13 +146,7 @@ impl SnapshotStore {
                 bind(&cache, "/tako-build/cache", true),
                 bind(&scratch, "/tako-build/tmp", true),
             ];
-            let mut writable: Vec<String> = Vec::new();
-            for p in [&paths.data, &paths.purelib, &paths.platlib, &paths.scripts] {
-                if !writable.iter().any(|w| p.starts_with(w.as_str())) {
-                    writable.retain(|w| !w.starts_with(p.as_str()));
-                    writable.push(p.clone());
-                }
-            }
+            let writable = install_dirs(&paths);
             let mut writable_dirs = Vec::new();
             for w in &writable {
                 let host_dir = tree::dir_within(&rootfs, w, tree::Want::Create).map_err(|e| {
@@ -119,6 +154,14 @@ impl SnapshotStore {
                 })?;
                 writable_dirs.push(host_dir);
             }
+            // Nothing for uv to do when the store had every distribution of a plan that
+            // says all it would do: no install run, and the install directories are given
+            // to the sandbox user only if something is still to be compiled in them.
+            let install = !reqs.is_empty()
+                && !plan
+                    .as_ref()
+                    .is_some_and(|p| p.complete && p.dists.len() == linked.len());
+            let mut handed = false;
             for (w, host_dir) in writable.iter().zip(&writable_dirs) {
                 if suid == euid {
                     // The sandbox user is the store's own user (no subordinate ids): it
@@ -126,10 +169,19 @@ impl SnapshotStore {
                     // be the image's (shared with every snapshot on it) but copies.
                     tree::unshare_files(host_dir).map_err(io_err("copy", host_dir))?;
                 }
-                owner
-                    .hand_over(host_dir)
-                    .map_err(io_err("chown", host_dir))?;
                 binds.push(bind(host_dir, w, true));
+            }
+            let hand_over = |handed: &mut bool| -> Result<(), SnapshotError> {
+                if !*handed {
+                    for d in &writable_dirs {
+                        owner.hand_over(d).map_err(io_err("chown", d))?;
+                    }
+                    *handed = true;
+                }
+                Ok(())
+            };
+            if install || !spec.shared_code.is_empty() {
+                hand_over(&mut handed)?;
             }
             if !spec.shared_code.is_empty() {
                 owner
@@ -147,7 +199,7 @@ impl SnapshotStore {
                 index = " --find-links /tako-build/find-links --no-index";
             }
             let mut script = String::from("set -e\n");
-            if !reqs.is_empty() {
+            if install {
                 script.push_str(&format!(
                     "/tako-build/uv pip install --no-config --no-progress --system --break-system-packages --python {}{index} -- \"$@\"\n",
                     paths.executable,
@@ -173,21 +225,33 @@ impl SnapshotStore {
                 set_env(&mut benv, k, v);
             }
             benv.retain(|(k, v)| !(k == "PYTHONDONTWRITEBYTECODE" && v.is_empty()));
-            host.step(&format!(
-                "installing {} with uv {uv_version}",
-                reqs.join(" ")
-            ));
+            crate::trace(t0, "build: install directories handed over");
+            if !linked.is_empty() {
+                host.step(&format!(
+                    "{} of {} distributions linked from the distribution store",
+                    linked.len(),
+                    plan.as_ref().map_or(0, |p| p.dists.len())
+                ));
+            }
+            if install {
+                host.step(&format!(
+                    "installing {} with uv {uv_version}",
+                    reqs.join(" ")
+                ));
+            }
             let mut run = InstallRun {
                 rootfs: rootfs.clone(),
                 argv,
                 env: benv,
                 binds,
-                network: !reqs.is_empty(),
+                network: install,
+                tmp_dirs: vec![],
             };
-            crate::trace(t0, "build: install directories handed over");
-            let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
-            if !out.success {
-                return Err(build_failed(&spec.name, out));
+            if install || !spec.shared_code.is_empty() {
+                let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
+                if !out.success {
+                    return Err(build_failed(&spec.name, out));
+                }
             }
             crate::trace(t0, "build: uv done");
 
@@ -253,6 +317,7 @@ impl SnapshotStore {
                     "/tako-build/tmp/compile-list".into(),
                 ];
                 run.network = false;
+                hand_over(&mut handed)?;
                 let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
                 if !out.success {
                     return Err(build_failed(&spec.name, out));
@@ -268,8 +333,10 @@ impl SnapshotStore {
             if cache_scope == CacheScope::Private {
                 owner.discard(&cache).map_err(io_err("remove", &cache))?;
             }
-            for d in &writable_dirs {
-                owner.take_back(d).map_err(io_err("reclaim", d))?;
+            if handed {
+                for d in &writable_dirs {
+                    owner.take_back(d).map_err(io_err("reclaim", d))?;
+                }
             }
             crate::trace(t0, "build: taken back");
             if let Some(c) = &bytecode_cache {
@@ -279,6 +346,19 @@ impl SnapshotStore {
                     .map_err(io_err("keep bytecode", c))?;
             }
             crate::trace(t0, "build: bytecode linked");
+            if let (Some((store, dirs, _)), Some(plan)) = (&dists, plan.take()) {
+                let mut planned = plan.dists;
+                planned.retain(|d| !linked.iter().any(|l| &l.dist == d));
+                let mut sites: Vec<String> = vec![paths.purelib.clone(), paths.platlib.clone()];
+                sites.dedup();
+                // A cache: a failure to record costs the next build a copy, not this one.
+                if let Err(e) =
+                    store.record(&rootfs, &sites, dirs, &planned, &paths.cache_tag, euid)
+                {
+                    host.step(&format!("distribution store not updated: {e}"));
+                }
+                crate::trace(t0, "build: distributions recorded");
+            }
             if !spec.shared_code.is_empty() {
                 owner
                     .take_back(&shared_dir)
@@ -342,6 +422,112 @@ fn build_failed(name: &str, out: crate::InstallOutcome) -> SnapshotError {
     }
 }
 
+/// The directories an install writes in (the image's Python's data, purelib, platlib and
+/// scripts paths), none below another.
+fn install_dirs(paths: &PyPaths) -> Vec<String> {
+    let mut dirs: Vec<String> = Vec::new();
+    for p in [&paths.data, &paths.purelib, &paths.platlib, &paths.scripts] {
+        if !dirs.iter().any(|w| p.starts_with(w.as_str())) {
+            dirs.retain(|w| !w.starts_with(p.as_str()));
+            dirs.push(p.clone());
+        }
+    }
+    dirs
+}
+
+impl SnapshotStore {
+    /// What a fresh install of `reqs` would install: uv's `--dry-run`, in a builder sandbox
+    /// on the base image itself (read-only; it writes only uv's cache and a scratch
+    /// directory, mounted on the sandbox's `/tmp`).
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        spec: &JobTypeSpec,
+        host: &dyn BuildHost,
+        base: &BaseImage,
+        uv: &Path,
+        paths: &PyPaths,
+        reqs: &[String],
+        staging: &Path,
+    ) -> Result<dists::Plan, SnapshotError> {
+        let owner = host.owner();
+        let cache = self.root.join("uv-cache");
+        fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
+        owner.hand_over(&cache).map_err(io_err("chown", &cache))?;
+        let scratch = staging.join("tmp-plan");
+        fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
+        owner
+            .hand_over(&scratch)
+            .map_err(io_err("chown", &scratch))?;
+        let tools = uv.parent().unwrap_or(Path::new("/"));
+        let at = "/tmp/tako-build";
+        let mut binds = vec![
+            bind(tools, &format!("{at}/tools"), false),
+            bind(&cache, &format!("{at}/cache"), true),
+            bind(&scratch, &format!("{at}/tmp"), true),
+        ];
+        let mut argv: Vec<String> = [
+            &format!(
+                "{at}/tools/{}",
+                uv.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            "pip",
+            "install",
+            "--no-config",
+            "--no-progress",
+            "--color",
+            "never",
+            "--dry-run",
+            "--system",
+            "--break-system-packages",
+            "--python",
+            &paths.executable,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(d) = host.find_links() {
+            binds.push(bind(&d, &format!("{at}/find-links"), false));
+            argv.extend([
+                "--find-links".into(),
+                format!("{at}/find-links"),
+                "--no-index".into(),
+            ]);
+        }
+        argv.push("--".into());
+        argv.extend(reqs.iter().cloned());
+        let mut env = base.env.clone();
+        for (k, v) in [
+            ("HOME", "/home/sandbox"),
+            ("UV_CACHE_DIR", &format!("{at}/cache")),
+            ("UV_PYTHON_DOWNLOADS", "never"),
+            ("TMPDIR", &format!("{at}/tmp")),
+        ] {
+            set_env(&mut env, k, v);
+        }
+        let tmp_dirs = ["tools", "cache", "tmp", "find-links"]
+            .iter()
+            .map(|d| format!("{at}/{d}"))
+            .collect();
+        let out = host.run(&InstallRun {
+            rootfs: base.rootfs.clone(),
+            argv,
+            env,
+            binds,
+            network: true,
+            tmp_dirs,
+        });
+        owner
+            .discard(&scratch)
+            .map_err(io_err("remove", &scratch))?;
+        let out = out.map_err(SnapshotError::Sandbox)?;
+        if !out.success {
+            return Err(build_failed(&spec.name, out));
+        }
+        Ok(dists::planned(&format!("{}\n{}", out.stderr, out.stdout)))
+    }
+}
+
 /// Where the Python of a base image lives and installs: probed once (a sandbox run of its
 /// `python3`) and kept beside its rootfs, since the image never changes. Every build on
 /// the image and its once-only byte-compile use it.
@@ -377,6 +563,7 @@ fn probe_paths(
             env: env.to_vec(),
             binds: vec![],
             network: false,
+            tmp_dirs: vec![],
         })
         .map_err(SnapshotError::Sandbox)?;
     if !out.success {

@@ -109,6 +109,7 @@ fn compile(
             env,
             binds: vec![bind(host_dir, stdlib, true)],
             network: false,
+            tmp_dirs: vec![],
         })
         .map_err(SnapshotError::Sandbox)?;
     // compileall exits 1 when a file does not compile; a crash (a traceback) exits 1 too.

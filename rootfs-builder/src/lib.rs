@@ -8,6 +8,7 @@
 
 mod build;
 pub mod bytecode;
+pub mod dists;
 pub mod durable;
 pub mod pyc;
 pub mod requirements;

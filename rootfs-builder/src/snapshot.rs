@@ -101,6 +101,8 @@ pub struct InstallRun {
     pub binds: Vec<BindMount>,
     /// Needs outbound network (PyPI).
     pub network: bool,
+    /// Directories made in the sandbox's fresh `/tmp` (mount points for `binds` there).
+    pub tmp_dirs: Vec<String>,
 }
 
 /// How a builder-sandbox run ended.
@@ -682,7 +684,7 @@ impl SnapshotStore {
             if matches!(name.as_str(), "names" | "locks" | "uv-cache") {
                 continue;
             }
-            if name == crate::pyc::CACHE_DIR {
+            if name == crate::pyc::CACHE_DIR || name == crate::dists::STORE_DIR {
                 continue; // pruned below, once the unnamed snapshots are gone
             }
             if named.contains(&name) {
@@ -712,6 +714,9 @@ impl SnapshotStore {
         // Pruning the bytecode cache while a build links out of it could take entries from
         // under it: only when no build holds the caches (the next gc prunes otherwise).
         if let Ok(_caches) = locked(&self.caches_lock(), libc::LOCK_EX | libc::LOCK_NB) {
+            // The distribution store first: its entries hold `.pyc` files of the cache.
+            let dists = self.root.join(crate::dists::STORE_DIR);
+            crate::dists::prune(&dists).map_err(io_err("prune", &dists))?;
             let cache = self.root.join(crate::pyc::CACHE_DIR);
             crate::pyc::prune(&cache).map_err(io_err("prune", &cache))?;
         }
@@ -748,7 +753,7 @@ impl SnapshotStore {
             }
         })?;
         let mut freed = 0;
-        for name in ["uv-cache", crate::pyc::CACHE_DIR] {
+        for name in ["uv-cache", crate::pyc::CACHE_DIR, crate::dists::STORE_DIR] {
             let dir = self.root.join(name);
             if dir.symlink_metadata().is_err() {
                 continue;

@@ -258,7 +258,7 @@ impl BuildHost for SandboxBuildHost<'_> {
             output: None,
             timeout_ms: self.config.timeout.as_millis() as u64,
             kill_grace_ms: 2000,
-            tmp_dirs: vec![],
+            tmp_dirs: run.tmp_dirs.clone(),
             network: run.network.then(NetworkSpec::default),
             binds: run
                 .binds
