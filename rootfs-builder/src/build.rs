@@ -69,10 +69,14 @@ impl SnapshotStore {
                 let guess = store.last_plan(&plan_key);
                 let (cloned, planned) = std::thread::scope(|sc| {
                     let clone = sc.spawn(|| {
-                        tree::clone_tree(&base.rootfs, &rootfs)
-                            .map(|()| store.populate(&rootfs, dirs, &guess))
+                        tree::clone_tree(&base.rootfs, &rootfs)?;
+                        crate::trace(t0, "build: base cloned");
+                        let linked = store.populate(&rootfs, dirs, &guess);
+                        crate::trace(t0, "build: last plan linked");
+                        Ok(linked)
                     });
                     let planned = self.plan(spec, host, base, uv, paths, &reqs, staging);
+                    crate::trace(t0, "build: planned");
                     let cloned = clone
                         .join()
                         .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -85,7 +89,7 @@ impl SnapshotStore {
                 plan = Some(planned);
             }
         }
-        crate::trace(t0, "build: base cloned (and distributions linked)");
+        crate::trace(t0, "build: base cloned, distributions linked");
 
         // Every path below the staging rootfs that the host itself creates, writes or
         // chowns is checked to be a real directory of the image (`dir_within`): an image
@@ -113,7 +117,20 @@ impl SnapshotStore {
             set_env(&mut env, "PYTHONPATH", &pp);
         }
 
-        if !reqs.is_empty() || !spec.shared_code.is_empty() {
+        // Nothing for uv to do when the store had every distribution of a plan that says
+        // all it would do: no install run at all (the linked files have their bytecode).
+        let install = !reqs.is_empty()
+            && !plan
+                .as_ref()
+                .is_some_and(|p| p.complete && p.dists.len() == linked.len());
+        if !linked.is_empty() {
+            host.step(&format!(
+                "{} of {} distributions linked from the distribution store",
+                linked.len(),
+                plan.as_ref().map_or(0, |p| p.dists.len())
+            ));
+        }
+        if install || !spec.shared_code.is_empty() {
             // The shared caches stay while this build uses them (`clear_caches` waits).
             let _caches = match cache_scope {
                 CacheScope::Shared => Some(self.hold_caches()?),
@@ -154,14 +171,6 @@ impl SnapshotStore {
                 })?;
                 writable_dirs.push(host_dir);
             }
-            // Nothing for uv to do when the store had every distribution of a plan that
-            // says all it would do: no install run, and the install directories are given
-            // to the sandbox user only if something is still to be compiled in them.
-            let install = !reqs.is_empty()
-                && !plan
-                    .as_ref()
-                    .is_some_and(|p| p.complete && p.dists.len() == linked.len());
-            let mut handed = false;
             for (w, host_dir) in writable.iter().zip(&writable_dirs) {
                 if suid == euid {
                     // The sandbox user is the store's own user (no subordinate ids): it
@@ -169,19 +178,10 @@ impl SnapshotStore {
                     // be the image's (shared with every snapshot on it) but copies.
                     tree::unshare_files(host_dir).map_err(io_err("copy", host_dir))?;
                 }
+                owner
+                    .hand_over(host_dir)
+                    .map_err(io_err("chown", host_dir))?;
                 binds.push(bind(host_dir, w, true));
-            }
-            let hand_over = |handed: &mut bool| -> Result<(), SnapshotError> {
-                if !*handed {
-                    for d in &writable_dirs {
-                        owner.hand_over(d).map_err(io_err("chown", d))?;
-                    }
-                    *handed = true;
-                }
-                Ok(())
-            };
-            if install || !spec.shared_code.is_empty() {
-                hand_over(&mut handed)?;
             }
             if !spec.shared_code.is_empty() {
                 owner
@@ -226,13 +226,6 @@ impl SnapshotStore {
             }
             benv.retain(|(k, v)| !(k == "PYTHONDONTWRITEBYTECODE" && v.is_empty()));
             crate::trace(t0, "build: install directories handed over");
-            if !linked.is_empty() {
-                host.step(&format!(
-                    "{} of {} distributions linked from the distribution store",
-                    linked.len(),
-                    plan.as_ref().map_or(0, |p| p.dists.len())
-                ));
-            }
             if install {
                 host.step(&format!(
                     "installing {} with uv {uv_version}",
@@ -247,11 +240,9 @@ impl SnapshotStore {
                 network: install,
                 tmp_dirs: vec![],
             };
-            if install || !spec.shared_code.is_empty() {
-                let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
-                if !out.success {
-                    return Err(build_failed(&spec.name, out));
-                }
+            let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
+            if !out.success {
+                return Err(build_failed(&spec.name, out));
             }
             crate::trace(t0, "build: uv done");
 
@@ -317,7 +308,6 @@ impl SnapshotStore {
                     "/tako-build/tmp/compile-list".into(),
                 ];
                 run.network = false;
-                hand_over(&mut handed)?;
                 let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
                 if !out.success {
                     return Err(build_failed(&spec.name, out));
@@ -333,10 +323,8 @@ impl SnapshotStore {
             if cache_scope == CacheScope::Private {
                 owner.discard(&cache).map_err(io_err("remove", &cache))?;
             }
-            if handed {
-                for d in &writable_dirs {
-                    owner.take_back(d).map_err(io_err("reclaim", d))?;
-                }
+            for d in &writable_dirs {
+                owner.take_back(d).map_err(io_err("reclaim", d))?;
             }
             crate::trace(t0, "build: taken back");
             if let Some(c) = &bytecode_cache {
@@ -450,6 +438,7 @@ impl SnapshotStore {
         reqs: &[String],
         staging: &Path,
     ) -> Result<dists::Plan, SnapshotError> {
+        let t0 = std::time::Instant::now();
         let owner = host.owner();
         let cache = self.root.join("uv-cache");
         fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
@@ -459,6 +448,7 @@ impl SnapshotStore {
         owner
             .hand_over(&scratch)
             .map_err(io_err("chown", &scratch))?;
+        crate::trace(t0, "plan: cache and scratch handed over");
         let tools = uv.parent().unwrap_or(Path::new("/"));
         let at = "/tmp/tako-build";
         let mut binds = vec![

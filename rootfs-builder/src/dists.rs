@@ -218,15 +218,22 @@ impl DistStore {
             .collect()
     }
 
-    /// Keeps `plan` as the last plan of `key` (a cache: failures are ignored).
+    /// Keeps `plan` as the last plan of `key`. Only a guess for the next build, so not
+    /// flushed (a lost or stale one costs links made and removed again); failures are
+    /// ignored.
     pub fn save_plan(&self, key: &str, plan: &[Dist]) {
         let text: String = plan.iter().map(|d| format!("{d}\n")).collect();
         let p = self.plan_file(key);
         if fs::read_to_string(&p).is_ok_and(|t| t == text) {
             return;
         }
-        let _ = fs::create_dir_all(self.dir.join("plans"))
-            .and_then(|_| crate::durable::write_file(&p, text.as_bytes()));
+        let tmp = p.with_extension(format!("tmp-{}.{}", std::process::id(), next()));
+        let saved = fs::create_dir_all(self.dir.join("plans"))
+            .and_then(|_| fs::write(&tmp, text))
+            .and_then(|_| fs::rename(&tmp, &p));
+        if saved.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
     }
 
     /// Records each distribution of `which` installed in `site_dirs` (rootfs-relative), with
@@ -273,8 +280,7 @@ impl DistStore {
 
     /// Writes the entry of `d` (hard links of `files` under `rootfs`) whole, or not at all.
     fn store(&self, rootfs: &Path, d: &Dist, files: &BTreeSet<PathBuf>) -> io::Result<bool> {
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = next();
         fs::create_dir_all(&self.dir)?;
         // Unique per build, also between builds of one process (a server's).
         let tmp = self.dir.join(format!(
@@ -310,6 +316,12 @@ impl DistStore {
             }
         }
     }
+}
+
+/// A number no other temporary name of this process has.
+fn next() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A distribution linked into a rootfs by [`DistStore::populate`]: what to remove to take
