@@ -479,7 +479,10 @@ fn within(rel: &Path, install_dirs: &[String]) -> bool {
     })
 }
 
-/// `rootfs/rel` is a regular file owned by `uid`, reached through real directories only.
+/// `rootfs/rel` is a regular file owned by `uid`, writable by nobody else and without
+/// set-id bits, reached through real directories only. (A group- or world-writable file
+/// could be changed by a later build's sandbox through the directories it is given, and
+/// with it every snapshot that links it.)
 fn owned_file(rootfs: &Path, rel: &Path, uid: u32) -> bool {
     let mut p = rootfs.to_path_buf();
     let n = rel.components().count();
@@ -489,7 +492,7 @@ fn owned_file(rootfs: &Path, rel: &Path, uid: u32) -> bool {
             return false;
         };
         let ok = if i + 1 == n {
-            md.is_file() && md.uid() == uid
+            md.is_file() && md.uid() == uid && md.mode() & 0o6022 == 0
         } else {
             md.is_dir()
         };
@@ -749,6 +752,18 @@ mod tests {
                 fs::symlink_metadata(store.entry(&which[1])).is_err(),
                 "{bad}"
             );
+            // Writable by others: out as well.
+            let f = r.join("usr/lib/py/site/good/__init__.py");
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();
+            let writable = DistStore::new(store_dir.path(), "sha256:w", "a70d", "0.13");
+            assert_eq!(
+                writable
+                    .record(r, &[SITE.into()], &dirs, &which[..1], "tag", uid())
+                    .unwrap(),
+                0
+            );
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
             // Not the host's file (another owner): out as well.
             if uid() == 0 {
                 let f = r.join("usr/lib/py/site/good/__init__.py");
