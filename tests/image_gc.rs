@@ -148,9 +148,18 @@ fn gc_prunes_the_distribution_store_to_what_snapshots_link() {
     assert!(!scope.join(".tmp-dead==3.0-999999999.0").exists());
     assert!(scope.join("plans/abc").is_file());
 
+    // A `.pyc` only the caches hold, in the bytecode cache and in the kept entry: freed
+    // by `gc --caches` and counted once; the file a snapshot links is not counted.
+    let bytecode = root.join("snapshots/bytecode-cache/a70d0d0a/ab");
+    std::fs::create_dir_all(&bytecode).unwrap();
+    std::fs::write(bytecode.join("ab03"), vec![3u8; 300_000]).unwrap();
+    let pycache = linked.parent().unwrap().join("__pycache__");
+    std::fs::create_dir_all(&pycache).unwrap();
+    std::fs::hard_link(bytecode.join("ab03"), pycache.join("__init__.tag.pyc")).unwrap();
     let store = root.to_str().unwrap();
     let (code, out, err) = common::cli(&["gc", "--caches", "--store", store]);
     assert_eq!(code, 0, "{err}\n{out}");
+    assert!(out.contains("emptied the build caches (0.3 MB)"), "{out}");
     assert!(!root.join("snapshots/dist-store").exists());
     assert_eq!(
         std::fs::read_to_string(&in_snapshot).unwrap(),

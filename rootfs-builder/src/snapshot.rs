@@ -753,6 +753,9 @@ impl SnapshotStore {
             }
         })?;
         let mut freed = 0;
+        // Each is removed before the next is counted: a `.pyc` in both the bytecode cache
+        // and the distribution store has one link left when the store is counted, so it
+        // is counted once; a file a snapshot links never gets to one link.
         for name in ["uv-cache", crate::pyc::CACHE_DIR, crate::dists::STORE_DIR] {
             let dir = self.root.join(name);
             if dir.symlink_metadata().is_err() {
