@@ -58,12 +58,26 @@ impl SnapshotStore {
             }
             false => None,
         };
+        // The shared caches stay while this build uses them (`clear_caches` waits); uv's
+        // cache is shared by job-type builds, or this build's own (CacheScope).
+        let uses_uv = !reqs.is_empty() || !spec.shared_code.is_empty();
+        let _caches = match cache_scope {
+            CacheScope::Shared if uses_uv => Some(self.hold_caches()?),
+            _ => None,
+        };
+        let cache = match cache_scope {
+            CacheScope::Shared => self.root.join("uv-cache"),
+            CacheScope::Private => staging.join("uv-cache"),
+        };
+        if uses_uv {
+            fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
+            owner.hand_over(&cache).map_err(io_err("chown", &cache))?;
+        }
         let (mut linked, mut plan) = (Vec::new(), None);
         match &dists {
             None => tree::clone_tree(&base.rootfs, &rootfs)
                 .map_err(io_err("clone base rootfs", &rootfs))?,
             Some((store, dirs, paths)) => {
-                let _caches = self.hold_caches()?;
                 let index = host.find_links().map(|p| p.display().to_string());
                 let plan_key = format!("{reqs:?} {index:?}");
                 let guess = store.last_plan(&plan_key);
@@ -75,7 +89,7 @@ impl SnapshotStore {
                         crate::trace(t0, "build: last plan linked");
                         Ok(linked)
                     });
-                    let planned = self.plan(spec, host, base, uv, paths, &reqs, staging);
+                    let planned = plan_install(spec, host, base, uv, &cache, paths, &reqs, staging);
                     crate::trace(t0, "build: planned");
                     let cloned = clone
                         .join()
@@ -131,11 +145,6 @@ impl SnapshotStore {
             ));
         }
         if install || !spec.shared_code.is_empty() {
-            // The shared caches stay while this build uses them (`clear_caches` waits).
-            let _caches = match cache_scope {
-                CacheScope::Shared => Some(self.hold_caches()?),
-                CacheScope::Private => None,
-            };
             let build = rootfs.join(BUILD_DIR.trim_start_matches('/'));
             // Ours alone: an image's own `/tako-build` (a symlink to a host file, say) goes.
             tree::remove(&build).map_err(io_err("remove", &build))?;
@@ -143,14 +152,7 @@ impl SnapshotStore {
                 fs::create_dir_all(build.join(d)).map_err(io_err("create", &build))?;
             }
             fs::write(build.join("uv"), b"").map_err(io_err("create", &build))?;
-            // The uv cache is shared by job-type builds, or this build's own (CacheScope);
-            // the scratch dir is this build's.
-            let cache = match cache_scope {
-                CacheScope::Shared => self.root.join("uv-cache"),
-                CacheScope::Private => staging.join("uv-cache"),
-            };
-            fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
-            owner.hand_over(&cache).map_err(io_err("chown", &cache))?;
+            // The scratch dir is this build's.
             let scratch = staging.join("tmp");
             fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
             owner
@@ -423,99 +425,94 @@ fn install_dirs(paths: &PyPaths) -> Vec<String> {
     dirs
 }
 
-impl SnapshotStore {
-    /// What a fresh install of `reqs` would install: uv's `--dry-run`, in a builder sandbox
-    /// on the base image itself (read-only; it writes only uv's cache and a scratch
-    /// directory, mounted on the sandbox's `/tmp`).
-    #[allow(clippy::too_many_arguments)]
-    fn plan(
-        &self,
-        spec: &JobTypeSpec,
-        host: &dyn BuildHost,
-        base: &BaseImage,
-        uv: &Path,
-        paths: &PyPaths,
-        reqs: &[String],
-        staging: &Path,
-    ) -> Result<dists::Plan, SnapshotError> {
-        let t0 = std::time::Instant::now();
-        let owner = host.owner();
-        let cache = self.root.join("uv-cache");
-        fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
-        owner.hand_over(&cache).map_err(io_err("chown", &cache))?;
-        let scratch = staging.join("tmp-plan");
-        fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
-        owner
-            .hand_over(&scratch)
-            .map_err(io_err("chown", &scratch))?;
-        crate::trace(t0, "plan: cache and scratch handed over");
-        let tools = uv.parent().unwrap_or(Path::new("/"));
-        let at = "/tmp/tako-build";
-        let mut binds = vec![
-            bind(tools, &format!("{at}/tools"), false),
-            bind(&cache, &format!("{at}/cache"), true),
-            bind(&scratch, &format!("{at}/tmp"), true),
-        ];
-        let mut argv: Vec<String> = [
-            &format!(
-                "{at}/tools/{}",
-                uv.file_name().unwrap_or_default().to_string_lossy()
-            ),
-            "pip",
-            "install",
-            "--no-config",
-            "--no-progress",
-            "--color",
-            "never",
-            "--dry-run",
-            "--system",
-            "--break-system-packages",
-            "--python",
-            &paths.executable,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(d) = host.find_links() {
-            binds.push(bind(&d, &format!("{at}/find-links"), false));
-            argv.extend([
-                "--find-links".into(),
-                format!("{at}/find-links"),
-                "--no-index".into(),
-            ]);
-        }
-        argv.push("--".into());
-        argv.extend(reqs.iter().cloned());
-        let mut env = base.env.clone();
-        for (k, v) in [
-            ("HOME", "/home/sandbox"),
-            ("UV_CACHE_DIR", &format!("{at}/cache")),
-            ("UV_PYTHON_DOWNLOADS", "never"),
-            ("TMPDIR", &format!("{at}/tmp")),
-        ] {
-            set_env(&mut env, k, v);
-        }
-        let tmp_dirs = ["tools", "cache", "tmp", "find-links"]
-            .iter()
-            .map(|d| format!("{at}/{d}"))
-            .collect();
-        let out = host.run(&InstallRun {
-            rootfs: base.rootfs.clone(),
-            argv,
-            env,
-            binds,
-            network: true,
-            tmp_dirs,
-        });
-        owner
-            .discard(&scratch)
-            .map_err(io_err("remove", &scratch))?;
-        let out = out.map_err(SnapshotError::Sandbox)?;
-        if !out.success {
-            return Err(build_failed(&spec.name, out));
-        }
-        Ok(dists::planned(&format!("{}\n{}", out.stderr, out.stdout)))
+/// What a fresh install of `reqs` would install: uv's `--dry-run`, in a builder sandbox on
+/// the base image itself (read-only; it writes only uv's `cache`, handed over already, and
+/// a scratch directory, both mounted on the sandbox's `/tmp`).
+#[allow(clippy::too_many_arguments)]
+fn plan_install(
+    spec: &JobTypeSpec,
+    host: &dyn BuildHost,
+    base: &BaseImage,
+    uv: &Path,
+    cache: &Path,
+    paths: &PyPaths,
+    reqs: &[String],
+    staging: &Path,
+) -> Result<dists::Plan, SnapshotError> {
+    let t0 = std::time::Instant::now();
+    let owner = host.owner();
+    let scratch = staging.join("tmp-plan");
+    fs::create_dir(&scratch).map_err(io_err("create", &scratch))?;
+    owner
+        .hand_over(&scratch)
+        .map_err(io_err("chown", &scratch))?;
+    crate::trace(t0, "plan: scratch handed over");
+    let tools = uv.parent().unwrap_or(Path::new("/"));
+    let at = "/tmp/tako-build";
+    let mut binds = vec![
+        bind(tools, &format!("{at}/tools"), false),
+        bind(cache, &format!("{at}/cache"), true),
+        bind(&scratch, &format!("{at}/tmp"), true),
+    ];
+    let mut argv: Vec<String> = [
+        &format!(
+            "{at}/tools/{}",
+            uv.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        "pip",
+        "install",
+        "--no-config",
+        "--no-progress",
+        "--color",
+        "never",
+        "--dry-run",
+        "--system",
+        "--break-system-packages",
+        "--python",
+        &paths.executable,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(d) = host.find_links() {
+        binds.push(bind(&d, &format!("{at}/find-links"), false));
+        argv.extend([
+            "--find-links".into(),
+            format!("{at}/find-links"),
+            "--no-index".into(),
+        ]);
     }
+    argv.push("--".into());
+    argv.extend(reqs.iter().cloned());
+    let mut env = base.env.clone();
+    for (k, v) in [
+        ("HOME", "/home/sandbox"),
+        ("UV_CACHE_DIR", &format!("{at}/cache")),
+        ("UV_PYTHON_DOWNLOADS", "never"),
+        ("TMPDIR", &format!("{at}/tmp")),
+    ] {
+        set_env(&mut env, k, v);
+    }
+    let tmp_dirs = ["tools", "cache", "tmp", "find-links"]
+        .iter()
+        .map(|d| format!("{at}/{d}"))
+        .collect();
+    let out = host.run(&InstallRun {
+        rootfs: base.rootfs.clone(),
+        argv,
+        env,
+        binds,
+        network: true,
+        tmp_dirs,
+    });
+    owner
+        .discard(&scratch)
+        .map_err(io_err("remove", &scratch))?;
+    let out = out.map_err(SnapshotError::Sandbox)?;
+    if !out.success {
+        return Err(build_failed(&spec.name, out));
+    }
+    Ok(dists::planned(&format!("{}\n{}", out.stderr, out.stdout)))
 }
 
 /// Where the Python of a base image lives and installs: probed once (a sandbox run of its

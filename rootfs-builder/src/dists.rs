@@ -163,8 +163,14 @@ impl DistStore {
                 dirs: Vec::new(),
             };
             let ok = paths.iter().all(|rel| {
-                let made = make_parents(rootfs, rel, &mut done.dirs)
-                    .and_then(|_| fs::hard_link(entry.join("tree").join(rel), rootfs.join(rel)));
+                let parent = rel.parent().unwrap_or(Path::new(""));
+                let made = crate::tree::dir_within_noting(
+                    rootfs,
+                    parent,
+                    crate::tree::Want::Create,
+                    &mut done.dirs,
+                )
+                .and_then(|_| fs::hard_link(entry.join("tree").join(rel), rootfs.join(rel)));
                 if made.is_ok() {
                     done.files.push(rootfs.join(rel));
                 }
@@ -361,33 +367,6 @@ fn manifest(entry: &Path, install_dirs: &[String]) -> Option<Vec<PathBuf>> {
             .iter()
             .all(|rel| plain_rel(rel) && within(rel, install_dirs));
     usable.then_some(paths)
-}
-
-/// Creates the missing parents of `rootfs/rel` (mode 0755), noting each in `made`; an
-/// existing component must be a real directory (never a symlink).
-fn make_parents(rootfs: &Path, rel: &Path, made: &mut Vec<PathBuf>) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut p = rootfs.to_path_buf();
-    let parent = rel.parent().unwrap_or(Path::new(""));
-    for c in parent.components() {
-        p.push(c);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is not a directory", p.display()),
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&p)?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
-                made.push(p.clone());
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The files of the distribution whose `.dist-info` is `info` (rootfs-relative), from its

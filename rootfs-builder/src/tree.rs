@@ -85,8 +85,18 @@ pub enum Want {
 /// anything but a directory, so a path that an image (or the Python in it) names cannot
 /// lead the host's own file operations outside `root`. New directories get mode 0755.
 pub fn dir_within(root: &Path, rel: &str, want: Want) -> io::Result<PathBuf> {
+    dir_within_noting(root, Path::new(rel), want, &mut Vec::new())
+}
+
+/// [`dir_within`], noting each directory it creates in `made` (parents first).
+pub fn dir_within_noting(
+    root: &Path,
+    rel: &Path,
+    want: Want,
+    made: &mut Vec<PathBuf>,
+) -> io::Result<PathBuf> {
     let mut p = root.to_path_buf();
-    for c in Path::new(rel).components() {
+    for c in rel.components() {
         match c {
             Component::RootDir | Component::CurDir => continue,
             Component::Normal(n) => p.push(n),
@@ -112,8 +122,9 @@ pub fn dir_within(root: &Path, rel: &str, want: Want) -> io::Result<PathBuf> {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "{} is {what} in the image (refused: {rel} must be a real directory)",
-                        p.display()
+                        "{} is {what} in the image (refused: {} must be a real directory)",
+                        p.display(),
+                        rel.display()
                     ),
                 ));
             }
@@ -122,7 +133,10 @@ pub fn dir_within(root: &Path, rel: &str, want: Want) -> io::Result<PathBuf> {
         };
         if create {
             match fs::create_dir(&p) {
-                Ok(()) => fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?,
+                Ok(()) => {
+                    fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+                    made.push(p.clone());
+                }
                 // Made by someone else meanwhile (two builds filling one cache): a real
                 // directory will do.
                 Err(e)
