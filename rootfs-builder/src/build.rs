@@ -215,18 +215,9 @@ impl SnapshotStore {
             }
             let mut argv = vec!["/bin/sh".to_string(), "-c".into(), script, "sh".into()];
             argv.extend(reqs.iter().cloned());
-            let mut benv = env.clone();
-            for (k, v) in [
-                ("HOME", "/home/sandbox"),
-                ("UV_CACHE_DIR", "/tako-build/cache"),
-                ("UV_LINK_MODE", "copy"),
-                ("UV_PYTHON_DOWNLOADS", "never"),
-                ("TMPDIR", "/tako-build/tmp"),
-                ("PYTHONDONTWRITEBYTECODE", ""),
-            ] {
-                set_env(&mut benv, k, v);
-            }
-            benv.retain(|(k, v)| !(k == "PYTHONDONTWRITEBYTECODE" && v.is_empty()));
+            let mut benv = uv_env(&env, BUILD_DIR);
+            set_env(&mut benv, "UV_LINK_MODE", "copy");
+            benv.retain(|(k, _)| k != "PYTHONDONTWRITEBYTECODE");
             crate::trace(t0, "build: install directories handed over");
             if install {
                 host.step(&format!(
@@ -425,6 +416,21 @@ fn install_dirs(paths: &PyPaths) -> Vec<String> {
     dirs
 }
 
+/// `env` for uv in a builder sandbox whose cache and scratch directory are mounted at
+/// `<at>/cache` and `<at>/tmp`.
+fn uv_env(env: &[(String, String)], at: &str) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    for (k, v) in [
+        ("HOME", "/home/sandbox"),
+        ("UV_CACHE_DIR", &format!("{at}/cache")),
+        ("UV_PYTHON_DOWNLOADS", "never"),
+        ("TMPDIR", &format!("{at}/tmp")),
+    ] {
+        set_env(&mut env, k, v);
+    }
+    env
+}
+
 /// What a fresh install of `reqs` would install: uv's `--dry-run`, in a builder sandbox on
 /// the base image itself (read-only; it writes only uv's `cache`, handed over already, and
 /// a scratch directory, both mounted on the sandbox's `/tmp`).
@@ -484,15 +490,7 @@ fn plan_install(
     }
     argv.push("--".into());
     argv.extend(reqs.iter().cloned());
-    let mut env = base.env.clone();
-    for (k, v) in [
-        ("HOME", "/home/sandbox"),
-        ("UV_CACHE_DIR", &format!("{at}/cache")),
-        ("UV_PYTHON_DOWNLOADS", "never"),
-        ("TMPDIR", &format!("{at}/tmp")),
-    ] {
-        set_env(&mut env, k, v);
-    }
+    let env = uv_env(&base.env, at);
     let tmp_dirs = ["tools", "cache", "tmp", "find-links"]
         .iter()
         .map(|d| format!("{at}/{d}"))
