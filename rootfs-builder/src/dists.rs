@@ -22,7 +22,7 @@
 //! The store is scoped by base image digest, interpreter and uv version.
 //! `gc` removes entries no snapshot links any more.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -152,6 +152,10 @@ impl DistStore {
     /// (mode 0755): give the install directories to the sandbox user afterwards.
     pub fn populate(&self, rootfs: &Path, install_dirs: &[String], wanted: &[Dist]) -> Vec<Linked> {
         let mut linked = Vec::new();
+        // Parents known to be real directories of `rootfs` (checked or made by this call;
+        // nothing else changes the tree meanwhile): each is checked once, not once per
+        // file below it (thousands of files, a dozen components each).
+        let mut known: HashSet<PathBuf> = HashSet::new();
         for d in wanted {
             let entry = self.entry(d);
             let Some(paths) = manifest(&entry, install_dirs) else {
@@ -164,13 +168,20 @@ impl DistStore {
             };
             let ok = paths.iter().all(|rel| {
                 let parent = rel.parent().unwrap_or(Path::new(""));
-                let made = crate::tree::dir_within_noting(
-                    rootfs,
-                    parent,
-                    crate::tree::Want::Create,
-                    &mut done.dirs,
-                )
-                .and_then(|_| fs::hard_link(entry.join("tree").join(rel), rootfs.join(rel)));
+                let checked = match known.contains(parent) {
+                    true => Ok(()),
+                    false => crate::tree::dir_within_noting(
+                        rootfs,
+                        parent,
+                        crate::tree::Want::Create,
+                        &mut done.dirs,
+                    )
+                    .map(|_| {
+                        known.extend(parent.ancestors().map(Path::to_path_buf));
+                    }),
+                };
+                let made = checked
+                    .and_then(|_| fs::hard_link(entry.join("tree").join(rel), rootfs.join(rel)));
                 if made.is_ok() {
                     done.files.push(rootfs.join(rel));
                 }
@@ -179,6 +190,12 @@ impl DistStore {
             if ok {
                 linked.push(done);
             } else {
+                // Its directories go again (when empty): no longer known.
+                for dir in &done.dirs {
+                    if let Ok(rel) = dir.strip_prefix(rootfs) {
+                        known.remove(rel);
+                    }
+                }
                 done.undo();
             }
         }
@@ -698,6 +715,37 @@ mod tests {
         assert_eq!(prune(&store_dir.path().join(STORE_DIR)).unwrap(), 0);
         drop((t, fresh));
         assert_eq!(prune(&store_dir.path().join(STORE_DIR)).unwrap(), 2);
+    }
+
+    /// A distribution left to uv takes the directories it made with it; a later one that
+    /// links into such a directory makes it again (populate remembers checked directories).
+    #[test]
+    fn a_distribution_left_out_does_not_take_anothers_directories() {
+        let t = tree("../../../bin/bad");
+        let r = t.path();
+        fs::write(r.join("usr/bin/bad"), "#!python\n").unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let (store, dirs, both) = store_in(store_dir.path(), "sha256:c");
+        assert_eq!(
+            store
+                .record(r, &[SITE.into()], &dirs, &both, "tag", uid())
+                .unwrap(),
+            2
+        );
+        // `good`'s RECORD is there already: it makes /usr/bin, fails, and takes it away.
+        let target = tempfile::tempdir().unwrap();
+        let info = target.path().join("usr/lib/py/site/good-1.0.dist-info");
+        fs::create_dir_all(&info).unwrap();
+        fs::write(info.join("RECORD"), "mine").unwrap();
+        let got = store.populate(target.path(), &dirs, &both);
+        assert_eq!(
+            got.iter().map(|l| l.dist.clone()).collect::<Vec<_>>(),
+            both[1..]
+        );
+        assert!(target.path().join("usr/bin/bad").is_file());
+        assert!(!target.path().join("usr/bin/good").exists());
+        assert!(!target.path().join("usr/lib/py/site/good").exists());
+        assert_eq!(fs::read_to_string(info.join("RECORD")).unwrap(), "mine");
     }
 
     /// A RECORD is written by the install and a requirement's build code: a path out of the
