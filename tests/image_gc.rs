@@ -22,6 +22,7 @@ fn fake_snapshot(root: &Path, key: &str) {
         env: vec![],
         created: 0,
         rootfs: Default::default(),
+        lower: None,
     };
     std::fs::write(dir.join("snapshot.json"), serde_json::to_vec(&s).unwrap()).unwrap();
 }

@@ -133,7 +133,13 @@ fn data_processing_builds_from_pypi_runs_pandas_and_rebuilds_as_a_no_op() {
     dp.environment.insert("OMP_NUM_THREADS".into(), "2".into());
     let snap = w.snaps.build(&dp, &host).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(host.installs.load(Ordering::SeqCst), 1);
-    assert!(rootfs_builder::check(&snap.rootfs).is_empty());
+    let lower: Vec<_> = snap.lower.iter().cloned().collect();
+    assert_eq!(lower.len(), 1, "a layer over its base image");
+    assert!(rootfs_builder::check_layered(&snap.rootfs, &lower).is_empty());
+    assert!(
+        !snap.rootfs.join("usr/bin/python3.11").exists(),
+        "the base image's files stay in the base"
+    );
     assert_eq!(w.snaps.status("data-processing").unwrap().key, snap.key);
     // Byte-compiled at build time (the rootfs is read-only at run time).
     let pycache = std::fs::read_dir(
@@ -142,13 +148,10 @@ fn data_processing_builds_from_pypi_runs_pandas_and_rebuilds_as_a_no_op() {
     );
     assert!(pycache.is_ok_and(|mut d| d.next().is_some()));
 
-    let res = common::exec_with(
-        &snap.rootfs,
+    let res = common::exec_snapshot(
+        &snap,
         "import os, pandas, numpy\nprint(numpy.array([1, 2, 3]).sum(), os.environ['OMP_NUM_THREADS'], os.environ['LANG'])",
-        |run| {
-            run.env = snap.env.clone();
-            run.limits.memory_bytes = Some(1 << 30);
-        },
+        |run| run.limits.memory_bytes = Some(1 << 30),
     );
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
     assert_eq!(res.stdout.trim(), "6 2 C.UTF-8");
@@ -194,8 +197,7 @@ fn data_processing_builds_from_pypi_runs_pandas_and_rebuilds_as_a_no_op() {
         data = open(numpy.__cached__, 'rb').read(16)\n\
         assert data[:4] == importlib.util.MAGIC_NUMBER\n\
         print(int.from_bytes(data[4:8], 'little'), numpy.array([1, 2]).sum())";
-    let res = common::exec_with(&ml.rootfs, check, |run| {
-        run.env = ml.env.clone();
+    let res = common::exec_snapshot(&ml, check, |run| {
         run.limits.memory_bytes = Some(1 << 30);
     });
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
@@ -362,11 +364,7 @@ fn shared_code_lands_on_pythonpath_and_concurrent_builds_share_one() {
     );
     let snap = w.snaps.status("with-shared").unwrap();
     assert!(snap.rootfs.join("app/shared_code/__pycache__").is_dir());
-    let res = common::exec_with(
-        &snap.rootfs,
-        "import helpers\nprint(helpers.answer())",
-        |run| run.env = snap.env.clone(),
-    );
+    let res = common::exec_snapshot(&snap, "import helpers\nprint(helpers.answer())", |_| {});
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
     assert_eq!(res.stdout.trim(), "42");
 }
@@ -448,7 +446,7 @@ fn a_base_image_without_bytecode_is_compiled_once_in_a_sandbox() {
         st = os.stat(json.__file__)\n\
         b._validate_timestamp_pyc(data[:16], int(st.st_mtime), st.st_size, 'json', {})\n\
         print('valid', json.__cached__)";
-    let res = common::exec_with(&snap.rootfs, check, |run| run.env = snap.env.clone());
+    let res = common::exec_snapshot(&snap, check, |_| {});
     assert_eq!(res.status, Status::Succeeded, "{res:?}");
     assert!(
         res.stdout
@@ -592,10 +590,10 @@ fn builds_link_stored_distributions_and_still_resolve_fresh() {
         );
     }
     let run = |snap: &rootfs_builder::Snapshot| {
-        let res = common::exec_with(
-            &snap.rootfs,
+        let res = common::exec_snapshot(
+            snap,
             &format!("import subprocess\nsubprocess.run(['{name}'], check=True)"),
-            |run| run.env = snap.env.clone(),
+            |_| {},
         );
         assert_eq!(res.status, Status::Succeeded, "{res:?}");
         res.stdout.trim().to_string()
@@ -632,6 +630,90 @@ fn builds_link_stored_distributions_and_still_resolve_fresh() {
 /// `backend-path`) is `backend` (Python source); uv runs it in the builder sandbox.
 fn local_sdist(dir: &std::path::Path, name: &str, backend: &str) {
     local_sdist_version(dir, name, "1.0", backend)
+}
+
+/// A snapshot is a layer over its base image. Its build may remove what the image installed
+/// (here an upgrade of a distribution the image ships): the layer gets whiteouts, the
+/// image's own files are never written, and runs on the snapshot see only the upgrade.
+#[test]
+fn a_layered_build_upgrades_what_the_image_installed_without_touching_the_image() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some(w) = world() else { return };
+    let (_scratch, base) = crafted_base();
+    let name = "takoimaged";
+    let site = "usr/local/lib/python3.11/dist-packages";
+    // The image ships takoimaged 1.0, as pip would have installed it.
+    let sp = base.rootfs.join(site);
+    let info = sp.join(format!("{name}-1.0.dist-info"));
+    std::fs::create_dir_all(sp.join(name)).unwrap();
+    std::fs::create_dir_all(&info).unwrap();
+    let module = sp.join(name).join("__init__.py");
+    std::fs::write(&module, "X = 'image'\n").unwrap();
+    std::fs::write(
+        info.join("METADATA"),
+        format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"),
+    )
+    .unwrap();
+    std::fs::write(info.join("INSTALLER"), "pip\n").unwrap();
+    std::fs::write(
+        info.join("RECORD"),
+        format!(
+            "{name}/__init__.py,,\n{name}-1.0.dist-info/METADATA,,\n{name}-1.0.dist-info/INSTALLER,,\n{name}-1.0.dist-info/RECORD,,\n"
+        ),
+    )
+    .unwrap();
+    let image_files = || {
+        let mut v = Vec::new();
+        for p in [&module, &info.join("RECORD"), &info.join("METADATA")] {
+            let m = std::fs::metadata(p).unwrap();
+            v.push((m.ino(), m.mtime(), m.len(), m.uid()));
+        }
+        v
+    };
+    let before = image_files();
+
+    let links = tempfile::tempdir().unwrap();
+    local_sdist_version(
+        links.path(),
+        name,
+        "2.0",
+        &wheel_backend_version(name, "2.0", "pass"),
+    );
+    let mut host = w.host_with(BuilderConfig {
+        find_links: Some(links.path().to_path_buf()),
+        ..BuilderConfig::default()
+    });
+    host.base = Some(base.clone());
+    let snap = w
+        .snaps
+        .build(&spec("upgrade", &[&format!("{name}==2.0")]), &host)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.lower.as_deref(), Some(base.rootfs.as_path()));
+
+    // The image is as it was.
+    assert_eq!(image_files(), before, "the build wrote the base image");
+    // The layer: the old dist-info as a whiteout, the new distribution as files.
+    let layer = snap.rootfs.join(site);
+    let wo = std::fs::symlink_metadata(layer.join(format!("{name}-1.0.dist-info"))).unwrap();
+    assert!(
+        wo.file_type().is_char_device() && wo.rdev() == 0,
+        "no whiteout for the uninstalled dist-info: {wo:?}"
+    );
+    assert!(layer.join(format!("{name}-2.0.dist-info/RECORD")).is_file());
+    assert!(
+        !snap.rootfs.join("usr/lib/python3.11").exists() && !snap.rootfs.join("usr/bin").exists(),
+        "the layer holds what the build changed, not the image"
+    );
+    // A run sees the upgrade and nothing of 1.0.
+    let res = common::exec_snapshot(
+        &snap,
+        &format!(
+            "import glob, importlib.metadata as m, {name}\nprint(m.version('{name}'), {name}.X, len(glob.glob('/{site}/{name}-1.0*')))"
+        ),
+        |_| {},
+    );
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert_eq!(res.stdout.trim(), "2.0 2.0 0");
 }
 
 /// [`local_sdist`] of version `version`.

@@ -1,8 +1,16 @@
-//! One snapshot build: clone the base rootfs (hard links), give the builder sandbox the
-//! Python install directories, run uv (and `compileall` for shared code) in it, take the
-//! files back, and write the snapshot's metadata.
+//! One snapshot build: a layer over the base rootfs (an overlay in the builder sandbox),
+//! the Python install directories writable there, uv (and `compileall` for shared code) run
+//! in it, the files taken back, and the snapshot's metadata written.
+//!
+//! The snapshot is its layer, not a copy of its base: what the build added and changed
+//! (removals as overlayfs whiteouts), mounted over the base image at run time. The layer
+//! holds, besides that, the directories of the base under the install directories (the
+//! overlay writes only where the layer has the directory, owned by an id of the sandbox's
+//! user namespace; a directory owned by an unmapped id cannot be copied up), and those
+//! that stay empty are removed again at the end.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -47,8 +55,8 @@ impl SnapshotStore {
 
         // The distribution store (crate::dists), for job types, and only where the sandbox
         // user is not the store's own (it could write the files it was given otherwise).
-        // uv plans the install on the base image while the base is cloned and what the last
-        // build of these requirements planned is linked in; then the clone is made to match
+        // uv plans the install on the base image while the layer is made and what the last
+        // build of these requirements planned is linked in; then the layer is made to match
         // the plan.
         let dists = match cache_scope == CacheScope::Shared && suid != euid && !reqs.is_empty() {
             true => {
@@ -73,37 +81,55 @@ impl SnapshotStore {
             fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
             owner.hand_over(&cache).map_err(io_err("chown", &cache))?;
         }
+        // The layer, with the base's directories where the install writes (`mirrored`).
+        let paths = match uses_uv {
+            true => Some(base_paths(host, base)?),
+            false => None,
+        };
+        let layer = || -> Result<Vec<PathBuf>, SnapshotError> {
+            let md = fs::symlink_metadata(&base.rootfs).map_err(io_err("read", &base.rootfs))?;
+            fs::create_dir(&rootfs).map_err(io_err("create", &rootfs))?;
+            fs::set_permissions(&rootfs, fs::Permissions::from_mode(md.mode() & 0o7777))
+                .map_err(io_err("create", &rootfs))?;
+            let mut mirrored = Vec::new();
+            for w in paths.as_ref().map(install_dirs).unwrap_or_default() {
+                tree::mirror_dirs(&base.rootfs, &rootfs, &w, &mut mirrored).map_err(|e| {
+                    SnapshotError::Invalid(format!("python install directory {w}: {e}"))
+                })?;
+            }
+            Ok(mirrored)
+        };
         let (mut linked, mut plan) = (Vec::new(), None);
-        match &dists {
-            None => tree::clone_tree(&base.rootfs, &rootfs)
-                .map_err(io_err("clone base rootfs", &rootfs))?,
+        let mirrored = match &dists {
+            None => layer()?,
             Some((store, dirs, paths)) => {
                 let index = host.find_links().map(|p| p.display().to_string());
                 let plan_key = format!("{reqs:?} {index:?}");
                 let guess = store.last_plan(&plan_key);
-                let (cloned, planned) = std::thread::scope(|sc| {
-                    let clone = sc.spawn(|| {
-                        tree::clone_tree(&base.rootfs, &rootfs)?;
-                        crate::trace(t0, "build: base cloned");
-                        let linked = store.populate(&rootfs, dirs, &guess);
+                let (made, planned) = std::thread::scope(|sc| {
+                    let ahead = sc.spawn(|| {
+                        let mirrored = layer()?;
+                        crate::trace(t0, "build: layer made");
+                        let linked = store.populate(&rootfs, Some(&base.rootfs), dirs, &guess);
                         crate::trace(t0, "build: last plan linked");
-                        Ok(linked)
+                        Ok((mirrored, linked))
                     });
                     let planned = plan_install(spec, host, base, uv, &cache, paths, &reqs, staging);
                     crate::trace(t0, "build: planned");
-                    let cloned = clone
+                    let made = ahead
                         .join()
                         .unwrap_or_else(|p| std::panic::resume_unwind(p));
-                    (cloned, planned)
+                    (made, planned)
                 });
-                let cloned = cloned.map_err(io_err("clone base rootfs", &rootfs))?;
+                let (mirrored, ahead) = made?;
                 let planned = planned?;
-                linked = store.reconcile(&rootfs, dirs, cloned, &planned.dists);
+                linked = store.reconcile(&rootfs, Some(&base.rootfs), dirs, ahead, &planned.dists);
                 store.save_plan(&plan_key, &planned.dists);
                 plan = Some(planned);
+                mirrored
             }
-        }
-        crate::trace(t0, "build: base cloned, distributions linked");
+        };
+        crate::trace(t0, "build: layer made, distributions linked");
 
         // Every path below the staging rootfs that the host itself creates, writes or
         // chowns is checked to be a real directory of the image (`dir_within`): an image
@@ -114,12 +140,14 @@ impl SnapshotStore {
             let app = Path::new(SHARED_CODE_DIR)
                 .parent()
                 .unwrap_or(Path::new("/"));
-            tree::dir_within(&rootfs, &app.to_string_lossy(), tree::Want::Create)
+            tree::mirror_chain(&base.rootfs, &rootfs, &app.to_string_lossy())
                 .map_err(io_err("create", &shared_dir))?;
-            // Whatever the image has there is replaced, never written through.
+            // Whatever the image has there is hidden (an opaque directory of the layer),
+            // never written through.
             tree::remove(&shared_dir).map_err(io_err("remove", &shared_dir))?;
             tree::dir_within(&rootfs, SHARED_CODE_DIR, tree::Want::Create)
                 .map_err(io_err("create", &shared_dir))?;
+            tree::set_opaque(&shared_dir).map_err(io_err("mark opaque", &shared_dir))?;
             for p in &spec.shared_code {
                 let to = shared_dir.join(p.file_name().unwrap_or_default());
                 tree::copy_file(p, &to).map_err(io_err("copy shared_code", p))?;
@@ -165,31 +193,21 @@ impl SnapshotStore {
                 bind(&cache, "/tako-build/cache", true),
                 bind(&scratch, "/tako-build/tmp", true),
             ];
-            let writable = install_dirs(&paths);
-            let mut writable_dirs = Vec::new();
-            for w in &writable {
-                let host_dir = tree::dir_within(&rootfs, w, tree::Want::Create).map_err(|e| {
-                    SnapshotError::Invalid(format!("python install directory {w}: {e}"))
-                })?;
-                writable_dirs.push(host_dir);
-            }
-            for (w, host_dir) in writable.iter().zip(&writable_dirs) {
-                if suid == euid {
-                    // The sandbox user is the store's own user (no subordinate ids): it
-                    // may write every file it owns, so the files it gets writable must not
-                    // be the image's (shared with every snapshot on it) but copies.
-                    tree::unshare_files(host_dir).map_err(io_err("copy", host_dir))?;
-                }
-                owner
-                    .hand_over(host_dir)
-                    .map_err(io_err("chown", host_dir))?;
-                binds.push(bind(host_dir, w, true));
-            }
+            let mut writable = install_dirs(&paths);
             if !spec.shared_code.is_empty() {
-                owner
-                    .hand_over(&shared_dir)
-                    .map_err(io_err("chown", &shared_dir))?;
-                binds.push(bind(&shared_dir, SHARED_CODE_DIR, true));
+                writable.push(SHARED_CODE_DIR.to_string());
+            }
+            // The layer's directories (and the overlay's work directory) become the
+            // sandbox user's: the overlay writes as the sandbox's root, which may only
+            // write where the owner is an id of its user namespace. The image's files
+            // stay in the base, never written (a change is a copy in the layer). The root
+            // of the sandbox is read-only but for the install directories.
+            let work = staging.join("work");
+            fs::create_dir(&work).map_err(io_err("create", &work))?;
+            let merged = staging.join("merged");
+            fs::create_dir(&merged).map_err(io_err("create", &merged))?;
+            for d in [&rootfs, &work] {
+                owner.hand_over(d).map_err(io_err("chown", d))?;
             }
             // Under /tako-build (ours), not at its host path: that could be under a
             // directory the sandbox mounts over (/tmp), or lead through the image's symlinks.
@@ -226,12 +244,18 @@ impl SnapshotStore {
                 ));
             }
             let mut run = InstallRun {
-                rootfs: rootfs.clone(),
+                rootfs: merged.clone(),
                 argv,
                 env: benv,
                 binds,
                 network: install,
                 tmp_dirs: vec![],
+                layers: Some(crate::BuildLayers {
+                    lower: base.rootfs.clone(),
+                    upper: rootfs.clone(),
+                    work: work.clone(),
+                    writable,
+                }),
             };
             let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
             if !out.success {
@@ -307,7 +331,6 @@ impl SnapshotStore {
                 }
             }
             crate::trace(t0, "build: bytecode listed (and compiled)");
-            tree::remove(&build).map_err(io_err("remove", &build))?;
             owner
                 .discard(&scratch)
                 .map_err(io_err("remove", &scratch))?;
@@ -316,9 +339,15 @@ impl SnapshotStore {
             if cache_scope == CacheScope::Private {
                 owner.discard(&cache).map_err(io_err("remove", &cache))?;
             }
-            for d in &writable_dirs {
-                owner.take_back(d).map_err(io_err("reclaim", d))?;
-            }
+            // The overlay's work directory holds what its kernel side made as the
+            // sandbox's root; the mount point is empty.
+            owner.discard(&work).map_err(io_err("remove", &work))?;
+            fs::remove_dir(&merged).map_err(io_err("remove", &merged))?;
+            owner
+                .take_back(&rootfs)
+                .map_err(io_err("reclaim", &rootfs))?;
+            // Ours again: the mount points of the build's binds go.
+            tree::remove(&build).map_err(io_err("remove", &build))?;
             crate::trace(t0, "build: taken back");
             if let Some(c) = &bytecode_cache {
                 pyc::link_cached(&rootfs, c, &hits, &paths.cache_tag)
@@ -340,16 +369,13 @@ impl SnapshotStore {
                 }
                 crate::trace(t0, "build: distributions recorded");
             }
-            if !spec.shared_code.is_empty() {
-                owner
-                    .take_back(&shared_dir)
-                    .map_err(io_err("reclaim", &shared_dir))?;
-            }
         }
+        // The base's directories that nothing was put in (or taken from) go again.
+        tree::prune_mirrored(&mirrored).map_err(io_err("prune", &rootfs))?;
         for (k, v) in valid_environment(&spec.environment) {
             set_env(&mut env, &k, &v);
         }
-        let missing = crate::check(&rootfs);
+        let missing = crate::check_layered(&rootfs, std::slice::from_ref(&base.rootfs));
         if !missing.is_empty() {
             return Err(SnapshotError::Invalid(format!(
                 "snapshot rootfs lacks {}",
@@ -370,6 +396,13 @@ impl SnapshotStore {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             rootfs: PathBuf::new(),
+            // Relative to the store when the base is in it (the store can be moved).
+            lower: Some(
+                self.root
+                    .parent()
+                    .and_then(|store| base.rootfs.strip_prefix(store).ok())
+                    .map_or_else(|| base.rootfs.clone(), Path::to_path_buf),
+            ),
         };
         let meta = staging.join("snapshot.json");
         fs::write(&meta, serde_json::to_vec_pretty(&snap).expect("serialises"))
@@ -502,6 +535,7 @@ fn plan_install(
         binds,
         network: true,
         tmp_dirs,
+        layers: None,
     });
     owner
         .discard(&scratch)
@@ -549,6 +583,7 @@ fn probe_paths(
             binds: vec![],
             network: false,
             tmp_dirs: vec![],
+            layers: None,
         })
         .map_err(SnapshotError::Sandbox)?;
     if !out.success {

@@ -8,7 +8,7 @@
 //!
 //! So the first build on a base image (and the first run straight on it) compiles the
 //! image's standard library, with the site-packages under it, in a sandbox, in place in the
-//! image store. Every snapshot, being a hard-link clone of that rootfs, shares the result.
+//! image store. Every snapshot, a layer over that rootfs, shares the result.
 //! A marker file beside the rootfs records that it was done; a lock makes concurrent first
 //! uses share one compile.
 //!
@@ -110,6 +110,7 @@ fn compile(
             binds: vec![bind(host_dir, stdlib, true)],
             network: false,
             tmp_dirs: vec![],
+            layers: None,
         })
         .map_err(SnapshotError::Sandbox)?;
     // compileall exits 1 when a file does not compile; a crash (a traceback) exits 1 too.

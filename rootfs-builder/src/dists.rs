@@ -147,10 +147,17 @@ impl DistStore {
     }
 
     /// Hard-links each of `wanted` the store has into `rootfs`; returns those linked. A
-    /// distribution with any of its paths already present in `rootfs` (or unusable) is left
-    /// to uv, with whatever was linked of it removed again. New directories are the host's
-    /// (mode 0755): give the install directories to the sandbox user afterwards.
-    pub fn populate(&self, rootfs: &Path, install_dirs: &[String], wanted: &[Dist]) -> Vec<Linked> {
+    /// distribution with any of its paths already present in `rootfs`, or in `below` (the
+    /// base a layer goes over), or unusable, is left to uv, with whatever was linked of it
+    /// removed again. New directories are the host's (mode 0755): give the install
+    /// directories to the sandbox user afterwards.
+    pub fn populate(
+        &self,
+        rootfs: &Path,
+        below: Option<&Path>,
+        install_dirs: &[String],
+        wanted: &[Dist],
+    ) -> Vec<Linked> {
         let mut linked = Vec::new();
         // Parents known to be real directories of `rootfs` (checked or made by this call;
         // nothing else changes the tree meanwhile): each is checked once, not once per
@@ -180,7 +187,12 @@ impl DistStore {
                         known.extend(parent.ancestors().map(Path::to_path_buf));
                     }),
                 };
+                let shadowed = below.is_some_and(|b| fs::symlink_metadata(b.join(rel)).is_ok());
                 let made = checked
+                    .and_then(|_| match shadowed {
+                        true => Err(io::ErrorKind::AlreadyExists.into()),
+                        false => Ok(()),
+                    })
                     .and_then(|_| fs::hard_link(entry.join("tree").join(rel), rootfs.join(rel)));
                 if made.is_ok() {
                     done.files.push(rootfs.join(rel));
@@ -207,6 +219,7 @@ impl DistStore {
     pub fn reconcile(
         &self,
         rootfs: &Path,
+        below: Option<&Path>,
         install_dirs: &[String],
         have: Vec<Linked>,
         plan: &[Dist],
@@ -221,7 +234,7 @@ impl DistStore {
             .filter(|d| !keep.iter().any(|l| &l.dist == *d))
             .cloned()
             .collect();
-        keep.extend(self.populate(rootfs, install_dirs, &missing));
+        keep.extend(self.populate(rootfs, below, install_dirs, &missing));
         keep
     }
 
@@ -669,7 +682,7 @@ mod tests {
 
         let fresh = tempfile::tempdir().unwrap();
         let f = fresh.path();
-        let got = store.populate(f, &dirs, &both[..1]);
+        let got = store.populate(f, None, &dirs, &both[..1]);
         assert_eq!(
             got.iter().map(|l| l.dist.clone()).collect::<Vec<_>>(),
             both[..1]
@@ -690,7 +703,9 @@ mod tests {
         let again = tempfile::tempdir().unwrap();
         fs::create_dir_all(again.path().join("usr/bin")).unwrap();
         fs::write(again.path().join("usr/bin/good"), "mine").unwrap();
-        assert!(store.populate(again.path(), &dirs, &both[..1]).is_empty());
+        assert!(store
+            .populate(again.path(), None, &dirs, &both[..1])
+            .is_empty());
         assert!(!again
             .path()
             .join("usr/lib/py/site/good/__init__.py")
@@ -701,9 +716,9 @@ mod tests {
         );
 
         // A plan without it: taken out again, with the directories made for it.
-        assert!(store.reconcile(f, &dirs, got, &[]).is_empty());
+        assert!(store.reconcile(f, None, &dirs, got, &[]).is_empty());
         assert!(!f.join("usr").exists(), "left behind in the rootfs");
-        let again_got = store.reconcile(f, &dirs, Vec::new(), &both[..1]);
+        let again_got = store.reconcile(f, None, &dirs, Vec::new(), &both[..1]);
         assert_eq!(again_got.len(), 1);
         assert!(f.join("usr/bin/good").is_file());
         // The last plan is kept per key.
@@ -737,7 +752,7 @@ mod tests {
         let info = target.path().join("usr/lib/py/site/good-1.0.dist-info");
         fs::create_dir_all(&info).unwrap();
         fs::write(info.join("RECORD"), "mine").unwrap();
-        let got = store.populate(target.path(), &dirs, &both);
+        let got = store.populate(target.path(), None, &dirs, &both);
         assert_eq!(
             got.iter().map(|l| l.dist.clone()).collect::<Vec<_>>(),
             both[1..]

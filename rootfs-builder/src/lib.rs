@@ -26,8 +26,8 @@ pub use snapshot::locked as flock_file;
 pub use tree::walk as walk_tree;
 
 pub use snapshot::{
-    BaseImage, BindMount, BuildHost, CacheScope, DirectOwner, InstallOutcome, InstallRun,
-    JobTypeSpec, SandboxOwner, Snapshot, SnapshotError, SnapshotStore, SnapshotUse,
+    BaseImage, BindMount, BuildHost, BuildLayers, CacheScope, DirectOwner, InstallOutcome,
+    InstallRun, JobTypeSpec, SandboxOwner, Snapshot, SnapshotError, SnapshotStore, SnapshotUse,
 };
 
 use std::fs;
@@ -84,6 +84,36 @@ pub fn check(rootfs: &Path) -> Vec<String> {
     }
     if !has_sandbox_user(rootfs) {
         missing.push("user sandbox (uid 1000) in /etc/passwd".into());
+    }
+    missing
+}
+
+/// [`check`] of a rootfs given as layers: `top` over `lower` (top first; empty: `top` is
+/// the whole tree). The bottom layer (a prepared base image) must have everything; a layer
+/// above it may not put anything but a directory on a mount point, or anything but a
+/// regular file on a file the sandbox binds over (a whiteout is neither).
+pub fn check_layered(top: &Path, lower: &[std::path::PathBuf]) -> Vec<String> {
+    let Some(bottom) = lower.last() else {
+        return check(top);
+    };
+    let mut missing = check(bottom);
+    let above = std::iter::once(top).chain(lower[..lower.len() - 1].iter().map(|p| p.as_path()));
+    for layer in above {
+        for d in MOUNT_POINTS {
+            let mut p = layer.to_path_buf();
+            for c in Path::new(d).components() {
+                p.push(c);
+                if fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir()) {
+                    missing.push(format!("/{d} (hidden by a layer)"));
+                    break;
+                }
+            }
+        }
+        for f in MOUNT_FILES {
+            if fs::symlink_metadata(layer.join(f)).is_ok_and(|m| !m.file_type().is_file()) {
+                missing.push(format!("/{f} (hidden by a layer)"));
+            }
+        }
     }
     missing
 }
@@ -192,6 +222,34 @@ mod tests {
         );
         assert!(passwd.starts_with("root:x:0:0:root:/root:/bin/sh\n"));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A layered rootfs: the base must be prepared, and a layer may not hide a mount point
+    /// or a file the sandbox binds over.
+    #[test]
+    fn a_layer_may_not_hide_what_the_sandbox_mounts_on() {
+        let t = tempfile::tempdir().unwrap();
+        let (base, layer) = (t.path().join("base"), t.path().join("layer"));
+        fs::create_dir_all(base.join("etc")).unwrap();
+        prepare(&base).unwrap();
+        fs::create_dir_all(layer.join("usr/local")).unwrap();
+        fs::create_dir_all(layer.join("app/shared_code")).unwrap();
+        let lower = [base.clone()];
+        assert!(check_layered(&layer, &lower).is_empty());
+        assert!(!check(&layer).is_empty(), "the layer alone is no rootfs");
+        fs::create_dir_all(layer.join("home")).unwrap();
+        fs::write(layer.join("home/sandbox"), "").unwrap();
+        fs::create_dir_all(layer.join("etc/hosts")).unwrap();
+        let missing = check_layered(&layer, &lower);
+        assert_eq!(
+            missing,
+            [
+                "/home/sandbox (hidden by a layer)",
+                "/etc/hosts (hidden by a layer)"
+            ]
+        );
+        // Without layers it is `check` of the one tree.
+        assert_eq!(check_layered(&base, &[]), check(&base));
     }
 
     /// An image is untrusted: its symlinks must not lead `prepare` (run as root by a

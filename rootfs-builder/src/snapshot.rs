@@ -91,7 +91,8 @@ pub struct BindMount {
 /// One run in the builder sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstallRun {
-    /// Rootfs (the staging copy), mounted read-only except for `binds`.
+    /// Rootfs (a base image; with `layers`, the overlay's mount point), mounted read-only
+    /// except for `binds` (and the `layers`' writable directories).
     pub rootfs: PathBuf,
     /// Command.
     pub argv: Vec<String>,
@@ -103,6 +104,23 @@ pub struct InstallRun {
     pub network: bool,
     /// Directories made in the sandbox's fresh `/tmp` (mount points for `binds` there).
     pub tmp_dirs: Vec<String>,
+    /// A layered rootfs: `rootfs` is then only the mount point of an overlay of `lower`
+    /// with `upper` (the layer the build writes, and the overlay's work directory).
+    pub layers: Option<BuildLayers>,
+}
+
+/// The overlay a build runs on (see [`InstallRun::layers`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildLayers {
+    /// The base image's rootfs.
+    pub lower: PathBuf,
+    /// The snapshot's layer, written through the overlay.
+    pub upper: PathBuf,
+    /// The overlay's work directory (same file system as `upper`).
+    pub work: PathBuf,
+    /// Directories inside that stay writable (the install directories); the rest of the
+    /// root is read-only.
+    pub writable: Vec<String>,
 }
 
 /// How a builder-sandbox run ended.
@@ -218,9 +236,15 @@ pub struct Snapshot {
     pub env: Vec<(String, String)>,
     /// Unix time of the build.
     pub created: u64,
-    /// The rootfs (filled in when loaded).
+    /// The rootfs (filled in when loaded): the whole tree, or with `lower` the snapshot's
+    /// own layer (what its build added and changed; removals as overlayfs whiteouts).
     #[serde(skip)]
     pub rootfs: PathBuf,
+    /// The base image's rootfs under the snapshot's layer (the sandbox mounts both as an
+    /// overlay); `None` for a snapshot that is a whole tree (built before layers). Kept
+    /// relative to the store when the base is in it; absolute when loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<PathBuf>,
 }
 
 impl Snapshot {
@@ -472,6 +496,14 @@ impl SnapshotStore {
         let bytes = fs::read(dir.join("snapshot.json")).ok()?;
         let mut s: Snapshot = serde_json::from_slice(&bytes).ok()?;
         s.rootfs = dir.join("rootfs");
+        if let (Some(l), Some(store)) = (&s.lower, self.root.parent()) {
+            s.lower = Some(store.join(l));
+        }
+        // A layer with nothing in it (a job type without requirements or shared code):
+        // runs use the base itself, no overlay.
+        if s.lower.is_some() && fs::read_dir(&s.rootfs).ok()?.next().is_none() {
+            s.rootfs = s.lower.take()?;
+        }
         s.rootfs.is_dir().then_some(s)
     }
 
@@ -708,7 +740,12 @@ impl SnapshotStore {
                     .map_err(io_err("remove", &e.path()))?;
                 removed += 1;
             } else {
-                removed += usize::from(self.remove_unheld(&name)?);
+                // Read first: a snapshot that stays (held) keeps its base image too.
+                let kept = self.by_key(&name);
+                match self.remove_unheld(&name)? {
+                    true => removed += 1,
+                    false => bases.extend(kept.map(|s| s.base_digest)),
+                }
             }
         }
         // Pruning the bytecode cache while a build links out of it could take entries from
@@ -794,6 +831,7 @@ mod hold_tests {
             env: vec![],
             created: 0,
             rootfs: PathBuf::new(),
+            lower: None,
         };
         fs::write(dir.join("snapshot.json"), serde_json::to_vec(&s).unwrap()).unwrap();
     }
@@ -805,8 +843,10 @@ mod hold_tests {
         fake_snapshot(&store, "aa11");
         fake_snapshot(&store, "bb22");
         let held = store.hold("aa11").expect("exists");
-        let (removed, _) = store.gc(&DirectOwner(0, 0)).unwrap();
+        let (removed, bases) = store.gc(&DirectOwner(0, 0)).unwrap();
         assert_eq!(removed, 1, "only the unheld one");
+        // A snapshot is a layer over its base: the image must stay while a run uses it.
+        assert_eq!(bases, ["sha256:00"], "the held snapshot's base image");
         assert!(store.by_key("aa11").is_some());
         assert!(store.by_key("bb22").is_none());
         // Another hold of the same snapshot (a second sandbox) is fine.

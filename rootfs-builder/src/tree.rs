@@ -12,41 +12,6 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
-/// Recreates the tree `src` at `dst`: directories as new directories (same mode), regular
-/// files as hard links (copies, with their mtime, when linking fails, e.g. across file
-/// systems), symlinks as hard links to the symlink itself (new symlinks when linking
-/// fails). Nothing is followed.
-///
-/// Linking a symlink spares a new inode and, for a target longer than 60 bytes, a data
-/// block: the base image of `python:3.11-slim` has about 680 symlinks. A symlink's target
-/// cannot be changed in place, and the builder changes the owner or mode only of what the
-/// sandbox's user owns, so the base keeps its symlinks as they were.
-pub fn clone_tree(src: &Path, dst: &Path) -> io::Result<()> {
-    let md = fs::symlink_metadata(src)?;
-    fs::create_dir(dst)?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))?;
-    walk(src, |e, from| {
-        let to = dst.join(from.strip_prefix(src).unwrap_or(from));
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            fs::create_dir(&to)?;
-            fs::set_permissions(
-                &to,
-                fs::Permissions::from_mode(e.metadata()?.mode() & 0o7777),
-            )?;
-            return Ok(true);
-        }
-        if ft.is_symlink() {
-            if fs::hard_link(from, &to).is_err() {
-                std::os::unix::fs::symlink(fs::read_link(from)?, &to)?;
-            }
-        } else if ft.is_file() && fs::hard_link(from, &to).is_err() {
-            copy_file(from, &to)?;
-        }
-        Ok(false)
-    })
-}
-
 /// Visits every entry below `dir` (not `dir` itself), depth-first, never following a
 /// symlink: `visit(entry, path)` says whether to go into a directory. No recursion (one
 /// open directory at a time, a list of paths to go): a tree a sandbox nested beyond what
@@ -147,6 +112,148 @@ pub fn dir_within_noting(
         }
     }
     Ok(p)
+}
+
+/// Makes `layer/rel` and each directory on the way to it, each with the mode of the same
+/// directory in `base` (0755 where the base has none), noting each one made in `made`
+/// (parents first). A component that the base has as a symlink or a non-directory is
+/// refused, as [`dir_within`] does.
+pub fn mirror_chain(base: &Path, layer: &Path, rel: &str) -> io::Result<PathBuf> {
+    mirror_chain_noting(base, layer, rel, &mut Vec::new())
+}
+
+fn mirror_chain_noting(
+    base: &Path,
+    layer: &Path,
+    rel: &str,
+    made: &mut Vec<PathBuf>,
+) -> io::Result<PathBuf> {
+    let (mut b, mut l) = (base.to_path_buf(), layer.to_path_buf());
+    for c in Path::new(rel).components() {
+        match c {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(n) => {
+                b.push(n);
+                l.push(n);
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{rel:?} is not a plain path"),
+                ))
+            }
+        }
+        let mode = match fs::symlink_metadata(&b) {
+            Ok(m) if m.is_dir() => m.mode() & 0o7777,
+            Ok(m) => {
+                let what = match m.file_type().is_symlink() {
+                    true => "a symlink",
+                    false => "not a directory",
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is {what} in the image (refused: {rel} must be a real directory)",
+                        b.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0o755,
+            Err(e) => return Err(e),
+        };
+        make_dir(&l, mode, made)?;
+    }
+    Ok(l)
+}
+
+/// `mkdir` with `mode` (noted in `made`); an existing directory will do.
+fn make_dir(p: &Path, mode: u32, made: &mut Vec<PathBuf>) -> io::Result<()> {
+    match fs::create_dir(p) {
+        Ok(()) => {
+            fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
+            made.push(p.to_path_buf());
+            Ok(())
+        }
+        Err(e)
+            if e.kind() == io::ErrorKind::AlreadyExists
+                && fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`mirror_chain`] of `rel`, then every directory the base has below it (same modes,
+/// never following a symlink of the base), each noted in `made` (parents first).
+pub fn mirror_dirs(
+    base: &Path,
+    layer: &Path,
+    rel: &str,
+    made: &mut Vec<PathBuf>,
+) -> io::Result<PathBuf> {
+    let top = mirror_chain_noting(base, layer, rel, made)?;
+    let from = base.join(rel.trim_start_matches('/'));
+    if !fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir()) {
+        return Ok(top);
+    }
+    walk(&from, |e, p| {
+        let ft = e.file_type()?;
+        if !ft.is_dir() {
+            return Ok(false);
+        }
+        let rel = p.strip_prefix(base).unwrap_or(p);
+        make_dir(&layer.join(rel), e.metadata()?.mode() & 0o7777, made)?;
+        Ok(true)
+    })?;
+    Ok(top)
+}
+
+/// The xattr by which overlayfs in a user namespace (`userxattr`) marks an opaque directory.
+const OPAQUE: &str = "user.overlay.opaque";
+
+/// Marks `dir` of a layer opaque: nothing of the layers below shows through it.
+pub fn set_opaque(dir: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let name = std::ffi::CString::new(OPAQUE)?;
+    // SAFETY: both strings are NUL-terminated and live across the call; the value is 1 byte.
+    let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    let (Ok(path), Ok(name)) = (
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
+        std::ffi::CString::new(OPAQUE),
+    ) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks for the size.
+    unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+/// Removes the directories of `made` (as [`mirror_dirs`] noted them) that are still empty,
+/// children first: in a layer, an empty directory that is not opaque adds nothing to what
+/// the base shows. One that is opaque (the build emptied it) stays.
+pub fn prune_mirrored(made: &[PathBuf]) -> io::Result<()> {
+    for d in made.iter().rev() {
+        if is_opaque(d) {
+            continue;
+        }
+        match fs::remove_dir(d) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTEMPTY | libc::EEXIST | libc::ENOENT | libc::ENOTDIR)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Copies a regular file keeping its mode and mtime.
@@ -306,23 +413,6 @@ fn unlink_at(dirfd: std::os::fd::RawFd, name: &std::ffi::CStr, dir: bool) -> io:
     }
 }
 
-/// Replaces every regular file under `dir` that has other hard links by a copy of its own
-/// (same mode and mtime), so writing it cannot change the other links. Symlinks are neither
-/// followed nor copied.
-pub fn unshare_files(dir: &Path) -> io::Result<()> {
-    walk(dir, |e, p| {
-        let ft = e.file_type()?;
-        if ft.is_file() && e.metadata()?.nlink() > 1 {
-            let mut tmp = p.to_path_buf().into_os_string();
-            tmp.push(".tako-unshare");
-            let tmp = PathBuf::from(tmp);
-            copy_file(p, &tmp)?;
-            fs::rename(&tmp, p)?;
-        }
-        Ok(ft.is_dir())
-    })
-}
-
 /// Hands everything under `dir` owned by `from_uid` (what the builder sandbox created, and
 /// the directories given to it) back to `uid:gid`, and makes it readable (and, where the
 /// owner may execute, executable) for everybody.
@@ -374,6 +464,74 @@ pub fn remove(p: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `depth` nested directories `d` below `top` (made by descriptor, as a sandbox can,
+    /// beyond PATH_MAX), each with a file `f`; returns nothing.
+    fn nest(top: &Path, depth: usize) {
+        let mut d = Dir::open(top, dir_flags(), Mode::empty()).unwrap();
+        for _ in 0..depth {
+            let fd = d.as_raw_fd();
+            nix::sys::stat::mkdirat(Some(fd), c"d", Mode::from_bits_truncate(0o755)).unwrap();
+            let f = nix::fcntl::openat(
+                Some(fd),
+                c"f",
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .unwrap();
+            nix::unistd::close(f).unwrap();
+            d = Dir::openat(Some(fd), c"d", dir_flags(), Mode::empty()).unwrap();
+        }
+    }
+
+    /// Runs `f` on a thread with a small stack, as a server's blocking pool would (2 MiB),
+    /// only smaller: a recursive walk of the trees below would overflow it and abort.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// A layer gets the base's directories (modes kept, symlinks never followed, files
+    /// never copied); those left empty go again, an opaque one stays.
+    #[test]
+    fn a_layer_mirrors_the_base_directories_and_prunes_the_empty_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let (base, layer) = (t.path().join("base"), t.path().join("layer"));
+        fs::create_dir_all(base.join("usr/local/lib/site/pkg/sub")).unwrap();
+        fs::create_dir_all(base.join("usr/local/lib/site/empty")).unwrap();
+        fs::set_permissions(base.join("usr/local"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::write(base.join("usr/local/lib/site/pkg/mod.py"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("usr/local/lib/site/link")).unwrap();
+        fs::create_dir(&layer).unwrap();
+        let mut made = Vec::new();
+        let top = mirror_dirs(&base, &layer, "/usr/local/lib/site", &mut made).unwrap();
+        assert_eq!(top, layer.join("usr/local/lib/site"));
+        assert!(layer.join("usr/local/lib/site/pkg/sub").is_dir());
+        assert!(!layer.join("usr/local/lib/site/pkg/mod.py").exists());
+        assert!(fs::symlink_metadata(layer.join("usr/local/lib/site/link")).is_err());
+        let mode = fs::metadata(layer.join("usr/local")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o750);
+        // A directory the base lacks is made (0755); a symlink of the base is refused.
+        mirror_dirs(&base, &layer, "/usr/local/bin", &mut made).unwrap();
+        assert!(mirror_dirs(&base, &layer, "/usr/local/lib/site/link/x", &mut made).is_err());
+
+        fs::write(layer.join("usr/local/lib/site/pkg/new.py"), "y").unwrap();
+        set_opaque(&layer.join("usr/local/lib/site/empty")).unwrap();
+        prune_mirrored(&made).unwrap();
+        assert!(layer.join("usr/local/lib/site/pkg/new.py").is_file());
+        assert!(!layer.join("usr/local/lib/site/pkg/sub").exists());
+        assert!(!layer.join("usr/local/bin").exists());
+        assert!(
+            layer.join("usr/local/lib/site/empty").is_dir(),
+            "opaque: it hides the base's"
+        );
+        assert!(is_opaque(&layer.join("usr/local/lib/site/empty")));
+        assert!(!is_opaque(&layer.join("usr/local/lib/site/pkg")));
+    }
 
     #[test]
     fn dir_within_never_leaves_the_root() {
@@ -442,86 +600,6 @@ mod tests {
         assert_eq!(uid(outside.path()), 0);
         // The top itself must not be a symlink either.
         assert!(chown_dirs(&r.join("a/link"), 4242, 4242).is_err());
-    }
-
-    #[test]
-    fn unshared_files_are_copies_with_their_mode_and_mtime() {
-        let root = tempfile::tempdir().unwrap();
-        let r = root.path();
-        fs::create_dir_all(r.join("base")).unwrap();
-        fs::write(r.join("base/f"), "image").unwrap();
-        fs::set_permissions(r.join("base/f"), fs::Permissions::from_mode(0o751)).unwrap();
-        clone_tree(&r.join("base"), &r.join("clone")).unwrap();
-        let before = fs::metadata(r.join("clone/f")).unwrap();
-        assert_eq!(before.nlink(), 2);
-        unshare_files(&r.join("clone")).unwrap();
-        let after = fs::metadata(r.join("clone/f")).unwrap();
-        assert_eq!(after.nlink(), 1);
-        assert_eq!(after.mode() & 0o7777, 0o751);
-        assert_eq!(after.mtime(), before.mtime());
-        fs::write(r.join("clone/f"), "changed").unwrap();
-        assert_eq!(fs::read_to_string(r.join("base/f")).unwrap(), "image");
-        assert_eq!(fs::read_dir(r.join("clone")).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn clones_share_files_and_keep_symlinks() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir_all(src.join("a/b")).unwrap();
-        fs::write(src.join("a/b/f"), "x").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", src.join("a/l")).unwrap();
-        let dst = t.path().join("dst");
-        clone_tree(&src, &dst).unwrap();
-        let (m1, m2) = (
-            fs::metadata(src.join("a/b/f")).unwrap(),
-            fs::metadata(dst.join("a/b/f")).unwrap(),
-        );
-        assert_eq!(m1.ino(), m2.ino());
-        assert_eq!(
-            fs::read_link(dst.join("a/l")).unwrap(),
-            Path::new("/etc/passwd")
-        );
-        // The symlink itself is shared, never followed.
-        let (l1, l2) = (
-            fs::symlink_metadata(src.join("a/l")).unwrap(),
-            fs::symlink_metadata(dst.join("a/l")).unwrap(),
-        );
-        assert!(l2.file_type().is_symlink());
-        assert_eq!(l1.ino(), l2.ino());
-        remove(&dst).unwrap();
-        assert!(src.join("a/b/f").exists());
-        assert!(fs::symlink_metadata(src.join("a/l")).is_ok());
-    }
-
-    /// `depth` nested directories `d` below `top` (made by descriptor, as a sandbox can,
-    /// beyond PATH_MAX), each with a file `f`; returns nothing.
-    fn nest(top: &Path, depth: usize) {
-        let mut d = Dir::open(top, dir_flags(), Mode::empty()).unwrap();
-        for _ in 0..depth {
-            let fd = d.as_raw_fd();
-            nix::sys::stat::mkdirat(Some(fd), c"d", Mode::from_bits_truncate(0o755)).unwrap();
-            let f = nix::fcntl::openat(
-                Some(fd),
-                c"f",
-                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o644),
-            )
-            .unwrap();
-            nix::unistd::close(f).unwrap();
-            d = Dir::openat(Some(fd), c"d", dir_flags(), Mode::empty()).unwrap();
-        }
-    }
-
-    /// Runs `f` on a thread with a small stack, as a server's blocking pool would (2 MiB),
-    /// only smaller: a recursive walk of the trees below would overflow it and abort.
-    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        std::thread::Builder::new()
-            .stack_size(256 << 10)
-            .spawn(f)
-            .unwrap()
-            .join()
-            .unwrap()
     }
 
     #[test]

@@ -207,7 +207,9 @@ pub fn run(config: Option<&Path>, a: ImagesArgs) -> anyhow::Result<i32> {
         }
     }
     for (name, s) in snaps.list() {
-        let size = crate::image::store::dir_size(&s.rootfs);
+        // As for images: everything a run sees (its layer and the base under it).
+        let size = crate::image::store::dir_size(&s.rootfs)
+            + s.lower.as_deref().map_or(0, crate::image::store::dir_size);
         rows.push([
             rootfs_builder::Snapshot::image_name(&name),
             format!("sha256:{}", s.short_digest()),

@@ -8,7 +8,7 @@ use clap::Args;
 use crate::exec::classify;
 use crate::exec::record::Status;
 use crate::exec::runner::{self, CodeRun};
-use crate::sandbox::spec::{Limits, NetworkSpec, SandboxSpec};
+use crate::sandbox::spec::{Layers, Limits, NetworkSpec, SandboxSpec};
 use crate::sandbox::{cgroup, host, HostConfig, RunOptions, Runner};
 
 /// Arguments of `tako-vm run`.
@@ -140,13 +140,13 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
     // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
     cgroup::prepare(&a.cgroup_parent, &id);
     // `_hold` keeps gc away from a job-type snapshot until the run is over.
-    let (rootfs, image_env, _hold) =
+    let (rootfs, lower, image_env, _hold) =
         super::run_image::rootfs_for(config, &a.rootfs, &a.image, &a.job_type, &a.store)?;
     if !rootfs.is_dir() {
         bail!("rootfs {} is not a directory", rootfs.display());
     }
     let rootfs = rootfs.canonicalize()?;
-    let missing = rootfs_builder::check(&rootfs);
+    let missing = rootfs_builder::check_layered(&rootfs, &lower);
     if !missing.is_empty() {
         bail!(
             "rootfs {} is not prepared for tako-vm, it lacks: {} (scripts/build-rootfs prepares one)",
@@ -187,6 +187,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
             std::fs::create_dir_all(d)?;
         }
         let mut run = CodeRun::new(id, rootfs, code);
+        run.lower = lower;
         run.input = input;
         run.timeout_s = a.timeout;
         run.limits = lim;
@@ -232,6 +233,10 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         tmp_dirs: vec![],
         network,
         binds: vec![],
+        layers: (!lower.is_empty()).then(|| Layers {
+            lower,
+            ..Layers::default()
+        }),
     };
     let opts = RunOptions {
         run_id: id,

@@ -9,10 +9,12 @@ use crate::image::builder::SandboxBuildHost;
 use crate::image::{unpack, Registry};
 use crate::sandbox::Runner;
 
-/// What a run uses: the rootfs, the image/job-type environment, and for a snapshot a hold
-/// that keeps `tako-vm gc` away from it while the run lasts.
+/// What a run uses: the rootfs, the layers under it (a layered snapshot's base image), the
+/// image/job-type environment, and for a snapshot a hold that keeps `tako-vm gc` away from
+/// it while the run lasts.
 pub type RunRootfs = (
     PathBuf,
+    Vec<PathBuf>,
     Vec<(String, String)>,
     Option<rootfs_builder::SnapshotUse>,
 );
@@ -28,7 +30,7 @@ pub fn rootfs_for(
     store: &StoreArgs,
 ) -> anyhow::Result<RunRootfs> {
     if let Some(r) = rootfs {
-        return Ok((r.clone(), Vec::new(), None));
+        return Ok((r.clone(), Vec::new(), Vec::new(), None));
     }
     let (cfg, _) = crate::config::load(config)?;
     let store = store.configured(&cfg);
@@ -64,7 +66,7 @@ pub fn rootfs_for(
                 eprintln!("tako-vm: byte-compiling the image's Python failed (runs on it compile what they import): {e}");
             }
         }
-        return Ok((dir, rec.env_pairs(), None));
+        return Ok((dir, Vec::new(), rec.env_pairs(), None));
     }
     let Some(name) = job_type else {
         bail!("give --rootfs DIR, --image REF or --job-type NAME");
@@ -83,5 +85,10 @@ pub fn rootfs_for(
     let Some(hold) = snaps.hold(&snap.key) else {
         bail!("the snapshot of {name} was removed meanwhile (tako-vm gc); run again");
     };
-    Ok((snap.rootfs.clone(), snap.env.clone(), Some(hold)))
+    Ok((
+        snap.rootfs.clone(),
+        snap.lower.iter().cloned().collect(),
+        snap.env.clone(),
+        Some(hold),
+    ))
 }

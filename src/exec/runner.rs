@@ -11,7 +11,7 @@ use super::classify::{self, RunFacts};
 use super::pyjson;
 use super::record::{Artifact, ExecutionResult, Phase, ResourceUsage, Timing};
 use crate::sandbox::spec::{
-    InjectedDir, InjectedFile, Limits, NetworkSpec, OutputSpec, SandboxSpec,
+    InjectedDir, InjectedFile, Layers, Limits, NetworkSpec, OutputSpec, SandboxSpec,
 };
 use crate::sandbox::{Outcome, RunOptions, Runner, SandboxError};
 
@@ -25,6 +25,9 @@ pub struct CodeRun {
     pub id: String,
     /// Rootfs (image or job-type snapshot).
     pub rootfs: PathBuf,
+    /// Layers under `rootfs`, top first (a layered snapshot's base image); empty when
+    /// `rootfs` is the whole tree.
+    pub lower: Vec<PathBuf>,
     /// The code of `/code/main.py`.
     pub code: String,
     /// `input_data`, written to `/input/data.json` with Python's `json.dumps`.
@@ -63,6 +66,7 @@ impl CodeRun {
         CodeRun {
             id: id.into(),
             rootfs,
+            lower: Vec::new(),
             code: code.into(),
             input: Value::Object(Default::default()),
             timeout_s: 30,
@@ -149,6 +153,10 @@ pub fn sandbox_spec(run: &CodeRun) -> SandboxSpec {
         tmp_dirs: vec!["/tmp/.cache/matplotlib".into()],
         network: run.network.clone(),
         binds: vec![],
+        layers: (!run.lower.is_empty()).then(|| Layers {
+            lower: run.lower.clone(),
+            ..Layers::default()
+        }),
     }
 }
 

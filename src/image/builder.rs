@@ -12,7 +12,7 @@ use rootfs_builder::{
 
 use super::{client, unpack, ImageStore, Progress, Registry};
 use crate::sandbox::owner::Ownership;
-use crate::sandbox::spec::{Bind, Limits, NetworkSpec, SandboxSpec};
+use crate::sandbox::spec::{Bind, Layers, Limits, NetworkSpec, SandboxSpec};
 use crate::sandbox::{host, RunOptions, Runner};
 
 /// Limits and sources of builder sandboxes.
@@ -269,6 +269,11 @@ impl BuildHost for SandboxBuildHost<'_> {
                     writable: b.writable,
                 })
                 .collect(),
+            layers: run.layers.as_ref().map(|l| Layers {
+                lower: vec![l.lower.clone()],
+                upper: Some((l.upper.clone(), l.work.clone())),
+                writable: l.writable.clone(),
+            }),
         };
         let opts = RunOptions {
             run_id: host::new_run_id(),

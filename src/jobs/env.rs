@@ -16,8 +16,10 @@ use crate::exec::pyjson;
 /// A job type ready to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedEnv {
-    /// Read-only root filesystem of the sandbox.
+    /// Read-only root filesystem of the sandbox (the top layer, when `lower` is not empty).
     pub rootfs: PathBuf,
+    /// Layers under `rootfs`, top first (a layered snapshot's base image).
+    pub lower: Vec<PathBuf>,
     /// Environment variables of the job type (valid entries only).
     pub env: Vec<(String, String)>,
     /// Snapshot digest, when the rootfs is a built snapshot.
@@ -159,6 +161,7 @@ impl Environments for BaseRootfsEnvironments {
         }
         Ok(ResolvedEnv {
             rootfs: self.base()?,
+            lower: Vec::new(),
             env: valid_environment(jt),
             digest: None,
             hold: None,

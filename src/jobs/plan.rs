@@ -364,6 +364,7 @@ mod tests {
     fn env() -> ResolvedEnv {
         ResolvedEnv {
             rootfs: "/r".into(),
+            lower: vec![],
             env: vec![],
             digest: None,
             hold: None,

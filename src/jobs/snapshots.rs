@@ -105,6 +105,7 @@ impl SnapshotEnvironments {
             let s = get().map_err(env_error)?;
             if let Some(h) = self.snaps.hold(&s.key) {
                 return Ok(ResolvedEnv {
+                    lower: s.lower.into_iter().collect(),
                     rootfs: s.rootfs,
                     env: s.env,
                     digest: Some(s.key),
@@ -198,6 +199,7 @@ impl SnapshotEnvironments {
         // A named image: gc keeps it.
         Some(ResolvedEnv {
             rootfs,
+            lower: Vec::new(),
             env,
             digest: Some(rec.digest),
             hold: None,

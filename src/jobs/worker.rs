@@ -455,6 +455,7 @@ impl Service {
             run.input = req.input.clone();
             run.timeout_s = ready.timeout_s;
             run.startup_timeout_s = ready.startup_timeout_s;
+            run.lower = ready.env.lower.clone();
             run.env = ready.env.env.clone();
             run.limits = ready.limits.clone();
             run.max_stdout = self.cfg.max_stdout_bytes as usize;

@@ -139,14 +139,21 @@ pub fn enter_rootfs(spec: &SandboxSpec) -> R<()> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    // The rootfs must be a mount point for pivot_root.
-    m(
-        root.to_str(),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
+    // The rootfs must be a mount point for pivot_root: itself bound, or its layers'
+    // overlay mounted on it.
+    match &spec.layers {
+        None => m(
+            root.to_str(),
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?,
+        Some(l) => {
+            let options = l.options(root)?;
+            m(Some("overlay"), root, Some("overlay"), SAFE, Some(&options))?;
+        }
+    }
 
     let proc_dir = need_dir(root, "/proc")?;
     m(Some("proc"), &proc_dir, Some("proc"), SAFE_NOEXEC, None)?;
@@ -223,6 +230,19 @@ pub fn enter_rootfs(spec: &SandboxSpec) -> R<()> {
 
     for b in &spec.binds {
         apply_bind(root, b)?;
+    }
+    // A build's install directories stay writable (each its own mount) when the root
+    // goes read-only below; nothing else of its writable layer does.
+    if let Some(l) = spec.layers.as_ref().filter(|l| l.upper.is_some()) {
+        for w in &l.writable {
+            let (dir, md) = within(root, w).map_err(|e| format!("writable layer dir: {e}"))?;
+            if !md.is_dir() {
+                return Err(format!("writable layer dir {w} is not a directory"));
+            }
+            m(dir.to_str(), &dir, None, MsFlags::MS_BIND, None)?;
+            let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | SAFE | locked_flags(&dir);
+            m(None, &dir, None, flags, None)?;
+        }
     }
 
     // Root read-only last (submounts keep their own flags).

@@ -5,7 +5,7 @@
 //! inside never reads host configuration or environment.
 
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// uid and gid the payload runs as inside the sandbox (`sandbox` user of the contract).
 pub const SANDBOX_UID: u32 = 1000;
@@ -190,11 +190,107 @@ pub struct SandboxSpec {
     /// Host paths bind-mounted into the sandbox (empty for user code runs).
     #[serde(default)]
     pub binds: Vec<Bind>,
+    /// The rootfs as layers of an overlay (job-type snapshots over their base image, and
+    /// their builds); `None`: `rootfs` is the whole tree.
+    #[serde(default)]
+    pub layers: Option<Layers>,
+}
+
+/// A rootfs made of layers: an overlay, mounted read-only (`nosuid,nodev`) on `rootfs`
+/// inside the sandbox's own user and mount namespaces, with `userxattr` (whiteouts and
+/// opaque directories as the kernel makes them in a user namespace).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Layers {
+    /// Read-only layers under the top one, top first (a snapshot's base image).
+    pub lower: Vec<PathBuf>,
+    /// A build's writable layer and the overlay's work directory (same file system, both
+    /// owned by an id mapped in the sandbox). With it, `rootfs` is only the mount point;
+    /// without, `rootfs` is the top read-only layer.
+    #[serde(default)]
+    pub upper: Option<(PathBuf, PathBuf)>,
+    /// Directories inside that stay writable when the root is made read-only (a build's
+    /// install directories); only with `upper`.
+    #[serde(default)]
+    pub writable: Vec<String>,
+}
+
+impl Layers {
+    /// The overlay's mount options for a rootfs at `rootfs`. Paths that the legacy option
+    /// syntax cannot carry (`,` `:` `\\` or a newline) are refused, never escaped.
+    pub fn options(&self, rootfs: &Path) -> Result<String, String> {
+        let mut lower: Vec<&Path> = Vec::new();
+        if self.upper.is_none() {
+            lower.push(rootfs);
+        }
+        lower.extend(self.lower.iter().map(PathBuf::as_path));
+        if lower.is_empty() {
+            return Err("a layered rootfs needs a read-only layer".into());
+        }
+        let text = |p: &Path| -> Result<String, String> {
+            let s = p
+                .to_str()
+                .filter(|s| s.starts_with('/') && !s.contains([',', ':', '\\', '\n']))
+                .ok_or_else(|| {
+                    format!(
+                        "layer path {} cannot be given to overlayfs (it must be absolute, without ',' ':' or '\\')",
+                        p.display()
+                    )
+                })?;
+            Ok(s.to_string())
+        };
+        let lowers: Result<Vec<String>, String> = lower.into_iter().map(text).collect();
+        let mut o = format!("lowerdir={}", lowers?.join(":"));
+        if let Some((upper, work)) = &self.upper {
+            o.push_str(&format!(
+                ",upperdir={},workdir={}",
+                text(upper)?,
+                text(work)?
+            ));
+        }
+        o.push_str(",userxattr");
+        Ok(o)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The overlay's options: the rootfs itself is the top layer of a run, only the mount
+    /// point of a build; paths the option syntax would split are refused, not escaped.
+    #[test]
+    fn layer_options_are_built_and_unsplittable_paths_refused() {
+        let run = Layers {
+            lower: vec!["/s/images/ab/rootfs".into()],
+            ..Layers::default()
+        };
+        assert_eq!(
+            run.options(Path::new("/s/snapshots/k/rootfs")).unwrap(),
+            "lowerdir=/s/snapshots/k/rootfs:/s/images/ab/rootfs,userxattr"
+        );
+        let build = Layers {
+            lower: vec!["/b".into()],
+            upper: Some(("/st/rootfs".into(), "/st/work".into())),
+            writable: vec!["/usr/local".into()],
+        };
+        assert_eq!(
+            build.options(Path::new("/st/merged")).unwrap(),
+            "lowerdir=/b,upperdir=/st/rootfs,workdir=/st/work,userxattr"
+        );
+        for bad in ["/a,upperdir=/x", "/a:b", "relative", "/a\\b", "/a\nb"] {
+            let l = Layers {
+                lower: vec![bad.into()],
+                ..Layers::default()
+            };
+            assert!(l.options(Path::new("/r")).is_err(), "{bad:?}");
+        }
+        assert!(Layers::default().options(Path::new("/r")).is_ok());
+        let upper_only = Layers {
+            upper: Some(("/u".into(), "/w".into())),
+            ..Layers::default()
+        };
+        assert!(upper_only.options(Path::new("/r")).is_err());
+    }
 
     /// Values that would switch a limit off are refused; the defaults pass.
     #[test]

@@ -81,6 +81,21 @@ pub fn exec_with(
     runner::execute(&runner_in("tako-vm-test"), &run)
 }
 
+/// Runs code under the contract on a job-type snapshot (its layer over its base image,
+/// with its environment), then `tweak`.
+#[allow(dead_code)]
+pub fn exec_snapshot(
+    snap: &rootfs_builder::Snapshot,
+    code: &str,
+    tweak: impl FnOnce(&mut CodeRun),
+) -> ExecutionResult {
+    exec_with(&snap.rootfs, code, |run| {
+        run.lower = snap.lower.iter().cloned().collect();
+        run.env = snap.env.clone();
+        tweak(run)
+    })
+}
+
 /// Runs code under the contract with the defaults.
 pub fn exec(rootfs: &std::path::Path, code: &str) -> ExecutionResult {
     exec_with(rootfs, code, |_| {})
