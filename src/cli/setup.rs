@@ -78,6 +78,22 @@ fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
         detail: which("newuidmap").unwrap_or_else(|| "not found".into()),
         advice: "apt-get install uidmap",
     });
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let overlay = read("/proc/filesystems").is_some_and(|f| {
+        f.lines()
+            .any(|l| l.split_whitespace().last() == Some("overlay"))
+    }) || Path::new("/lib/modules")
+        .join(&release)
+        .join("kernel/fs/overlayfs")
+        .is_dir();
+    v.push(Check {
+        name: "overlayfs in user namespaces",
+        ok: overlay && kernel_at_least(&release, (5, 11)),
+        detail: format!("kernel {release}, overlay available: {overlay}"),
+        advice: "Linux 5.11 or later with overlayfs (modprobe overlay): job-type snapshots are overlay layers over their base image",
+    });
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let controllers = read("/sys/fs/cgroup/cgroup.subtree_control").unwrap_or_default();
     let delegated = if v2 {
@@ -123,6 +139,17 @@ fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
         advice: "pull the default base image (python:3.11-slim) or build the fixture: scripts/build-rootfs; set base_rootfs",
     });
     v
+}
+
+/// Whether a kernel release (`uname -r`, e.g. `6.1.0-18-amd64`) is at least `min`.
+fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
 }
 
 /// Network-enabled runs of the (unprivileged) service: pasta, nft, and a /dev/net/tun the
@@ -204,4 +231,22 @@ pub fn run(config_path: Option<&Path>, a: SetupArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    /// Snapshots need overlayfs in user namespaces (5.11); releases are read as distributions
+    /// spell them.
+    #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        assert!(kernel_at_least("6.1.0-18-amd64", (5, 11)));
+        assert!(kernel_at_least("5.11.0", (5, 11)));
+        assert!(kernel_at_least("6.18.0", (5, 11)));
+        assert!(!kernel_at_least("5.10.209-1", (5, 11)));
+        assert!(!kernel_at_least("4.19.0-26-amd64", (5, 11)));
+        assert!(!kernel_at_least("", (5, 11)));
+        assert!(!kernel_at_least("garbage", (5, 11)));
+    }
 }
