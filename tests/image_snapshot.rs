@@ -632,6 +632,48 @@ fn local_sdist(dir: &std::path::Path, name: &str, backend: &str) {
     local_sdist_version(dir, name, "1.0", backend)
 }
 
+/// Where layers are not supported (a kernel before 5.11, a store on a file system without
+/// user xattrs, such as tmpfs before 6.6: the QEMU test's machine), a build makes a whole
+/// tree, as before layers: a hard-link clone of the base with the install on it, run
+/// without an overlay.
+#[test]
+fn without_layers_a_snapshot_is_a_whole_tree_that_runs_the_same() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(w) = world() else { return };
+    let whole = SnapshotStore::open(w.images.root())
+        .unwrap()
+        .whole_trees(true);
+    let host = w.host();
+    let src = tempfile::tempdir().unwrap();
+    let helper = src.path().join("helpers.py");
+    std::fs::write(&helper, "def answer():\n    return 42\n").unwrap();
+    let mut s = spec("whole", &["six==1.16.0"]);
+    s.shared_code = vec![helper];
+    s.environment.insert("WHOLE".into(), "1".into());
+    let snap = whole.build(&s, &host).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.lower, None);
+    assert!(rootfs_builder::check(&snap.rootfs).is_empty());
+    // The base's files are in it, as links of the image's.
+    let base = w.images.root().join("images");
+    let python = snap.rootfs.join("usr/bin/python3.11");
+    let m = std::fs::metadata(&python).unwrap();
+    assert!(
+        m.nlink() >= 2,
+        "a hard link of the image's python3.11 (under {base:?})"
+    );
+    assert!(snap
+        .rootfs
+        .join("usr/local/lib/python3.11/dist-packages/six.py")
+        .is_file());
+    let res = common::exec_snapshot(
+        &snap,
+        "import six, helpers\nprint(six.__version__, helpers.answer())",
+        |_| {},
+    );
+    assert_eq!(res.status, Status::Succeeded, "{res:?}");
+    assert_eq!(res.stdout.trim(), "1.16.0 42");
+}
+
 /// A snapshot is a layer over its base image. Its build may remove what the image installed
 /// (here an upgrade of a distribution the image ships): the layer gets whiteouts, the
 /// image's own files are never written, and runs on the snapshot see only the upgrade.

@@ -48,6 +48,10 @@ impl SnapshotStore {
         let (suid, _) = owner.ids();
         let euid = nix_euid();
 
+        // A layer over the base where the store's file system can keep an overlay's opaque
+        // directories (user xattrs) and the kernel mounts overlays in user namespaces; else
+        // (or when the store is told so) a whole tree: a hard-link clone of the base.
+        let layered = !self.whole_trees && crate::layers_supported(staging);
         let mut env = base.env.clone();
         let mut reqs = spec.requirements.clone();
         reqs.sort();
@@ -87,6 +91,11 @@ impl SnapshotStore {
             false => None,
         };
         let layer = || -> Result<Vec<PathBuf>, SnapshotError> {
+            if !layered {
+                tree::clone_tree(&base.rootfs, &rootfs)
+                    .map_err(io_err("clone base rootfs", &rootfs))?;
+                return Ok(Vec::new());
+            }
             let md = fs::symlink_metadata(&base.rootfs).map_err(io_err("read", &base.rootfs))?;
             fs::create_dir(&rootfs).map_err(io_err("create", &rootfs))?;
             fs::set_permissions(&rootfs, fs::Permissions::from_mode(md.mode() & 0o7777))
@@ -99,6 +108,7 @@ impl SnapshotStore {
             }
             Ok(mirrored)
         };
+        let below = layered.then_some(base.rootfs.as_path());
         let (mut linked, mut plan) = (Vec::new(), None);
         let mirrored = match &dists {
             None => layer()?,
@@ -110,7 +120,7 @@ impl SnapshotStore {
                     let ahead = sc.spawn(|| {
                         let mirrored = layer()?;
                         crate::trace(t0, "build: layer made");
-                        let linked = store.populate(&rootfs, Some(&base.rootfs), dirs, &guess);
+                        let linked = store.populate(&rootfs, below, dirs, &guess);
                         crate::trace(t0, "build: last plan linked");
                         Ok((mirrored, linked))
                     });
@@ -123,7 +133,7 @@ impl SnapshotStore {
                 });
                 let (mirrored, ahead) = made?;
                 let planned = planned?;
-                linked = store.reconcile(&rootfs, Some(&base.rootfs), dirs, ahead, &planned.dists);
+                linked = store.reconcile(&rootfs, below, dirs, ahead, &planned.dists);
                 store.save_plan(&plan_key, &planned.dists);
                 plan = Some(planned);
                 mirrored
@@ -140,14 +150,19 @@ impl SnapshotStore {
             let app = Path::new(SHARED_CODE_DIR)
                 .parent()
                 .unwrap_or(Path::new("/"));
-            tree::mirror_chain(&base.rootfs, &rootfs, &app.to_string_lossy())
-                .map_err(io_err("create", &shared_dir))?;
+            match layered {
+                true => tree::mirror_chain(&base.rootfs, &rootfs, &app.to_string_lossy()),
+                false => tree::dir_within(&rootfs, &app.to_string_lossy(), tree::Want::Create),
+            }
+            .map_err(io_err("create", &shared_dir))?;
             // Whatever the image has there is hidden (an opaque directory of the layer),
             // never written through.
             tree::remove(&shared_dir).map_err(io_err("remove", &shared_dir))?;
             tree::dir_within(&rootfs, SHARED_CODE_DIR, tree::Want::Create)
                 .map_err(io_err("create", &shared_dir))?;
-            tree::set_opaque(&shared_dir).map_err(io_err("mark opaque", &shared_dir))?;
+            if layered {
+                tree::set_opaque(&shared_dir).map_err(io_err("mark opaque", &shared_dir))?;
+            }
             for p in &spec.shared_code {
                 let to = shared_dir.join(p.file_name().unwrap_or_default());
                 tree::copy_file(p, &to).map_err(io_err("copy shared_code", p))?;
@@ -193,22 +208,6 @@ impl SnapshotStore {
                 bind(&cache, "/tako-build/cache", true),
                 bind(&scratch, "/tako-build/tmp", true),
             ];
-            let mut writable = install_dirs(&paths);
-            if !spec.shared_code.is_empty() {
-                writable.push(SHARED_CODE_DIR.to_string());
-            }
-            // The layer's directories (and the overlay's work directory) become the
-            // sandbox user's: the overlay writes as the sandbox's root, which may only
-            // write where the owner is an id of its user namespace. The image's files
-            // stay in the base, never written (a change is a copy in the layer). The root
-            // of the sandbox is read-only but for the install directories.
-            let work = staging.join("work");
-            fs::create_dir(&work).map_err(io_err("create", &work))?;
-            let merged = staging.join("merged");
-            fs::create_dir(&merged).map_err(io_err("create", &merged))?;
-            for d in [&rootfs, &work] {
-                owner.hand_over(d).map_err(io_err("chown", d))?;
-            }
             // Under /tako-build (ours), not at its host path: that could be under a
             // directory the sandbox mounts over (/tmp), or lead through the image's symlinks.
             let mut index = "";
@@ -217,6 +216,53 @@ impl SnapshotStore {
                 fs::create_dir(&at).map_err(io_err("create", &at))?;
                 binds.push(bind(&d, &format!("{BUILD_DIR}/find-links"), false));
                 index = " --find-links /tako-build/find-links --no-index";
+            }
+            let mut writable = install_dirs(&paths);
+            if !spec.shared_code.is_empty() {
+                writable.push(SHARED_CODE_DIR.to_string());
+            }
+            let (work, merged) = (staging.join("work"), staging.join("merged"));
+            // What the sandbox user may write, and how (after this, the layer is the
+            // sandbox user's until it is taken back: nothing of ours is made in it).
+            let mut layers = None;
+            let mut handed = Vec::new();
+            if layered {
+                // The layer's directories (and the overlay's work directory) become the
+                // sandbox user's: the overlay writes as the sandbox's root, which may only
+                // write where the owner is an id of its user namespace. The image's files
+                // stay in the base, never written (a change is a copy in the layer). The
+                // root of the sandbox is read-only but for the install directories.
+                fs::create_dir(&work).map_err(io_err("create", &work))?;
+                fs::create_dir(&merged).map_err(io_err("create", &merged))?;
+                for d in [&rootfs, &work] {
+                    owner.hand_over(d).map_err(io_err("chown", d))?;
+                }
+                layers = Some(crate::BuildLayers {
+                    lower: base.rootfs.clone(),
+                    upper: rootfs.clone(),
+                    work: work.clone(),
+                    writable,
+                });
+            } else {
+                // A whole tree: its install directories (and the shared code's) given to
+                // the sandbox user and bound writable over the read-only clone.
+                for w in &writable {
+                    let host_dir =
+                        tree::dir_within(&rootfs, w, tree::Want::Create).map_err(|e| {
+                            SnapshotError::Invalid(format!("python install directory {w}: {e}"))
+                        })?;
+                    if suid == euid {
+                        // The sandbox user is the store's own user (no subordinate ids): it
+                        // may write every file it owns, so the files it gets writable must
+                        // not be the image's (shared with every snapshot on it) but copies.
+                        tree::unshare_files(&host_dir).map_err(io_err("copy", &host_dir))?;
+                    }
+                    owner
+                        .hand_over(&host_dir)
+                        .map_err(io_err("chown", &host_dir))?;
+                    binds.push(bind(&host_dir, w, true));
+                    handed.push(host_dir);
+                }
             }
             let mut script = String::from("set -e\n");
             if install {
@@ -244,18 +290,16 @@ impl SnapshotStore {
                 ));
             }
             let mut run = InstallRun {
-                rootfs: merged.clone(),
+                rootfs: match layered {
+                    true => merged.clone(),
+                    false => rootfs.clone(),
+                },
                 argv,
                 env: benv,
                 binds,
                 network: install,
                 tmp_dirs: vec![],
-                layers: Some(crate::BuildLayers {
-                    lower: base.rootfs.clone(),
-                    upper: rootfs.clone(),
-                    work: work.clone(),
-                    writable,
-                }),
+                layers,
             };
             let out = host.run(&run).map_err(SnapshotError::Sandbox)?;
             if !out.success {
@@ -339,13 +383,18 @@ impl SnapshotStore {
             if cache_scope == CacheScope::Private {
                 owner.discard(&cache).map_err(io_err("remove", &cache))?;
             }
-            // The overlay's work directory holds what its kernel side made as the
-            // sandbox's root; the mount point is empty.
-            owner.discard(&work).map_err(io_err("remove", &work))?;
-            fs::remove_dir(&merged).map_err(io_err("remove", &merged))?;
-            owner
-                .take_back(&rootfs)
-                .map_err(io_err("reclaim", &rootfs))?;
+            if layered {
+                // The overlay's work directory holds what its kernel side made as the
+                // sandbox's root; the mount point is empty.
+                owner.discard(&work).map_err(io_err("remove", &work))?;
+                fs::remove_dir(&merged).map_err(io_err("remove", &merged))?;
+                owner
+                    .take_back(&rootfs)
+                    .map_err(io_err("reclaim", &rootfs))?;
+            }
+            for d in &handed {
+                owner.take_back(d).map_err(io_err("reclaim", d))?;
+            }
             // Ours again: the mount points of the build's binds go.
             tree::remove(&build).map_err(io_err("remove", &build))?;
             crate::trace(t0, "build: taken back");
@@ -375,7 +424,11 @@ impl SnapshotStore {
         for (k, v) in valid_environment(&spec.environment) {
             set_env(&mut env, &k, &v);
         }
-        let missing = crate::check_layered(&rootfs, std::slice::from_ref(&base.rootfs));
+        let lower = match layered {
+            true => vec![base.rootfs.clone()],
+            false => Vec::new(),
+        };
+        let missing = crate::check_layered(&rootfs, &lower);
         if !missing.is_empty() {
             return Err(SnapshotError::Invalid(format!(
                 "snapshot rootfs lacks {}",
@@ -397,12 +450,12 @@ impl SnapshotStore {
                 .unwrap_or(0),
             rootfs: PathBuf::new(),
             // Relative to the store when the base is in it (the store can be moved).
-            lower: Some(
+            lower: layered.then(|| {
                 self.root
                     .parent()
                     .and_then(|store| base.rootfs.strip_prefix(store).ok())
-                    .map_or_else(|| base.rootfs.clone(), Path::to_path_buf),
-            ),
+                    .map_or_else(|| base.rootfs.clone(), Path::to_path_buf)
+            }),
         };
         let meta = staging.join("snapshot.json");
         fs::write(&meta, serde_json::to_vec_pretty(&snap).expect("serialises"))

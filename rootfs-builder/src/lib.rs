@@ -118,6 +118,28 @@ pub fn check_layered(top: &Path, lower: &[std::path::PathBuf]) -> Vec<String> {
     missing
 }
 
+/// Whether snapshots in `dir` can be layers: the kernel mounts overlayfs in user namespaces
+/// (Linux 5.11) and the file system of `dir` takes the `user.*` xattrs such an overlay
+/// keeps its opaque directories in (tmpfs only since 6.6). Otherwise builds make whole
+/// trees (hard-link clones of the base), as before layers.
+pub fn layers_supported(dir: &Path) -> bool {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    kernel_at_least(&release, (5, 11)) && tree::takes_user_xattrs(dir)
+}
+
+/// Whether a kernel release (`uname -r`, e.g. `6.1.0-18-amd64`) is at least `min`.
+pub fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
+}
+
 fn has_sandbox_user(rootfs: &Path) -> bool {
     read_regular(&rootfs.join("etc/passwd"))
         .lines()

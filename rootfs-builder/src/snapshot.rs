@@ -337,6 +337,8 @@ pub struct SnapshotStore {
     /// How many unnamed snapshots (runtime-requirement snapshots, superseded builds) stay
     /// after a runtime-requirement build; see [`SnapshotStore::keep_unnamed`].
     keep_unnamed: usize,
+    /// Build whole trees, never layers (see [`SnapshotStore::whole_trees`]).
+    pub(crate) whole_trees: bool,
 }
 
 /// Default of [`SnapshotStore::keep_unnamed`].
@@ -475,6 +477,7 @@ impl SnapshotStore {
         Ok(SnapshotStore {
             root,
             keep_unnamed: KEEP_UNNAMED,
+            whole_trees: false,
         })
     }
 
@@ -483,6 +486,14 @@ impl SnapshotStore {
     /// one, and without a bound they would fill the disk until an operator ran `gc`.
     pub fn keep_unnamed(mut self, n: usize) -> SnapshotStore {
         self.keep_unnamed = n;
+        self
+    }
+
+    /// Builds snapshots as whole trees (hard-link clones of their base), never as layers:
+    /// what a build falls back to where layers are not supported
+    /// ([`crate::layers_supported`]); tests use it to cover that path on any host.
+    pub fn whole_trees(mut self, yes: bool) -> SnapshotStore {
+        self.whole_trees = yes;
         self
     }
 

@@ -90,9 +90,9 @@ fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
         .is_dir();
     v.push(Check {
         name: "overlayfs in user namespaces",
-        ok: overlay && kernel_at_least(&release, (5, 11)),
+        ok: overlay && rootfs_builder::kernel_at_least(&release, (5, 11)),
         detail: format!("kernel {release}, overlay available: {overlay}"),
-        advice: "Linux 5.11 or later with overlayfs (modprobe overlay): job-type snapshots are overlay layers over their base image",
+        advice: "Linux 5.11 or later with overlayfs (modprobe overlay): job-type snapshots are then overlay layers over their base image; without, builds make whole copies (hard-link clones) of it",
     });
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let controllers = read("/sys/fs/cgroup/cgroup.subtree_control").unwrap_or_default();
@@ -139,17 +139,6 @@ fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
         advice: "pull the default base image (python:3.11-slim) or build the fixture: scripts/build-rootfs; set base_rootfs",
     });
     v
-}
-
-/// Whether a kernel release (`uname -r`, e.g. `6.1.0-18-amd64`) is at least `min`.
-fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= min,
-        _ => false,
-    }
 }
 
 /// Network-enabled runs of the (unprivileged) service: pasta, nft, and a /dev/net/tun the
@@ -235,7 +224,7 @@ pub fn run(config_path: Option<&Path>, a: SetupArgs) -> anyhow::Result<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_at_least;
+    use rootfs_builder::kernel_at_least;
 
     /// Snapshots need overlayfs in user namespaces (5.11); releases are read as distributions
     /// spell them.
