@@ -134,12 +134,17 @@ fn data_processing_builds_from_pypi_runs_pandas_and_rebuilds_as_a_no_op() {
     let snap = w.snaps.build(&dp, &host).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(host.installs.load(Ordering::SeqCst), 1);
     let lower: Vec<_> = snap.lower.iter().cloned().collect();
-    assert_eq!(lower.len(), 1, "a layer over its base image");
     assert!(rootfs_builder::check_layered(&snap.rootfs, &lower).is_empty());
-    assert!(
-        !snap.rootfs.join("usr/bin/python3.11").exists(),
-        "the base image's files stay in the base"
-    );
+    // A layer over its base image where layers work (else a whole tree, the fallback).
+    if rootfs_builder::layers_supported(&w.images.root().join("snapshots")) {
+        assert_eq!(lower.len(), 1, "a layer over its base image");
+        assert!(
+            !snap.rootfs.join("usr/bin/python3.11").exists(),
+            "the base image's files stay in the base"
+        );
+    } else {
+        assert!(lower.is_empty(), "a whole tree where layers cannot work");
+    }
     assert_eq!(w.snaps.status("data-processing").unwrap().key, snap.key);
     // Byte-compiled at build time (the rootfs is read-only at run time).
     let pycache = std::fs::read_dir(
@@ -681,6 +686,10 @@ fn without_layers_a_snapshot_is_a_whole_tree_that_runs_the_same() {
 fn a_layered_build_upgrades_what_the_image_installed_without_touching_the_image() {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Some(w) = world() else { return };
+    if !rootfs_builder::layers_supported(&w.images.root().join("snapshots")) {
+        eprintln!("skipped: layers are not supported for this store (kernel before 5.11, or no user xattrs); builds make whole trees there (without_layers_… covers that)");
+        return;
+    }
     let (_scratch, base) = crafted_base();
     let name = "takoimaged";
     let site = "usr/local/lib/python3.11/dist-packages";
