@@ -57,22 +57,26 @@ impl SnapshotStore {
         reqs.sort();
         reqs.dedup();
 
+        // Where the image's Python installs, once per build (when anything runs in it).
+        let uses_uv = !reqs.is_empty() || !spec.shared_code.is_empty();
+        let paths = match uses_uv {
+            true => Some(base_paths(host, base)?),
+            false => None,
+        };
         // The distribution store (crate::dists), for job types, and only where the sandbox
         // user is not the store's own (it could write the files it was given otherwise).
         // uv plans the install on the base image while the layer is made and what the last
         // build of these requirements planned is linked in; then the layer is made to match
         // the plan.
-        let dists = match cache_scope == CacheScope::Shared && suid != euid && !reqs.is_empty() {
-            true => {
-                let paths = base_paths(host, base)?;
-                let store = DistStore::new(&self.root, &base.digest, &paths.magic, uv_version);
-                Some((store, install_dirs(&paths), paths))
+        let dists = match &paths {
+            Some(p) if cache_scope == CacheScope::Shared && suid != euid && !reqs.is_empty() => {
+                let store = DistStore::new(&self.root, &base.digest, &p.magic, uv_version);
+                Some((store, install_dirs(p), p))
             }
-            false => None,
+            _ => None,
         };
         // The shared caches stay while this build uses them (`clear_caches` waits); uv's
         // cache is shared by job-type builds, or this build's own (CacheScope).
-        let uses_uv = !reqs.is_empty() || !spec.shared_code.is_empty();
         let _caches = match cache_scope {
             CacheScope::Shared if uses_uv => Some(self.hold_caches()?),
             _ => None,
@@ -86,10 +90,6 @@ impl SnapshotStore {
             owner.hand_over(&cache).map_err(io_err("chown", &cache))?;
         }
         // The layer, with the base's directories where the install writes (`mirrored`).
-        let paths = match uses_uv {
-            true => Some(base_paths(host, base)?),
-            false => None,
-        };
         let layer = || -> Result<Vec<PathBuf>, SnapshotError> {
             if !layered {
                 tree::clone_tree(&base.rootfs, &rootfs)
@@ -187,7 +187,10 @@ impl SnapshotStore {
                 plan.as_ref().map_or(0, |p| p.dists.len())
             ));
         }
-        if install || !spec.shared_code.is_empty() {
+        let runs = paths
+            .as_ref()
+            .filter(|_| install || !spec.shared_code.is_empty());
+        if let Some(paths) = runs {
             let build = rootfs.join(BUILD_DIR.trim_start_matches('/'));
             // Ours alone: an image's own `/tako-build` (a symlink to a host file, say) goes.
             tree::remove(&build).map_err(io_err("remove", &build))?;
@@ -202,7 +205,6 @@ impl SnapshotStore {
                 .hand_over(&scratch)
                 .map_err(io_err("chown", &scratch))?;
 
-            let paths = base_paths(host, base)?;
             let mut binds = vec![
                 bind(uv, "/tako-build/uv", false),
                 bind(&cache, "/tako-build/cache", true),
@@ -217,7 +219,7 @@ impl SnapshotStore {
                 binds.push(bind(&d, &format!("{BUILD_DIR}/find-links"), false));
                 index = " --find-links /tako-build/find-links --no-index";
             }
-            let mut writable = install_dirs(&paths);
+            let mut writable = install_dirs(paths);
             if !spec.shared_code.is_empty() {
                 writable.push(SHARED_CODE_DIR.to_string());
             }

@@ -123,10 +123,14 @@ pub fn check_layered(top: &Path, lower: &[std::path::PathBuf]) -> Vec<String> {
 /// keeps its opaque directories in (tmpfs only since 6.6). Otherwise builds make whole
 /// trees (hard-link clones of the base), as before layers.
 pub fn layers_supported(dir: &Path) -> bool {
-    let release = nix::sys::utsname::uname()
+    kernel_at_least(&kernel_release(), (5, 11)) && tree::takes_user_xattrs(dir)
+}
+
+/// The running kernel's release (`uname -r`); empty when it cannot be read.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    kernel_at_least(&release, (5, 11)) && tree::takes_user_xattrs(dir)
+        .unwrap_or_default()
 }
 
 /// Whether a kernel release (`uname -r`, e.g. `6.1.0-18-amd64`) is at least `min`.

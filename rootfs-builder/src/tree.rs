@@ -96,10 +96,32 @@ pub fn dir_within_noting(
     made: &mut Vec<PathBuf>,
 ) -> io::Result<PathBuf> {
     let mut p = root.to_path_buf();
+    for n in plain_components(rel)? {
+        p.push(n);
+        let create = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => false,
+            Ok(_) if want == Want::Replace => {
+                fs::remove_file(&p)?;
+                true
+            }
+            Ok(m) => return Err(not_a_directory(&p, rel, &m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && want != Want::Existing => true,
+            Err(e) => return Err(e),
+        };
+        if create {
+            make_dir(&p, 0o755, made)?;
+        }
+    }
+    Ok(p)
+}
+
+/// The plain components of `rel` (a leading `/` and `.` skipped); `..` is refused.
+fn plain_components(rel: &Path) -> io::Result<Vec<&std::ffi::OsStr>> {
+    let mut out = Vec::new();
     for c in rel.components() {
         match c {
             Component::RootDir | Component::CurDir => continue,
-            Component::Normal(n) => p.push(n),
+            Component::Normal(n) => out.push(n),
             _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -107,46 +129,25 @@ pub fn dir_within_noting(
                 ))
             }
         }
-        let create = match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => false,
-            Ok(_) if want == Want::Replace => {
-                fs::remove_file(&p)?;
-                true
-            }
-            Ok(m) => {
-                let what = if m.file_type().is_symlink() {
-                    "a symlink"
-                } else {
-                    "not a directory"
-                };
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is {what} in the image (refused: {} must be a real directory)",
-                        p.display(),
-                        rel.display()
-                    ),
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && want != Want::Existing => true,
-            Err(e) => return Err(e),
-        };
-        if create {
-            match fs::create_dir(&p) {
-                Ok(()) => {
-                    fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
-                    made.push(p.clone());
-                }
-                // Made by someone else meanwhile (two builds filling one cache): a real
-                // directory will do.
-                Err(e)
-                    if e.kind() == io::ErrorKind::AlreadyExists
-                        && fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) => {}
-                Err(e) => return Err(e),
-            }
-        }
     }
-    Ok(p)
+    Ok(out)
+}
+
+/// The refusal of `p` (a component of `rel` in an image, with metadata `m`) that is a
+/// symlink or not a directory.
+fn not_a_directory(p: &Path, rel: &Path, m: &fs::Metadata) -> io::Error {
+    let what = match m.file_type().is_symlink() {
+        true => "a symlink",
+        false => "not a directory",
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{} is {what} in the image (refused: {} must be a real directory)",
+            p.display(),
+            rel.display()
+        ),
+    )
 }
 
 /// Makes `layer/rel` and each directory on the way to it, each with the mode of the same
@@ -164,35 +165,12 @@ fn mirror_chain_noting(
     made: &mut Vec<PathBuf>,
 ) -> io::Result<PathBuf> {
     let (mut b, mut l) = (base.to_path_buf(), layer.to_path_buf());
-    for c in Path::new(rel).components() {
-        match c {
-            Component::RootDir | Component::CurDir => continue,
-            Component::Normal(n) => {
-                b.push(n);
-                l.push(n);
-            }
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{rel:?} is not a plain path"),
-                ))
-            }
-        }
+    for n in plain_components(Path::new(rel))? {
+        b.push(n);
+        l.push(n);
         let mode = match fs::symlink_metadata(&b) {
             Ok(m) if m.is_dir() => m.mode() & 0o7777,
-            Ok(m) => {
-                let what = match m.file_type().is_symlink() {
-                    true => "a symlink",
-                    false => "not a directory",
-                };
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is {what} in the image (refused: {rel} must be a real directory)",
-                        b.display()
-                    ),
-                ));
-            }
+            Ok(m) => return Err(not_a_directory(&b, Path::new(rel), &m)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0o755,
             Err(e) => return Err(e),
         };
@@ -201,7 +179,8 @@ fn mirror_chain_noting(
     Ok(l)
 }
 
-/// `mkdir` with `mode` (noted in `made`); an existing directory will do.
+/// `mkdir` with `mode` (noted in `made`). An existing directory will do: one made by
+/// someone else meanwhile (two builds filling one cache), or one a layer has already.
 fn make_dir(p: &Path, mode: u32, made: &mut Vec<PathBuf>) -> io::Result<()> {
     match fs::create_dir(p) {
         Ok(()) => {
@@ -247,10 +226,7 @@ pub fn mirror_dirs(
 /// Whether the file system of `dir` takes `user.*` extended attributes, which an overlay
 /// in a user namespace keeps its opaque directories in (tmpfs before Linux 6.6 does not).
 pub fn takes_user_xattrs(dir: &Path) -> bool {
-    let (Ok(path), Ok(name)) = (
-        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
-        std::ffi::CString::new("user.tako-probe"),
-    ) else {
+    let Ok((path, name)) = xattr_args(dir, "user.tako-probe") else {
         return false;
     };
     // SAFETY: both strings are NUL-terminated and live across the calls; 1-byte value.
@@ -263,13 +239,20 @@ pub fn takes_user_xattrs(dir: &Path) -> bool {
     true
 }
 
+/// `path` and the xattr `name` as the C strings the xattr calls take.
+fn xattr_args(path: &Path, name: &str) -> io::Result<(std::ffi::CString, std::ffi::CString)> {
+    Ok((
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?,
+        std::ffi::CString::new(name)?,
+    ))
+}
+
 /// The xattr by which overlayfs in a user namespace (`userxattr`) marks an opaque directory.
 const OPAQUE: &str = "user.overlay.opaque";
 
 /// Marks `dir` of a layer opaque: nothing of the layers below shows through it.
 pub fn set_opaque(dir: &Path) -> io::Result<()> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    let name = std::ffi::CString::new(OPAQUE)?;
+    let (path, name) = xattr_args(dir, OPAQUE)?;
     // SAFETY: both strings are NUL-terminated and live across the call; the value is 1 byte.
     let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
     match rc {
@@ -279,10 +262,7 @@ pub fn set_opaque(dir: &Path) -> io::Result<()> {
 }
 
 fn is_opaque(dir: &Path) -> bool {
-    let (Ok(path), Ok(name)) = (
-        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
-        std::ffi::CString::new(OPAQUE),
-    ) else {
+    let Ok((path, name)) = xattr_args(dir, OPAQUE) else {
         return false;
     };
     // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks for the size.

@@ -233,10 +233,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         tmp_dirs: vec![],
         network,
         binds: vec![],
-        layers: (!lower.is_empty()).then(|| Layers {
-            lower,
-            ..Layers::default()
-        }),
+        layers: Layers::under(lower),
     };
     let opts = RunOptions {
         run_id: id,

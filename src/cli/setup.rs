@@ -78,9 +78,7 @@ fn checks(user: &str, cfg: &crate::config::Config) -> Vec<Check> {
         detail: which("newuidmap").unwrap_or_else(|| "not found".into()),
         advice: "apt-get install uidmap",
     });
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let release = rootfs_builder::kernel_release();
     let overlay = read("/proc/filesystems").is_some_and(|f| {
         f.lines()
             .any(|l| l.split_whitespace().last() == Some("overlay"))

@@ -153,10 +153,7 @@ pub fn sandbox_spec(run: &CodeRun) -> SandboxSpec {
         tmp_dirs: vec!["/tmp/.cache/matplotlib".into()],
         network: run.network.clone(),
         binds: vec![],
-        layers: (!run.lower.is_empty()).then(|| Layers {
-            lower: run.lower.clone(),
-            ..Layers::default()
-        }),
+        layers: Layers::under(run.lower.clone()),
     }
 }
 

@@ -239,9 +239,13 @@ pub fn enter_rootfs(spec: &SandboxSpec) -> R<()> {
             if !md.is_dir() {
                 return Err(format!("writable layer dir {w} is not a directory"));
             }
-            m(dir.to_str(), &dir, None, MsFlags::MS_BIND, None)?;
-            let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | SAFE | locked_flags(&dir);
-            m(None, &dir, None, flags, None)?;
+            // Bound onto itself: its own mount, read-write.
+            let bind = Bind {
+                host: dir,
+                target: w.clone(),
+                writable: true,
+            };
+            apply_bind(root, &bind)?;
         }
     }
 

@@ -215,6 +215,15 @@ pub struct Layers {
 }
 
 impl Layers {
+    /// A run's layers: the rootfs over `lower` (top first); `None` when `lower` is empty
+    /// (the rootfs is the whole tree).
+    pub fn under(lower: Vec<PathBuf>) -> Option<Layers> {
+        (!lower.is_empty()).then(|| Layers {
+            lower,
+            ..Layers::default()
+        })
+    }
+
     /// The overlay's mount options for a rootfs at `rootfs`. Paths that the legacy option
     /// syntax cannot carry (`,` `:` `\\` or a newline) are refused, never escaped.
     pub fn options(&self, rootfs: &Path) -> Result<String, String> {
