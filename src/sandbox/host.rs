@@ -67,7 +67,24 @@ pub fn owner_token(pid: u32) -> Option<String> {
     Some(format!("{pid}.{start}"))
 }
 
-/// True when the process that owns a run name (`<pid>.<start>.<rest>`) is gone.
+/// This process's [`owner_token`], read once (a fork reads its own).
+fn own_token() -> String {
+    static OWN: std::sync::Mutex<Option<(u32, String)>> = std::sync::Mutex::new(None);
+    let me = std::process::id();
+    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+    match own.as_ref() {
+        Some((pid, token)) if *pid == me => token.clone(),
+        _ => {
+            let token = owner_token(me).unwrap_or_else(|| format!("{me}.0"));
+            *own = Some((me, token.clone()));
+            token
+        }
+    }
+}
+
+/// True when the process that owns a run name (`<pid>.<start>.<rest>`) is gone. This
+/// process's own runs are alive without a look at `/proc` (the CLI's sweep meets its own
+/// run in every hierarchy).
 pub fn owner_is_dead(run_name: &str) -> bool {
     let mut it = run_name.splitn(3, '.');
     let (Some(pid), Some(start)) = (it.next(), it.next()) else {
@@ -76,14 +93,16 @@ pub fn owner_is_dead(run_name: &str) -> bool {
     let Ok(pid) = pid.parse::<u32>() else {
         return true;
     };
-    owner_token(pid).as_deref() != Some(&format!("{pid}.{start}"))
+    let token = format!("{pid}.{start}");
+    if pid == std::process::id() {
+        return own_token() != token;
+    }
+    owner_token(pid).as_deref() != Some(&token)
 }
 
 /// A fresh run id owned by this process.
 pub fn new_run_id() -> String {
-    let me = std::process::id();
-    let token = owner_token(me).unwrap_or_else(|| format!("{me}.0"));
-    format!("{token}.{}", uuid::Uuid::new_v4().simple())
+    format!("{}.{}", own_token(), uuid::Uuid::new_v4().simple())
 }
 
 impl Runner {
