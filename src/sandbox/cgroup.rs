@@ -875,8 +875,8 @@ fn take_prepared(rel: &Path) -> Option<v1::manager::Manager> {
 }
 
 /// v1 controller hierarchies of this process's mount namespace, read once per process (a
-/// CLI run asks three times; each read of `mountinfo` costs ~0.1 ms here). Hierarchies are
-/// mounted at boot; one mounted later is seen by the next process.
+/// CLI run asks up to three times; each read of `mountinfo` costs ~0.1 ms here).
+/// Hierarchies are mounted at boot; one mounted later is seen by the next process.
 pub fn v1_mount_points() -> Vec<(String, PathBuf)> {
     static MOUNTS: std::sync::OnceLock<Vec<(String, PathBuf)>> = std::sync::OnceLock::new();
     MOUNTS
