@@ -132,7 +132,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
     let id = host::new_run_id();
     let early = a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && cgroup::builds_ahead();
     let _launched = early.then(|| {
-        let join = cgroup::SelfJoin::plan(&cgroup::v1_mount_points(), &a.cgroup_parent, &id)
+        let join = cgroup::SelfJoin::plan(cgroup::v1_mount_points(), &a.cgroup_parent, &id)
             .ok()
             .filter(|j| j.ready().is_ok());
         crate::sandbox::supervisor::launch_init(join)

@@ -154,7 +154,7 @@ impl Cgroups {
                     "cgroup v1 limits need a root server; an unprivileged server needs cgroup v2 with a delegated subtree".into(),
                 ));
             }
-            Self::detect_v1(&v1_mount_points(), parent)
+            Self::detect_v1(v1_mount_points(), parent)
         }
     }
 
@@ -877,13 +877,11 @@ fn take_prepared(rel: &Path) -> Option<v1::manager::Manager> {
 /// v1 controller hierarchies of this process's mount namespace, read once per process (a
 /// CLI run asks up to three times; each read of `mountinfo` costs ~0.1 ms here).
 /// Hierarchies are mounted at boot; one mounted later is seen by the next process.
-pub fn v1_mount_points() -> Vec<(String, PathBuf)> {
+pub fn v1_mount_points() -> &'static [(String, PathBuf)] {
     static MOUNTS: std::sync::OnceLock<Vec<(String, PathBuf)>> = std::sync::OnceLock::new();
-    MOUNTS
-        .get_or_init(|| {
-            parse_v1_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
-        })
-        .clone()
+    MOUNTS.get_or_init(|| {
+        parse_v1_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+    })
 }
 
 /// v1 controller hierarchies in `mountinfo` text (controller name → mount point; named
@@ -1061,7 +1059,7 @@ mod tests {
         let id = "999999999.1.v1run";
         prepare(&parent, id);
         assert!(settle(), "a preparation was pending");
-        let cg = Cgroups::detect_v1(&v1_mount_points(), &parent).unwrap();
+        let cg = Cgroups::detect_v1(v1_mount_points(), &parent).unwrap();
         // Another run's name does not take it.
         let other = cg.create("999999999.1.other").unwrap();
         drop(other);
@@ -1141,7 +1139,7 @@ mod tests {
         }
         let parent = format!("tako-vm-test-join-{}", std::process::id());
         let mounts = v1_mount_points();
-        let cg = Cgroups::detect_v1(&mounts, &parent).unwrap();
+        let cg = Cgroups::detect_v1(mounts, &parent).unwrap();
         let spawn_in = |join: &SelfJoin, script: &str| {
             let tasks = join.tasks();
             let mut cmd = std::process::Command::new("sh");
@@ -1176,7 +1174,7 @@ mod tests {
                 assert!(in_tasks(&d), "{c}: the child entered {}", d.display());
             }
         }
-        for (c, _) in &mounts {
+        for (c, _) in mounts {
             if !V1_JOINED.contains(&c.as_str()) {
                 let d = cg.v1_dir(c, id).unwrap();
                 assert!(!d.exists(), "{c}: nothing made in {}", d.display());

@@ -67,18 +67,14 @@ pub fn owner_token(pid: u32) -> Option<String> {
     Some(format!("{pid}.{start}"))
 }
 
-/// This process's [`owner_token`], read once (a fork reads its own).
+/// This process's [`owner_token`], read once (a forked child reads its own).
 fn own_token() -> String {
-    static OWN: std::sync::Mutex<Option<(u32, String)>> = std::sync::Mutex::new(None);
+    static OWN: std::sync::OnceLock<(u32, String)> = std::sync::OnceLock::new();
     let me = std::process::id();
-    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
-    match own.as_ref() {
-        Some((pid, token)) if *pid == me => token.clone(),
-        _ => {
-            let token = owner_token(me).unwrap_or_else(|| format!("{me}.0"));
-            *own = Some((me, token.clone()));
-            token
-        }
+    let read = || owner_token(me).unwrap_or_else(|| format!("{me}.0"));
+    match OWN.get_or_init(|| (me, read())) {
+        (pid, token) if *pid == me => token.clone(),
+        _ => read(),
     }
 }
 
