@@ -270,6 +270,77 @@ fn the_payload_starts_with_default_signals() {
     }
 }
 
+/// A CLI run sweeps the cgroups of crashed runs while its own payload starts (not before
+/// it): a dead owner's leftover is killed and removed by the time the CLI exits, a live
+/// owner's is kept.
+#[test]
+fn a_cli_run_sweeps_dead_runs_leftovers() {
+    let r = need_rootfs!();
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    if !v1.join("cgroup.procs").exists() {
+        eprintln!("SKIP: no cgroup v1 memory hierarchy here (the v2 sweep runs in the QEMU test)");
+        return;
+    }
+    let parent = "tako-vm-test-cli-sweep";
+    let dead = v1.join(parent).join("999999999.1.deadbeef");
+    std::fs::create_dir_all(&dead).unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    std::fs::write(dead.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let live = v1.join(parent).join(tako_vm::sandbox::host::new_run_id());
+    std::fs::create_dir_all(&live).unwrap();
+
+    let root = r.to_str().unwrap();
+    let args = [
+        "run",
+        "--cgroup-parent",
+        parent,
+        "--rootfs",
+        root,
+        "--",
+        "true",
+    ];
+    let (code, _, err) = common::cli(&args);
+    let gone = !dead.exists();
+    // SIGKILLed by the sweep: gone within moments.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut killed = false;
+    while !killed && std::time::Instant::now() < until {
+        killed = sleeper.try_wait().unwrap().is_some();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    std::fs::remove_dir(&live).unwrap();
+    let _ = std::fs::remove_dir(&dead);
+    assert_eq!(code, 0, "{err}");
+    assert!(killed, "the leftover's process was killed");
+    assert!(gone, "the leftover cgroup was removed");
+}
+
+/// The CLI builds a run's namespaces on another CPU (`sandbox::cpus`): the init takes the
+/// caller's CPU mask back before anything of the sandbox runs, so the payload may use the
+/// caller's CPUs, no fewer, on both spawn paths.
+#[test]
+fn the_payload_gets_the_callers_cpus() {
+    let r = need_rootfs!();
+    // The caller's own mask, as the test process has it (the CLI inherits it).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let want = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))
+        .unwrap()
+        .to_string();
+    for (path, env) in common::SPAWN_PATHS {
+        let args = run_args(&r, &["grep", "^Cpus_allowed_list:", "/proc/self/status"]);
+        let (code, out, err) = common::cli_env(&args, env);
+        assert_eq!(code, 0, "{path}: {err}");
+        assert_eq!(out.trim(), want, "{path}");
+    }
+}
+
 /// The CLI clones the sandbox's init itself and puts it into its cgroup while the init builds
 /// the filesystem; the limits must hold before the payload starts, on both spawn paths: the
 /// pids limit stops a fork loop, the memory limit ends a 200 MB allocation as `oom`, and the

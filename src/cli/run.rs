@@ -162,6 +162,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         net_pool: a.network_pool,
         // With --rootfs no configuration (and so no secret) was loaded.
         clone_init: a.rootfs.is_some(),
+        defer_sweep: true,
         ..HostConfig::default()
     })?;
     let network = a.network.then(|| NetworkSpec {

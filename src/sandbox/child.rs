@@ -109,6 +109,9 @@ pub fn helper_main() -> ! {
 /// Entry point of an init cloned by the supervisor straight into [`NAMESPACES`] (it is pid 1
 /// already, and the supervisor knows its pid). Never returns.
 pub fn init_in_namespaces_main() -> ! {
+    // Placed on another CPU by the caller to be built there; the payload gets the caller's
+    // CPUs.
+    super::cpus::restore_caller_mask();
     let (mut ctl, spec) = start();
     // The supervisor maps us without being asked (it made the namespaces).
     let mapped = mapped(&mut ctl, false);

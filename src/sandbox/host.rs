@@ -25,6 +25,9 @@ pub struct HostConfig {
     /// single-threaded (the CLI with `--rootfs`). Only for a process that loaded no secrets
     /// (no configuration file): the cloned init keeps a copy of the caller's memory.
     pub clone_init: bool,
+    /// Sweep the cgroups of dead runs during the first run (after its cgroup holds its
+    /// limits) instead of before it: a CLI, whose one run waits for nothing the sweep does.
+    pub defer_sweep: bool,
 }
 
 impl Default for HostConfig {
@@ -37,6 +40,7 @@ impl Default for HostConfig {
             keep_net_table: false,
             prestart: 0,
             clone_init: false,
+            defer_sweep: false,
         }
     }
 }
@@ -107,7 +111,9 @@ impl Runner {
         let idmap = IdMap::detect()?;
         let cgroups = match Cgroups::detect(&cfg.cgroup_parent) {
             Ok(c) => {
-                c.sweep_dead(owner_is_dead);
+                if !cfg.defer_sweep {
+                    c.sweep_dead(owner_is_dead);
+                }
                 Some(c)
             }
             Err(CgroupError::Unavailable(_)) if cfg.allow_unlimited => None,
@@ -134,6 +140,7 @@ impl Runner {
             keep_net_table: cfg.keep_net_table,
             clone_init: cfg.clone_init,
             pool: None,
+            sweep_deferred: cfg.defer_sweep,
         };
         if cfg.prestart > 0 {
             runner.pool = Some(super::supervisor::Pool::start(runner.clone(), cfg.prestart));

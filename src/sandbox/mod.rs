@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod cpus;
 pub mod host;
 pub mod idmap;
 pub mod mounts;

@@ -74,6 +74,9 @@ pub struct Runner {
     pub keep_net_table: bool,
     /// Pre-started helpers (servers); `None`: every run starts its own.
     pub pool: Option<std::sync::Arc<Pool>>,
+    /// The start-up sweep of dead runs' cgroups was left to the first run
+    /// ([`HostConfig::defer_sweep`]).
+    pub sweep_deferred: bool,
     /// See [`super::HostConfig::clone_init`].
     pub clone_init: bool,
 }
@@ -312,10 +315,25 @@ impl Runner {
             let _ = c.remove();
         }
         trace(t0, "cgroup removed");
+        // A run that never started its payload still sweeps.
+        self.sweep_deferred();
+        reap_launchers();
         result.map(|mut o| {
             o.total_ms = t0.elapsed().as_millis() as u64;
             o
         })
+    }
+
+    /// The start-up sweep a CLI leaves to its run ([`HostConfig::defer_sweep`]): once per
+    /// process, after the run's own cgroup holds its limits (or when the run is over).
+    fn sweep_deferred(&self) {
+        static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !self.sweep_deferred || DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if let Some(c) = &self.cgroups {
+            c.sweep_dead(super::host::owner_is_dead);
+        }
     }
 
     /// Whether the init may be cloned here ([`clone_init`]): a single-threaded process (the
@@ -507,6 +525,8 @@ impl Runner {
                         *cgroup_slot = c;
                         setup = wire::write_frame(&mut ctl, Kind::Limited, &[]);
                         trace(t0, "cgroup ready, init limited");
+                        // While the payload starts on the init's CPU.
+                        self.sweep_deferred();
                     }
                     Err(e) => {
                         late_error = Some(e);
@@ -1095,6 +1115,20 @@ impl Drop for LaunchGuard {
             // The init's guard kills and reaps it, then the join removes its directories.
             drop(l.finish());
         }
+        reap_launchers();
+    }
+}
+
+/// Launchers whose report was read before they had exited ([`Launch::finish`]).
+static UNREAPED_LAUNCHERS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Reaps the launchers [`Launch::finish`] left (each exits right after its report).
+fn reap_launchers() {
+    let pids = std::mem::take(&mut *UNREAPED_LAUNCHERS.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in pids {
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(Pid::from_raw(pid), None)
+        {
+        }
     }
 }
 
@@ -1117,6 +1151,8 @@ impl Launch {
         let (err_r, err_w) = pipe()?;
         let (report, report_w) = pipe()?;
         let _ = io::stdout().flush();
+        // Saved before the fork: the init restores it from its copy of this memory.
+        let place = super::cpus::save_caller_mask();
         // SAFETY: fork(2) of a single-threaded process (checked by the caller): the copy may
         // run any code. It only clones (a fork again) and writes four bytes before _exit,
         // which runs no destructor and no exit handler of this process.
@@ -1150,6 +1186,11 @@ impl Launch {
                 libc::_exit(0);
             }
         }
+        // The namespaces and the init's filesystem are built on another CPU while this
+        // process prepares the cgroup manager on its own ([`super::cpus`]).
+        if place {
+            super::cpus::place_on_other_cpu(launcher);
+        }
         Ok(Launch {
             launcher,
             report,
@@ -1160,13 +1201,26 @@ impl Launch {
         })
     }
 
-    /// Waits for the launcher's report (it exits right after) and returns the init.
+    /// Waits for the launcher's report and returns the init. The launcher exits right
+    /// after its report; it is reaped here when it is gone already, else later
+    /// ([`reap_launchers`]): its exit is not on the run's path.
     fn finish(mut self) -> Result<Spawned, SandboxError> {
         let mut b = [0u8; 12];
         let read = self.report.read_exact(&mut b);
-        while let Err(nix::errno::Errno::EINTR) =
-            nix::sys::wait::waitpid(Pid::from_raw(self.launcher), None)
-        {}
+        let launcher = Pid::from_raw(self.launcher);
+        match nix::sys::wait::waitpid(launcher, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {
+                UNREAPED_LAUNCHERS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(self.launcher);
+            }
+            _ => {}
+        }
+        if read.is_err() {
+            // No report: the launcher failed; it is gone or going.
+            reap_launchers();
+        }
         read?;
         let word = |k: usize| i32::from_ne_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
         let (pid, failed_at, errno) = (word(0), word(4), word(8));
