@@ -9,6 +9,7 @@ use crate::exec::classify;
 use crate::exec::record::Status;
 use crate::exec::runner::{self, CodeRun};
 use crate::sandbox::spec::{Layers, Limits, NetworkSpec, SandboxSpec};
+use crate::sandbox::supervisor::Handoff;
 use crate::sandbox::{cgroup, host, HostConfig, RunOptions, Runner};
 
 /// Arguments of `tako-vm run`.
@@ -129,16 +130,29 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
     // and a process launched before that would stay behind in its parent (EBUSY).
     // There the init is born in its cgroup: the launcher enters it first (`SelfJoin`). A run
     // refused before it starts leaves no launched init and no cgroup behind (`_launched`).
+    //
+    // A command run (`-- CMD`) is prepared first and launches its init with the whole spec
+    // and the id maps handed over (`Handoff`): the init then builds its filesystem on
+    // another CPU without waiting for this process, which builds the cgroup manager. A code
+    // run, whose spec is built by the runner, launches its init first and sends the spec
+    // when it has it.
     let id = host::new_run_id();
     let early = a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && cgroup::builds_ahead();
-    let _launched = early.then(|| {
+    let launch = |handoff: Option<Handoff>| {
         let join = cgroup::SelfJoin::plan(cgroup::v1_mount_points(), &a.cgroup_parent, &id)
             .ok()
             .filter(|j| j.ready().is_ok());
-        crate::sandbox::supervisor::launch_init(join)
-    });
-    // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
-    cgroup::prepare(&a.cgroup_parent, &id);
+        crate::sandbox::supervisor::launch_init(join, handoff)
+    };
+    let hand_over = early && a.code.is_none();
+    let mut _launched = None;
+    if !hand_over {
+        if early {
+            _launched = Some(launch(None));
+        }
+        // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
+        cgroup::prepare(&a.cgroup_parent, &id);
+    }
     // `_hold` keeps gc away from a job-type snapshot until the run is over.
     let (rootfs, lower, image_env, _hold) =
         super::run_image::rootfs_for(config, &a.rootfs, &a.image, &a.job_type, &a.store)?;
@@ -236,6 +250,10 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         binds: vec![],
         layers: Layers::under(lower),
     };
+    if hand_over {
+        _launched = Some(launch(Handoff::new(&spec, &runner.idmap)));
+        cgroup::prepare(&a.cgroup_parent, &id);
+    }
     let opts = RunOptions {
         run_id: id,
         host_deadline: std::time::Duration::from_secs(a.timeout + 120 + runner::HOST_GRACE_S),

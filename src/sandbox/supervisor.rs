@@ -279,7 +279,7 @@ impl Runner {
             .clone_init
             .then(|| LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).take())
             .flatten();
-        let spawned = match launched {
+        let mut spawned = match launched {
             Some(l) => l.finish()?,
             None => match self.pool.as_ref().and_then(|p| p.take()) {
                 Some(s) => s,
@@ -287,6 +287,22 @@ impl Runner {
             },
         };
         trace(t0, "helper ready");
+        // A launcher that queued a spec queued this run's spec (the caller prepared both
+        // from the same value); a different one would run the wrong sandbox: the init is
+        // discarded and a fresh one started.
+        let handed_off = match spawned.handed.take() {
+            None => false,
+            Some((frame, mapped)) => {
+                let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
+                if frame == spec_frame(&body)? && mapped {
+                    true
+                } else {
+                    drop(spawned);
+                    spawned = self.spawn_helper(&opts.run_id)?;
+                    false
+                }
+            }
+        };
         let mut cgroup = spawned.cgroup;
         let result = self.run_in(
             spec,
@@ -308,6 +324,7 @@ impl Runner {
                 pid: spawned.pid,
                 init_is_child: spawned.init_is_child,
                 join: spawned.join,
+                handed_off,
             },
         );
         trace(t0, "sandbox gone");
@@ -366,7 +383,7 @@ impl Runner {
         };
         if init_is_child && join.is_some() {
             // Through a launcher that enters the cgroup and clones the init there.
-            return Launch::start(join)?.finish();
+            return Launch::start(join, None)?.finish();
         }
         let (cgroup, join_tasks) = match (&self.cgroups, join) {
             (Some(c), Some(j)) if !init_is_child => {
@@ -435,6 +452,7 @@ impl Runner {
             pid,
             init_is_child,
             join: None,
+            handed: None,
         })
     }
 
@@ -459,12 +477,15 @@ impl Runner {
             pid: helper_pid,
             init_is_child,
             mut join,
+            handed_off,
         } = helper;
         if let Some(c) = cgroup_slot.as_ref() {
             c.apply(&spec.limits)?;
         }
-        let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
-        wire::write_frame(&mut ctl, Kind::Spec, &body)?;
+        if !handed_off {
+            let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
+            wire::write_frame(&mut ctl, Kind::Spec, &body)?;
+        }
         trace(t0, "limits applied, spec sent");
 
         let mut out = Outcome {
@@ -515,9 +536,15 @@ impl Runner {
         let mut late_error: Option<SandboxError> = None;
 
         if init_is_child {
-            // A cloned init is in its namespaces already: no round trip for the id maps. It
-            // builds its filesystem while its cgroup is set up here.
-            let mut setup = self.map_and_connect(&mut ctl, helper_pid, &mut out, &mut net_state);
+            // A cloned init is in its namespaces already: no round trip for the id maps (its
+            // launcher may have written them, [`Handoff`]). It builds its filesystem while its
+            // cgroup is set up here.
+            let mut setup = if handed_off {
+                trace(t0, "spec and id maps handed over by the launcher");
+                Ok(())
+            } else {
+                self.map_and_connect(&mut ctl, helper_pid, &mut out, &mut net_state)
+            };
             if setup.is_ok() {
                 trace(t0, "mapped");
                 match self.limit_cloned_init(helper_pid, opts, &spec.limits, &mut join) {
@@ -860,6 +887,9 @@ pub struct Spawned {
     init_is_child: bool,
     /// A cloned init born in its v1 cgroup ([`SelfJoin`]): its limits are applied later.
     join: Option<SelfJoin>,
+    /// The spec frame its launcher queued, and whether the launcher wrote the id maps and
+    /// sent [`Kind::Mapped`] ([`Handoff`]).
+    handed: Option<(Vec<u8>, bool)>,
 }
 
 impl std::fmt::Debug for Spawned {
@@ -876,6 +906,8 @@ struct Helper {
     pid: i32,
     init_is_child: bool,
     join: Option<SelfJoin>,
+    /// The spec was queued and the id maps written by the launcher ([`Handoff`]).
+    handed_off: bool,
 }
 
 /// Helpers started ahead of time (each single-use), refilled by a background thread.
@@ -1089,15 +1121,18 @@ static LAUNCHED: std::sync::Mutex<Option<Launch>> = std::sync::Mutex::new(None);
 /// by that run.
 ///
 /// With a `join` (a root caller on a cgroup v1 host), the launcher first enters the run's
-/// cgroup, so the init is born in it and nothing has to be moved ([`SelfJoin`]).
+/// cgroup, so the init is born in it and nothing has to be moved ([`SelfJoin`]). With a
+/// `handoff`, the caller's spec is queued for the init and the launcher writes its id maps
+/// ([`Handoff`]): the init builds its filesystem at once, without a round trip through the
+/// caller, which meanwhile builds the cgroup manager.
 ///
 /// Keep the returned guard until the run is over: if no run took the init by then (the run
 /// was refused before it started), dropping the guard kills and reaps the init and removes
 /// the cgroup directories its launcher made.
 #[must_use = "dropping the guard discards the launched init"]
-pub fn launch_init(join: Option<SelfJoin>) -> LaunchGuard {
+pub fn launch_init(join: Option<SelfJoin>, handoff: Option<Handoff>) -> LaunchGuard {
     if std::env::var_os("TAKO_VM_HELPER_EXEC").is_none() && single_threaded(false) {
-        if let Ok(l) = Launch::start(join) {
+        if let Ok(l) = Launch::start(join, handoff) {
             *LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
         }
     }
@@ -1142,11 +1177,59 @@ struct Launch {
     ctl: UnixStream,
     out_r: File,
     err_r: File,
+    /// What the launcher was given to hand over.
+    handoff: Option<Handoff>,
+}
+
+/// What a launcher hands the init it clones, so that the init builds its filesystem without
+/// waiting for its caller: the spec (queued on the control socket before the fork) and the
+/// id maps (written by the launcher right after the clone, then [`Kind::Mapped`]). For a
+/// caller that knows the whole spec before it starts the init (`tako-vm run -- CMD`) and
+/// writes id maps itself (root: [`IdMap::Direct`] or a subordinate range it may write
+/// directly). Not for network runs, whose [`Kind::Mapped`] carries the veth made after the
+/// clone.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    /// The [`Kind::Spec`] frame.
+    spec_frame: Vec<u8>,
+    idmap: IdMap,
+}
+
+impl Handoff {
+    /// The hand-off of `spec` with `idmap`; `None` where the launcher cannot do it: a spec
+    /// with a network, a spec frame that might not fit the socket's buffer before anyone
+    /// reads it, or id maps that need `newuidmap`.
+    pub fn new(spec: &SandboxSpec, idmap: &IdMap) -> Option<Handoff> {
+        if spec.network.is_some() || !matches!(idmap, IdMap::Direct { .. }) {
+            return None;
+        }
+        let body = serde_json::to_vec(spec).ok()?;
+        let spec_frame = spec_frame(&body).ok()?;
+        (spec_frame.len() <= HANDOFF_MAX_FRAME).then(|| Handoff {
+            spec_frame,
+            idmap: idmap.clone(),
+        })
+    }
+}
+
+/// Largest spec frame queued before the init exists: well inside a Unix socket's default
+/// send buffer (208 KiB), so the write cannot block.
+const HANDOFF_MAX_FRAME: usize = 64 << 10;
+
+/// The [`Kind::Spec`] frame of a serialized spec.
+fn spec_frame(body: &[u8]) -> io::Result<Vec<u8>> {
+    let mut frame = Vec::with_capacity(body.len() + 5);
+    wire::write_frame(&mut frame, Kind::Spec, body)?;
+    Ok(frame)
 }
 
 impl Launch {
-    fn start(join: Option<SelfJoin>) -> io::Result<Launch> {
-        let (ctl, theirs) = UnixStream::pair()?;
+    fn start(join: Option<SelfJoin>, handoff: Option<Handoff>) -> io::Result<Launch> {
+        let (mut ctl, theirs) = UnixStream::pair()?;
+        if let Some(h) = &handoff {
+            // Read by the init once it exists (it reads its spec first).
+            ctl.write_all(&h.spec_frame)?;
+        }
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (report, report_w) = pipe()?;
@@ -1174,11 +1257,26 @@ impl Launch {
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
                 },
             };
+            // The id maps and Mapped, as the caller would send them after the report; 1
+            // when done.
+            let mapped = match &handoff {
+                Some(h) if v > 0 => {
+                    let answer = Mapped {
+                        init_uid: h.idmap.init_uid(),
+                        eth0: None,
+                    };
+                    let done = h.idmap.apply(v).is_ok()
+                        && wire::write_json(&mut ctl, Kind::Mapped, &answer).is_ok();
+                    i32::from(done)
+                }
+                _ => 0,
+            };
             let (i, errno) = joined.err().unwrap_or((0, 0));
-            let mut b = [0u8; 12];
+            let mut b = [0u8; 16];
             b[..4].copy_from_slice(&v.to_ne_bytes());
             b[4..8].copy_from_slice(&(i as i32).to_ne_bytes());
-            b[8..].copy_from_slice(&errno.to_ne_bytes());
+            b[8..12].copy_from_slice(&errno.to_ne_bytes());
+            b[12..].copy_from_slice(&mapped.to_ne_bytes());
             // SAFETY: a write of a local buffer to a descriptor this process owns, then _exit
             // (no destructor runs: the parent's `join` stays armed there).
             unsafe {
@@ -1198,6 +1296,7 @@ impl Launch {
             ctl,
             out_r,
             err_r,
+            handoff,
         })
     }
 
@@ -1205,7 +1304,7 @@ impl Launch {
     /// after its report; it is reaped here when it is gone already, else later
     /// ([`reap_launchers`]): its exit is not on the run's path.
     fn finish(mut self) -> Result<Spawned, SandboxError> {
-        let mut b = [0u8; 12];
+        let mut b = [0u8; 16];
         let read = self.report.read_exact(&mut b);
         let launcher = Pid::from_raw(self.launcher);
         match nix::sys::wait::waitpid(launcher, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
@@ -1223,7 +1322,7 @@ impl Launch {
         }
         read?;
         let word = |k: usize| i32::from_ne_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
-        let (pid, failed_at, errno) = (word(0), word(4), word(8));
+        let (pid, failed_at, errno, mapped) = (word(0), word(4), word(8), word(12) == 1);
         if let (Some(j), true) = (&self.join, errno != 0) {
             return Err(j.enter_error((failed_at as usize, errno)).into());
         }
@@ -1242,6 +1341,7 @@ impl Launch {
             pid,
             init_is_child: true,
             join: self.join,
+            handed: self.handoff.map(|h| (h.spec_frame, mapped)),
         })
     }
 }
@@ -1298,4 +1398,66 @@ pub fn artifacts_dir(base: &Path, run_id: &str) -> io::Result<PathBuf> {
     let d = base.join(run_id).join("artifacts");
     fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::spec::{Limits, NetworkSpec};
+
+    fn spec(argv: Vec<String>) -> SandboxSpec {
+        SandboxSpec {
+            rootfs: "/r".into(),
+            argv,
+            env: vec![],
+            cwd: "/".into(),
+            hostname: "h".into(),
+            limits: Limits::default(),
+            injected: vec![],
+            output: None,
+            timeout_ms: 1000,
+            kill_grace_ms: 100,
+            tmp_dirs: vec![],
+            network: None,
+            binds: vec![],
+            layers: None,
+        }
+    }
+
+    /// The launcher hands over only what it can: a spec without a network, small enough to
+    /// be queued before anyone reads it, with id maps a root caller writes directly.
+    #[test]
+    fn a_handoff_is_made_only_where_the_launcher_can_do_it() {
+        let direct = IdMap::Direct {
+            uid_base: 100_000,
+            gid_base: 100_000,
+            count: 65_536,
+        };
+        let single = IdMap::Single {
+            own_uid: 1000,
+            own_gid: 1000,
+        };
+        let small = spec(vec!["python3".into(), "-c".into(), "pass".into()]);
+        let h = Handoff::new(&small, &direct).expect("handed over");
+        let body = serde_json::to_vec(&small).unwrap();
+        assert_eq!(h.spec_frame, spec_frame(&body).unwrap());
+        assert_eq!(h.spec_frame[0], Kind::Spec as u8);
+        assert!(
+            Handoff::new(&small, &single).is_none(),
+            "needs the caller's maps"
+        );
+        let mut net = small.clone();
+        net.network = Some(NetworkSpec {
+            allowed_hosts: vec![],
+        });
+        assert!(
+            Handoff::new(&net, &direct).is_none(),
+            "the veth comes later"
+        );
+        let big = spec(vec!["x".repeat(HANDOFF_MAX_FRAME)]);
+        assert!(
+            Handoff::new(&big, &direct).is_none(),
+            "could block before the init reads"
+        );
+    }
 }
