@@ -270,6 +270,78 @@ fn the_payload_starts_with_default_signals() {
     }
 }
 
+/// The command starts only once the run's limits hold: while the CLI holds its "limited"
+/// message back (a test hook), every task in the run's cgroup (the init, built on another
+/// CPU meanwhile) is still tako-vm and the limits are already written; then the command
+/// runs.
+#[test]
+fn the_command_starts_only_once_the_limits_hold() {
+    let r = need_rootfs!();
+    let pids_root = std::path::Path::new("/sys/fs/cgroup/pids");
+    if !pids_root.join("cgroup.procs").exists() {
+        eprintln!("SKIP: no cgroup v1 pids hierarchy here");
+        return;
+    }
+    let parent = "tako-vm-test-hold";
+    let dir = pids_root.join(parent);
+    let root = r.to_str().unwrap();
+    let mut cli = std::process::Command::new(common::bin())
+        .args(["run", "--cgroup-parent", parent, "--pids", "33"])
+        .args(["--rootfs", root, "--", "sleep", "1.5"])
+        .env("TAKO_VM_TEST_HOLD_LIMITED_MS", "2000")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ours = std::fs::canonicalize(common::bin()).unwrap();
+    let tasks = || -> Vec<(i32, std::path::PathBuf, String)> {
+        let Ok(runs) = std::fs::read_dir(&dir) else {
+            return vec![];
+        };
+        let mut v = vec![];
+        for run in runs.flatten().filter(|e| e.path().is_dir()) {
+            let max = std::fs::read_to_string(run.path().join("pids.max")).unwrap_or_default();
+            let procs =
+                std::fs::read_to_string(run.path().join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+                    v.push((pid, exe, max.trim().to_string()));
+                }
+            }
+        }
+        v
+    };
+    // From 0.3 s after the first task in the run's cgroup (its limits are written within
+    // milliseconds) to 1.3 s, inside the two-second hold. A command started early (a
+    // 1.5 s sleep) would be seen.
+    let t0 = std::time::Instant::now();
+    let mut first = None;
+    let mut seen = 0;
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        let now = tasks();
+        if !now.is_empty() {
+            let since = *first.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < std::time::Duration::from_millis(300) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            if since.elapsed() > std::time::Duration::from_millis(1300) {
+                break;
+            }
+            for (pid, exe, max) in &now {
+                assert_eq!(exe, &ours, "task {pid} runs {exe:?} before the limits hold");
+                seen = seen.max(now.len());
+                // The limits are written before the hold (and the hold is before the exec).
+                assert_eq!(max, "33", "pids.max of the run during the hold");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let status = cli.wait().unwrap();
+    assert!(first.is_some(), "the run's cgroup never had a task");
+    assert!(status.success(), "{status:?}");
+    eprintln!("tasks seen waiting in the run's cgroup: {seen}");
+}
+
 /// A CLI run sweeps the cgroups of crashed runs while its own payload starts (not before
 /// it): a dead owner's leftover is killed and removed by the time the CLI exits, a live
 /// owner's is kept.

@@ -550,6 +550,7 @@ impl Runner {
                 match self.limit_cloned_init(helper_pid, opts, &spec.limits, &mut join) {
                     Ok(c) => {
                         *cgroup_slot = c;
+                        hold_limited_for_tests();
                         setup = wire::write_frame(&mut ctl, Kind::Limited, &[]);
                         trace(t0, "cgroup ready, init limited");
                         // While the payload starts on the init's CPU.
@@ -1156,6 +1157,18 @@ impl Drop for LaunchGuard {
 
 /// Launchers whose report was read before they had exited ([`Launch::finish`]).
 static UNREAPED_LAUNCHERS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Test hook: `TAKO_VM_TEST_HOLD_LIMITED_MS` delays [`Kind::Limited`] (at most 10 s), so a
+/// test can look at a run whose payload waits for its limits (`tests/cli.rs`). Unset in
+/// production; it only ever delays a start.
+fn hold_limited_for_tests() {
+    if let Some(ms) = std::env::var("TAKO_VM_TEST_HOLD_LIMITED_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms.min(10_000)));
+    }
+}
 
 /// Reaps the launchers [`Launch::finish`] left (each exits right after its report).
 fn reap_launchers() {
