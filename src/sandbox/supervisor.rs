@@ -1239,6 +1239,11 @@ fn spec_frame(body: &[u8]) -> io::Result<Vec<u8>> {
 impl Launch {
     fn start(join: Option<SelfJoin>, handoff: Option<Handoff>) -> io::Result<Launch> {
         let (mut ctl, theirs) = UnixStream::pair()?;
+        // Queued before anyone reads: only where the socket's send buffer surely holds it
+        // (a host with a tiny `net.core.wmem_default` keeps the usual order).
+        let room =
+            nix::sys::socket::getsockopt(&ctl, nix::sys::socket::sockopt::SndBuf).unwrap_or(0);
+        let handoff = handoff.filter(|h| h.spec_frame.len() * 2 + 4096 <= room);
         if let Some(h) = &handoff {
             // Read by the init once it exists (it reads its spec first).
             ctl.write_all(&h.spec_frame)?;
