@@ -1184,7 +1184,8 @@ fn reap_launchers() {
 struct Launch {
     launcher: i32,
     /// The launcher writes the init's pid here (or minus the clone's errno), then the index
-    /// and errno of a failed cgroup join (0, 0 when it joined or had nothing to join).
+    /// and errno of a failed cgroup join (0, 0 when it joined or had nothing to join), then
+    /// 1 when it wrote the id maps and sent `Mapped` of a hand-off (else 0).
     report: File,
     join: Option<SelfJoin>,
     ctl: UnixStream,
@@ -1198,9 +1199,8 @@ struct Launch {
 /// waiting for its caller: the spec (queued on the control socket before the fork) and the
 /// id maps (written by the launcher right after the clone, then [`Kind::Mapped`]). For a
 /// caller that knows the whole spec before it starts the init (`tako-vm run -- CMD`) and
-/// writes id maps itself (root: [`IdMap::Direct`] or a subordinate range it may write
-/// directly). Not for network runs, whose [`Kind::Mapped`] carries the veth made after the
-/// clone.
+/// writes the id maps itself (root's [`IdMap::Direct`]). Not for network runs, whose
+/// [`Kind::Mapped`] carries the veth made after the clone.
 #[derive(Debug, Clone)]
 pub struct Handoff {
     /// The [`Kind::Spec`] frame.
@@ -1255,8 +1255,9 @@ impl Launch {
         // Saved before the fork: the init restores it from its copy of this memory.
         let place = super::cpus::save_caller_mask();
         // SAFETY: fork(2) of a single-threaded process (checked by the caller): the copy may
-        // run any code. It only clones (a fork again) and writes four bytes before _exit,
-        // which runs no destructor and no exit handler of this process.
+        // run any code. It joins the cgroup, clones (a fork again), may write the init's id
+        // maps and one frame (a hand-off), and writes its report before _exit, which runs no
+        // destructor and no exit handler of this process.
         let launcher = unsafe { libc::fork() };
         if launcher < 0 {
             return Err(io::Error::last_os_error());
