@@ -24,16 +24,16 @@ const SET_SIZE: usize = std::mem::size_of::<libc::cpu_set_t>();
 /// Saves the caller's CPU mask; call before forking the launcher. Returns false when the
 /// mask cannot be read (then nothing is placed or restored).
 pub fn save_caller_mask() -> bool {
-    if CALLER_MASK.get().is_some() {
-        return true;
+    if CALLER_MASK.get().is_none() {
+        // SAFETY: cpu_set_t is plain old data (all zero is the empty set).
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sched_getaffinity writes at most SET_SIZE bytes into the set.
+        if unsafe { libc::sched_getaffinity(0, SET_SIZE, &mut set) } != 0 {
+            return false;
+        }
+        let _ = CALLER_MASK.set(set);
     }
-    // SAFETY: cpu_set_t is plain old data (all zero is the empty set).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sched_getaffinity writes at most SET_SIZE bytes into the set.
-    if unsafe { libc::sched_getaffinity(0, SET_SIZE, &mut set) } != 0 {
-        return false;
-    }
-    CALLER_MASK.set(set).is_ok() || CALLER_MASK.get().is_some()
+    true
 }
 
 /// The CPU after `current` in `mask` (wrapping around), if the mask has another one.

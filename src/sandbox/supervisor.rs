@@ -292,9 +292,8 @@ impl Runner {
         // discarded and a fresh one started.
         let handed_off = match spawned.handed.take() {
             None => false,
-            Some((frame, mapped)) => {
-                let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
-                if frame == spec_frame(&body)? && mapped {
+            Some((queued, mapped)) => {
+                if queued == *spec && mapped {
                     true
                 } else {
                     drop(spawned);
@@ -333,7 +332,7 @@ impl Runner {
         }
         trace(t0, "cgroup removed");
         // A run that never started its payload still sweeps.
-        self.sweep_deferred();
+        self.sweep_if_deferred();
         reap_launchers();
         result.map(|mut o| {
             o.total_ms = t0.elapsed().as_millis() as u64;
@@ -343,7 +342,7 @@ impl Runner {
 
     /// The start-up sweep a CLI leaves to its run ([`HostConfig::defer_sweep`]): once per
     /// process, after the run's own cgroup holds its limits (or when the run is over).
-    fn sweep_deferred(&self) {
+    fn sweep_if_deferred(&self) {
         static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !self.sweep_deferred || DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
@@ -554,7 +553,7 @@ impl Runner {
                         setup = wire::write_frame(&mut ctl, Kind::Limited, &[]);
                         trace(t0, "cgroup ready, init limited");
                         // While the payload starts on the init's CPU.
-                        self.sweep_deferred();
+                        self.sweep_if_deferred();
                     }
                     Err(e) => {
                         late_error = Some(e);
@@ -888,9 +887,9 @@ pub struct Spawned {
     init_is_child: bool,
     /// A cloned init born in its v1 cgroup ([`SelfJoin`]): its limits are applied later.
     join: Option<SelfJoin>,
-    /// The spec frame its launcher queued, and whether the launcher wrote the id maps and
-    /// sent [`Kind::Mapped`] ([`Handoff`]).
-    handed: Option<(Vec<u8>, bool)>,
+    /// The spec its launcher queued, and whether the launcher wrote the id maps and sent
+    /// [`Kind::Mapped`] ([`Handoff`]).
+    handed: Option<(SandboxSpec, bool)>,
 }
 
 impl std::fmt::Debug for Spawned {
@@ -1203,7 +1202,8 @@ struct Launch {
 /// [`Kind::Mapped`] carries the veth made after the clone.
 #[derive(Debug, Clone)]
 pub struct Handoff {
-    /// The [`Kind::Spec`] frame.
+    /// The spec, and its [`Kind::Spec`] frame.
+    spec: SandboxSpec,
     spec_frame: Vec<u8>,
     idmap: IdMap,
 }
@@ -1217,8 +1217,10 @@ impl Handoff {
             return None;
         }
         let body = serde_json::to_vec(spec).ok()?;
-        let spec_frame = spec_frame(&body).ok()?;
+        let mut spec_frame = Vec::with_capacity(body.len() + 5);
+        wire::write_frame(&mut spec_frame, Kind::Spec, &body).ok()?;
         (spec_frame.len() <= HANDOFF_MAX_FRAME).then(|| Handoff {
+            spec: spec.clone(),
             spec_frame,
             idmap: idmap.clone(),
         })
@@ -1228,13 +1230,6 @@ impl Handoff {
 /// Largest spec frame queued before the init exists: well inside a Unix socket's default
 /// send buffer (208 KiB), so the write cannot block.
 const HANDOFF_MAX_FRAME: usize = 64 << 10;
-
-/// The [`Kind::Spec`] frame of a serialized spec.
-fn spec_frame(body: &[u8]) -> io::Result<Vec<u8>> {
-    let mut frame = Vec::with_capacity(body.len() + 5);
-    wire::write_frame(&mut frame, Kind::Spec, body)?;
-    Ok(frame)
-}
 
 impl Launch {
     fn start(join: Option<SelfJoin>, handoff: Option<Handoff>) -> io::Result<Launch> {
@@ -1360,7 +1355,7 @@ impl Launch {
             pid,
             init_is_child: true,
             join: self.join,
-            handed: self.handoff.map(|h| (h.spec_frame, mapped)),
+            handed: self.handoff.map(|h| (h.spec, mapped)),
         })
     }
 }
@@ -1459,7 +1454,9 @@ mod tests {
         let small = spec(vec!["python3".into(), "-c".into(), "pass".into()]);
         let h = Handoff::new(&small, &direct).expect("handed over");
         let body = serde_json::to_vec(&small).unwrap();
-        assert_eq!(h.spec_frame, spec_frame(&body).unwrap());
+        let mut frame = Vec::new();
+        wire::write_frame(&mut frame, Kind::Spec, &body).unwrap();
+        assert_eq!(h.spec_frame, frame);
         assert_eq!(h.spec_frame[0], Kind::Spec as u8);
         assert!(
             Handoff::new(&small, &single).is_none(),
