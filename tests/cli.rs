@@ -277,11 +277,11 @@ fn the_payload_starts_with_default_signals() {
 #[test]
 fn the_command_starts_only_once_the_limits_hold() {
     let r = need_rootfs!();
-    let pids_root = std::path::Path::new("/sys/fs/cgroup/pids");
-    if !pids_root.join("cgroup.procs").exists() {
-        eprintln!("SKIP: no cgroup v1 pids hierarchy here");
+    if !common::cgroup_v1() {
+        eprintln!("SKIP: no cgroup v1 hierarchies here");
         return;
     }
+    let pids_root = std::path::Path::new("/sys/fs/cgroup/pids");
     let parent = "tako-vm-test-hold";
     let dir = pids_root.join(parent);
     let root = r.to_str().unwrap();
@@ -348,19 +348,14 @@ fn the_command_starts_only_once_the_limits_hold() {
 #[test]
 fn a_cli_run_sweeps_dead_runs_leftovers() {
     let r = need_rootfs!();
-    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
-    if !v1.join("cgroup.procs").exists() {
-        eprintln!("SKIP: no cgroup v1 memory hierarchy here (the v2 sweep runs in the QEMU test)");
+    if !common::cgroup_v1() {
+        eprintln!("SKIP: no cgroup v1 hierarchies here (the v2 sweep runs in the QEMU test)");
         return;
     }
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
     let parent = "tako-vm-test-cli-sweep";
     let dead = v1.join(parent).join("999999999.1.deadbeef");
-    std::fs::create_dir_all(&dead).unwrap();
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("1000")
-        .spawn()
-        .unwrap();
-    std::fs::write(dead.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let mut sleeper = common::dead_run_leftover(&[&dead]);
     let live = v1.join(parent).join(tako_vm::sandbox::host::new_run_id());
     std::fs::create_dir_all(&live).unwrap();
 
@@ -385,11 +380,13 @@ fn a_cli_run_sweeps_dead_runs_leftovers() {
     }
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    std::fs::remove_dir(&live).unwrap();
+    let kept = live.exists();
+    let _ = std::fs::remove_dir(&live);
     let _ = std::fs::remove_dir(&dead);
     assert_eq!(code, 0, "{err}");
     assert!(killed, "the leftover's process was killed");
     assert!(gone, "the leftover cgroup was removed");
+    assert!(kept, "a live owner's cgroup is kept");
 }
 
 /// The CLI builds a run's namespaces on another CPU (`sandbox::cpus`): the init takes the

@@ -263,18 +263,11 @@ fn startup_sweep_kills_and_removes_leftovers_of_dead_owners() {
     let mem = std::path::Path::new("/sys/fs/cgroup/memory")
         .join(parent)
         .join(dead);
-    std::fs::create_dir_all(&mem).unwrap();
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("1000")
-        .spawn()
-        .unwrap();
-    std::fs::write(mem.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
     // The crashed run had its pids directory too: it goes with the memory one.
     let pids = std::path::Path::new("/sys/fs/cgroup/pids")
         .join(parent)
         .join(dead);
-    std::fs::create_dir_all(&pids).unwrap();
-    std::fs::write(pids.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let mut sleeper = common::dead_run_leftover(&[&mem, &pids]);
     // A live owner's run (ours) must survive the sweep.
     let live = tako_vm::sandbox::host::new_run_id();
     let live_dir = std::path::Path::new("/sys/fs/cgroup/memory")

@@ -149,6 +149,19 @@ pub fn cgroup_v1() -> bool {
         || std::path::Path::new("/sys/fs/cgroup/memory").is_dir()
 }
 
+/// What a crashed run leaves behind for the start-up sweep: its cgroup directory `dirs` (one
+/// per hierarchy) with a process (`sleep 1000`) still in them. The caller reaps the child.
+pub fn dead_run_leftover(dirs: &[&std::path::Path]) -> std::process::Child {
+    for d in dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let sleeper = Command::new("sleep").arg("1000").spawn().unwrap();
+    for d in dirs {
+        std::fs::write(d.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    }
+    sleeper
+}
+
 /// A hard-link copy of the tree `from` at `to` (`cp -al`): a rootfs to alter in a test
 /// (unlinking and replacing entries leaves `from` as it was).
 pub fn hardlink_copy(from: &std::path::Path, to: &std::path::Path) {
