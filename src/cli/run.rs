@@ -8,6 +8,7 @@ use clap::Args;
 use crate::exec::classify;
 use crate::exec::record::Status;
 use crate::exec::runner::{self, CodeRun};
+use crate::sandbox::idmap::IdMap;
 use crate::sandbox::spec::{Layers, Limits, NetworkSpec, SandboxSpec};
 use crate::sandbox::supervisor::Handoff;
 use crate::sandbox::{cgroup, host, HostConfig, RunOptions, Runner};
@@ -133,9 +134,10 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
     //
     // A command run (`-- CMD`) is prepared first and launches its init with the whole spec
     // and the id maps handed over (`Handoff`): the init then builds its filesystem on
-    // another CPU without waiting for this process, which builds the cgroup manager. A code
-    // run, whose spec is built by the runner, launches its init first and sends the spec
-    // when it has it.
+    // another CPU without waiting for this process, which builds the cgroup manager and
+    // only then detects the rest of the host (id maps excepted: the launcher writes them). A
+    // code run, whose spec is built by the runner, launches its init first and sends the
+    // spec when it has it.
     let id = host::new_run_id();
     let early = a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && cgroup::builds_ahead();
     let launch = |handoff: Option<Handoff>| {
@@ -169,7 +171,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         );
     }
     let lim = limits(&a)?;
-    let runner = Runner::detect(&HostConfig {
+    let host_config = HostConfig {
         cgroup_parent: a.cgroup_parent.clone(),
         allow_unlimited: a.allow_unlimited,
         helper_exe: None,
@@ -178,7 +180,8 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         clone_init: a.rootfs.is_some(),
         defer_sweep: true,
         ..HostConfig::default()
-    })?;
+    };
+    let idmap = IdMap::detect().map_err(crate::sandbox::SandboxError::from)?;
     let network = a.network.then(|| NetworkSpec {
         allowed_hosts: a.allow_hosts.clone(),
     });
@@ -209,6 +212,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         run.artifacts_dir = a.artifacts_dir.clone();
         run.network = network;
         run.env = image_env;
+        let runner = Runner::detect_with_idmap(&host_config, idmap)?;
         let result = runner::execute(&runner, &run);
         use std::io::Write;
         let text = serde_json::to_string_pretty(&result)?;
@@ -251,9 +255,12 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         layers: Layers::under(lower),
     };
     if hand_over {
-        _launched = Some(launch(Handoff::new(&spec, &runner.idmap)));
+        _launched = Some(launch(Handoff::new(&spec, &idmap)));
         cgroup::prepare(&a.cgroup_parent, &id);
     }
+    // After the launch where there is one: the rest of the host's detection (the cgroup
+    // parents, the sweeps) runs while the init is built on the other CPU.
+    let runner = Runner::detect_with_idmap(&host_config, idmap)?;
     let opts = RunOptions {
         run_id: id,
         host_deadline: std::time::Duration::from_secs(a.timeout + 120 + runner::HOST_GRACE_S),

@@ -108,7 +108,12 @@ pub fn new_run_id() -> String {
 impl Runner {
     /// Detects id maps and cgroups for this host and sweeps leftovers of dead processes.
     pub fn detect(cfg: &HostConfig) -> Result<Runner, SandboxError> {
-        let idmap = IdMap::detect()?;
+        Self::detect_with_idmap(cfg, IdMap::detect()?)
+    }
+
+    /// [`Runner::detect`] with the id maps detected already (the CLI needs them before the
+    /// rest, for a hand-off).
+    pub fn detect_with_idmap(cfg: &HostConfig, idmap: IdMap) -> Result<Runner, SandboxError> {
         let cgroups = match Cgroups::detect(&cfg.cgroup_parent) {
             Ok(c) => {
                 if !cfg.defer_sweep {
