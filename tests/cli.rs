@@ -276,11 +276,7 @@ fn the_payload_starts_with_default_signals() {
 /// runs.
 #[test]
 fn the_command_starts_only_once_the_limits_hold() {
-    let r = need_rootfs!();
-    if !common::cgroup_v1() {
-        eprintln!("SKIP: no cgroup v1 hierarchies here");
-        return;
-    }
+    let r = need_rootfs_on_v1!("no cgroup v1 hierarchies here");
     let pids_root = std::path::Path::new("/sys/fs/cgroup/pids");
     let parent = "tako-vm-test-hold";
     let dir = pids_root.join(parent);
@@ -347,11 +343,8 @@ fn the_command_starts_only_once_the_limits_hold() {
 /// owner's is kept.
 #[test]
 fn a_cli_run_sweeps_dead_runs_leftovers() {
-    let r = need_rootfs!();
-    if !common::cgroup_v1() {
-        eprintln!("SKIP: no cgroup v1 hierarchies here (the v2 sweep runs in the QEMU test)");
-        return;
-    }
+    let r =
+        need_rootfs_on_v1!("no cgroup v1 hierarchies here (the v2 sweep runs in the QEMU test)");
     let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
     let parent = "tako-vm-test-cli-sweep";
     let dead = v1.join(parent).join("999999999.1.deadbeef");
@@ -468,4 +461,29 @@ fn the_callers_environment_stays_outside() {
             "{path}: {out}"
         );
     }
+}
+
+/// A command run hands its spec to the launched init (the launcher writes the id maps and
+/// answers for the CLI); where the spec cannot be handed over (here a frame over 64 KiB),
+/// the init whose maps were written is discarded and the run starts a fresh one, with the
+/// same result. Only where the CLI launches its init early: root on a cgroup v1 host.
+#[test]
+fn a_command_run_hands_its_spec_over_or_starts_a_fresh_init() {
+    let r = need_rootfs_on_v1!("the CLI launches its init early only on a cgroup v1 host");
+    let root = r.to_str().unwrap();
+    let handed = "spec and id maps handed over by the launcher";
+    let trace = [("TAKO_VM_TRACE", "1")];
+    let (code, out, err) = common::cli_env(
+        &["run", "--rootfs", root, "--", "python3", "-c", "print(6*7)"],
+        &trace,
+    );
+    assert_eq!((code, out.as_str()), (0, "42\n"), "{err}");
+    assert!(err.contains(handed), "{err}");
+    // 70 000 bytes of argument: over the hand-off's 64 KiB, under the kernel's 128 KiB.
+    let long = "y".repeat(70_000);
+    let (code, out, err) =
+        common::cli_env(&["run", "--rootfs", root, "--", "/bin/echo", &long], &trace);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{long}\n"));
+    assert!(!err.contains(handed), "{err}");
 }

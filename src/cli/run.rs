@@ -10,7 +10,6 @@ use crate::exec::record::Status;
 use crate::exec::runner::{self, CodeRun};
 use crate::sandbox::idmap::IdMap;
 use crate::sandbox::spec::{Layers, Limits, NetworkSpec, SandboxSpec};
-use crate::sandbox::supervisor::Handoff;
 use crate::sandbox::{cgroup, host, HostConfig, RunOptions, Runner};
 
 /// Arguments of `tako-vm run`.
@@ -132,29 +131,26 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
     // There the init is born in its cgroup: the launcher enters it first (`SelfJoin`). A run
     // refused before it starts leaves no launched init and no cgroup behind (`_launched`).
     //
-    // A command run (`-- CMD`) is prepared first and launches its init with the whole spec
-    // and the id maps handed over (`Handoff`): the init then builds its filesystem on
-    // another CPU without waiting for this process, which builds the cgroup manager and
-    // only then detects the rest of the host (id maps excepted: the launcher writes them). A
-    // code run, whose spec is built by the runner, launches its init first and sends the
-    // spec when it has it.
+    // A command run without a network (`-- CMD`) also leaves the id maps to the launcher,
+    // and hands its spec over as soon as it has it (`hand_spec`): the init then builds its
+    // filesystem on another CPU without a round trip through this process, which checks
+    // the rootfs, builds the cgroup manager and detects the rest of the host meanwhile. A
+    // code run, whose spec is built by the runner, and a network run, whose id map answer
+    // carries the veth, send their spec and id maps from the run.
     let id = host::new_run_id();
+    let idmap = IdMap::detect().map_err(crate::sandbox::SandboxError::from)?;
     let early = a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && cgroup::builds_ahead();
-    let launch = |handoff: Option<Handoff>| {
+    let hand_over = early && a.code.is_none() && !a.network;
+    let mut _launched = None;
+    if early {
         let join = cgroup::SelfJoin::plan(cgroup::v1_mount_points(), &a.cgroup_parent, &id)
             .ok()
             .filter(|j| j.ready().is_ok());
-        crate::sandbox::supervisor::launch_init(join, handoff)
-    };
-    let hand_over = early && a.code.is_none();
-    let mut _launched = None;
-    if !hand_over {
-        if early {
-            _launched = Some(launch(None));
-        }
-        // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
-        cgroup::prepare(&a.cgroup_parent, &id);
+        let maps = hand_over.then(|| idmap.clone());
+        _launched = Some(crate::sandbox::supervisor::launch_init(join, maps));
     }
+    // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
+    cgroup::prepare(&a.cgroup_parent, &id);
     // `_hold` keeps gc away from a job-type snapshot until the run is over.
     let (rootfs, lower, image_env, _hold) =
         super::run_image::rootfs_for(config, &a.rootfs, &a.image, &a.job_type, &a.store)?;
@@ -181,7 +177,6 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         defer_sweep: true,
         ..HostConfig::default()
     };
-    let idmap = IdMap::detect().map_err(crate::sandbox::SandboxError::from)?;
     let network = a.network.then(|| NetworkSpec {
         allowed_hosts: a.allow_hosts.clone(),
     });
@@ -255,8 +250,7 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         layers: Layers::under(lower),
     };
     if hand_over {
-        _launched = Some(launch(Handoff::new(&spec, &idmap)));
-        cgroup::prepare(&a.cgroup_parent, &id);
+        crate::sandbox::supervisor::hand_spec(&spec);
     }
     // After the launch where there is one: the rest of the host's detection (the cgroup
     // parents, the sweeps) runs while the init is built on the other CPU.

@@ -287,13 +287,14 @@ impl Runner {
             },
         };
         trace(t0, "helper ready");
-        // A launcher that queued a spec queued this run's spec (the caller prepared both
-        // from the same value); a different one would run the wrong sandbox: the init is
-        // discarded and a fresh one started.
+        // An init launched with id maps is used only with this run's spec queued and
+        // `Mapped` sent ([`hand_spec`]); a different spec would run the wrong sandbox, and
+        // id maps written without `Mapped` cannot be written again: the init is discarded
+        // and a fresh one started.
         let handed_off = match spawned.handed.take() {
             None => false,
             Some((queued, mapped)) => {
-                if queued == *spec && mapped {
+                if mapped && queued.as_ref() == Some(spec) {
                     true
                 } else {
                     drop(spawned);
@@ -536,7 +537,7 @@ impl Runner {
 
         if init_is_child {
             // A cloned init is in its namespaces already: no round trip for the id maps (its
-            // launcher may have written them, [`Handoff`]). It builds its filesystem while its
+            // launcher may have written them, [`hand_spec`]). It builds its filesystem while its
             // cgroup is set up here.
             let mut setup = if handed_off {
                 trace(t0, "spec and id maps handed over by the launcher");
@@ -887,9 +888,10 @@ pub struct Spawned {
     init_is_child: bool,
     /// A cloned init born in its v1 cgroup ([`SelfJoin`]): its limits are applied later.
     join: Option<SelfJoin>,
-    /// The spec its launcher queued, and whether the launcher wrote the id maps and sent
-    /// [`Kind::Mapped`] ([`Handoff`]).
-    handed: Option<(SandboxSpec, bool)>,
+    /// For an init whose launcher was to write its id maps ([`launch_init`]): the spec
+    /// queued for it ([`hand_spec`]), and whether the launcher wrote the id maps and sent
+    /// [`Kind::Mapped`]. Either missing, the init is of no use.
+    handed: Option<(Option<SandboxSpec>, bool)>,
 }
 
 impl std::fmt::Debug for Spawned {
@@ -906,7 +908,7 @@ struct Helper {
     pid: i32,
     init_is_child: bool,
     join: Option<SelfJoin>,
-    /// The spec was queued and the id maps written by the launcher ([`Handoff`]).
+    /// The spec was queued and the id maps written by the launcher ([`hand_spec`]).
     handed_off: bool,
 }
 
@@ -1121,18 +1123,21 @@ static LAUNCHED: std::sync::Mutex<Option<Launch>> = std::sync::Mutex::new(None);
 /// by that run.
 ///
 /// With a `join` (a root caller on a cgroup v1 host), the launcher first enters the run's
-/// cgroup, so the init is born in it and nothing has to be moved ([`SelfJoin`]). With a
-/// `handoff`, the caller's spec is queued for the init and the launcher writes its id maps
-/// ([`Handoff`]): the init builds its filesystem at once, without a round trip through the
-/// caller, which meanwhile builds the cgroup manager.
+/// cgroup, so the init is born in it and nothing has to be moved ([`SelfJoin`]). With
+/// `maps` (root's [`IdMap::Direct`]; others are left to the run), the launcher writes the
+/// init's id maps right after the clone, and sends [`Kind::Mapped`] once the caller has
+/// queued the spec ([`hand_spec`]): the init builds its filesystem at once, without a round
+/// trip through the caller, which meanwhile checks the rest of the run and builds the
+/// cgroup manager.
 ///
 /// Keep the returned guard until the run is over: if no run took the init by then (the run
 /// was refused before it started), dropping the guard kills and reaps the init and removes
 /// the cgroup directories its launcher made.
 #[must_use = "dropping the guard discards the launched init"]
-pub fn launch_init(join: Option<SelfJoin>, handoff: Option<Handoff>) -> LaunchGuard {
+pub fn launch_init(join: Option<SelfJoin>, maps: Option<IdMap>) -> LaunchGuard {
     if std::env::var_os("TAKO_VM_HELPER_EXEC").is_none() && single_threaded(false) {
-        if let Ok(l) = Launch::start(join, handoff) {
+        let maps = maps.filter(launcher_writes);
+        if let Ok(l) = Launch::start(join, maps) {
             *LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
         }
     }
@@ -1179,70 +1184,73 @@ fn reap_launchers() {
     }
 }
 
+/// Whether a launcher writes id maps `m` itself: root's direct ones (others need
+/// `newuidmap`, run by the caller).
+fn launcher_writes(m: &IdMap) -> bool {
+    matches!(m, IdMap::Direct { .. })
+}
+
+/// Queues `spec` for the init [`launch_init`] launched with id maps, and lets its launcher
+/// send [`Kind::Mapped`]. Returns false where it cannot be handed over (the run then starts
+/// a fresh init): no init launched with id maps, a spec with a network (its `Mapped`
+/// carries the veth made after the clone), or a spec frame that might not fit the control
+/// socket's buffer before the init reads it.
+pub fn hand_spec(spec: &SandboxSpec) -> bool {
+    let mut slot = LAUNCHED.lock().unwrap_or_else(|e| e.into_inner());
+    slot.as_mut().is_some_and(|l| l.hand(spec))
+}
+
+/// The [`Kind::Spec`] frame of `spec` where a launcher can hand it over through a socket
+/// with `room` bytes of send buffer (see [`hand_spec`]).
+fn handoff_frame(spec: &SandboxSpec, room: usize) -> Option<Vec<u8>> {
+    if spec.network.is_some() {
+        return None;
+    }
+    let body = serde_json::to_vec(spec).ok()?;
+    let mut frame = Vec::with_capacity(body.len() + 5);
+    wire::write_frame(&mut frame, Kind::Spec, &body).ok()?;
+    (frame.len() <= HANDOFF_MAX_FRAME && frame.len() * 2 + 4096 <= room).then_some(frame)
+}
+
 /// A launcher process (see [`launch_init`]) and the init's ends of the run's channels.
 struct Launch {
     launcher: i32,
     /// The launcher writes the init's pid here (or minus the clone's errno), then the index
     /// and errno of a failed cgroup join (0, 0 when it joined or had nothing to join), then
-    /// 1 when it wrote the id maps and sent `Mapped` of a hand-off (else 0).
+    /// what it did with id maps: 0 none written, 1 written and `Mapped` sent, 2 written
+    /// only (the init is then of no use to a run).
     report: File,
     join: Option<SelfJoin>,
     ctl: UnixStream,
     out_r: File,
     err_r: File,
-    /// What the launcher was given to hand over.
-    handoff: Option<Handoff>,
+    /// The launcher writes id maps (and waits on `go`).
+    maps: bool,
+    /// One byte for the launcher, once: 1 when the spec is queued (it then sends `Mapped`),
+    /// 0 when not; closing it unwritten means 0.
+    go: Option<File>,
+    /// `ctl`'s send buffer.
+    room: usize,
+    /// The spec [`hand_spec`] queued.
+    queued: Option<SandboxSpec>,
 }
 
-/// What a launcher hands the init it clones, so that the init builds its filesystem without
-/// waiting for its caller: the spec (queued on the control socket before the fork) and the
-/// id maps (written by the launcher right after the clone, then [`Kind::Mapped`]). For a
-/// caller that knows the whole spec before it starts the init (`tako-vm run -- CMD`) and
-/// writes the id maps itself (root's [`IdMap::Direct`]). Not for network runs, whose
-/// [`Kind::Mapped`] carries the veth made after the clone.
-#[derive(Debug, Clone)]
-pub struct Handoff {
-    /// The spec, and its [`Kind::Spec`] frame.
-    spec: SandboxSpec,
-    spec_frame: Vec<u8>,
-    idmap: IdMap,
-}
-
-impl Handoff {
-    /// The hand-off of `spec` with `idmap`; `None` where the launcher cannot do it: a spec
-    /// with a network, a spec frame that might not fit the socket's buffer before anyone
-    /// reads it, or id maps that need `newuidmap`.
-    pub fn new(spec: &SandboxSpec, idmap: &IdMap) -> Option<Handoff> {
-        if spec.network.is_some() || !matches!(idmap, IdMap::Direct { .. }) {
-            return None;
-        }
-        let body = serde_json::to_vec(spec).ok()?;
-        let mut spec_frame = Vec::with_capacity(body.len() + 5);
-        wire::write_frame(&mut spec_frame, Kind::Spec, &body).ok()?;
-        (spec_frame.len() <= HANDOFF_MAX_FRAME).then(|| Handoff {
-            spec: spec.clone(),
-            spec_frame,
-            idmap: idmap.clone(),
-        })
-    }
-}
-
-/// Largest spec frame queued before the init exists: well inside a Unix socket's default
+/// Largest spec frame queued before the init reads: well inside a Unix socket's default
 /// send buffer (208 KiB), so the write cannot block.
 const HANDOFF_MAX_FRAME: usize = 64 << 10;
 
 impl Launch {
-    fn start(join: Option<SelfJoin>, handoff: Option<Handoff>) -> io::Result<Launch> {
+    fn start(join: Option<SelfJoin>, maps: Option<IdMap>) -> io::Result<Launch> {
         let (mut ctl, theirs) = UnixStream::pair()?;
-        // Queued before anyone reads: only where the socket's send buffer surely holds it
-        // (a host with a tiny `net.core.wmem_default` keeps the usual order).
         let room =
             nix::sys::socket::getsockopt(&ctl, nix::sys::socket::sockopt::SndBuf).unwrap_or(0);
-        let handoff = handoff.filter(|h| h.spec_frame.len() * 2 + 4096 <= room);
-        if let Some(h) = &handoff {
-            // Read by the init once it exists (it reads its spec first).
-            ctl.write_all(&h.spec_frame)?;
-        }
+        let (go_r, go_w) = match maps {
+            Some(_) => {
+                let (r, w) = pipe()?;
+                (Some(r), Some(w))
+            }
+            None => (None, None),
+        };
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (report, report_w) = pipe()?;
@@ -1251,13 +1259,15 @@ impl Launch {
         let place = super::cpus::save_caller_mask();
         // SAFETY: fork(2) of a single-threaded process (checked by the caller): the copy may
         // run any code. It joins the cgroup, clones (a fork again), may write the init's id
-        // maps and one frame (a hand-off), and writes its report before _exit, which runs no
-        // destructor and no exit handler of this process.
+        // maps and one frame, and writes its report before _exit, which runs no destructor
+        // and no exit handler of this process.
         let launcher = unsafe { libc::fork() };
         if launcher < 0 {
             return Err(io::Error::last_os_error());
         }
         if launcher == 0 {
+            // Only the caller writes `go`: its end of file must reach this process.
+            drop(go_w);
             let joined = join.as_ref().map_or(Ok(()), |j| j.enter());
             let v = match joined {
                 Err(_) => 0,
@@ -1271,17 +1281,30 @@ impl Launch {
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
                 },
             };
-            // The id maps and Mapped, as the caller would send them after the report; 1
-            // when done.
-            let mapped = match &handoff {
-                Some(h) if v > 0 => {
-                    let answer = Mapped {
-                        init_uid: h.idmap.init_uid(),
-                        eth0: None,
-                    };
-                    let done = h.idmap.apply(v).is_ok()
-                        && wire::write_json(&mut ctl, Kind::Mapped, &answer).is_ok();
-                    i32::from(done)
+            // The id maps, and Mapped once the spec is ahead of it on the socket, as the
+            // caller would send them after the report.
+            let mapped: i32 = match (&maps, &go_r) {
+                (Some(m), Some(go)) if v > 0 => {
+                    if m.apply(v).is_err() {
+                        0
+                    } else {
+                        let answer = Mapped {
+                            init_uid: m.init_uid(),
+                            eth0: None,
+                        };
+                        let mut b = [0u8; 1];
+                        let queued = loop {
+                            match (&*go).read(&mut b) {
+                                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                                r => break matches!(r, Ok(1)) && b[0] == 1,
+                            }
+                        };
+                        if queued && wire::write_json(&mut ctl, Kind::Mapped, &answer).is_ok() {
+                            1
+                        } else {
+                            2
+                        }
+                    }
                 }
                 _ => 0,
             };
@@ -1310,14 +1333,33 @@ impl Launch {
             ctl,
             out_r,
             err_r,
-            handoff,
+            maps: go_w.is_some(),
+            go: go_w,
+            room,
+            queued: None,
         })
+    }
+
+    /// Queues `spec` on the control socket and tells the launcher whether it may send
+    /// `Mapped` ([`hand_spec`]); at most once.
+    fn hand(&mut self, spec: &SandboxSpec) -> bool {
+        let Some(mut go) = self.go.take() else {
+            return false;
+        };
+        let queued = handoff_frame(spec, self.room).is_some_and(|f| self.ctl.write_all(&f).is_ok());
+        let _ = go.write_all(&[u8::from(queued)]);
+        if queued {
+            self.queued = Some(spec.clone());
+        }
+        queued
     }
 
     /// Waits for the launcher's report and returns the init. The launcher exits right
     /// after its report; it is reaped here when it is gone already, else later
     /// ([`reap_launchers`]): its exit is not on the run's path.
     fn finish(mut self) -> Result<Spawned, SandboxError> {
+        // A spec not handed over by now never will be: the launcher stops waiting.
+        drop(self.go.take());
         let mut b = [0u8; 16];
         let read = self.report.read_exact(&mut b);
         let launcher = Pid::from_raw(self.launcher);
@@ -1336,7 +1378,7 @@ impl Launch {
         }
         read?;
         let word = |k: usize| i32::from_ne_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
-        let (pid, failed_at, errno, mapped) = (word(0), word(4), word(8), word(12) == 1);
+        let (pid, failed_at, errno, mapped) = (word(0), word(4), word(8), word(12));
         if let (Some(j), true) = (&self.join, errno != 0) {
             return Err(j.enter_error((failed_at as usize, errno)).into());
         }
@@ -1355,7 +1397,7 @@ impl Launch {
             pid,
             init_is_child: true,
             join: self.join,
-            handed: self.handoff.map(|h| (h.spec, mapped)),
+            handed: self.maps.then_some((self.queued, mapped == 1)),
         })
     }
 }
@@ -1442,6 +1484,33 @@ mod tests {
     /// be queued before anyone reads it, with id maps a root caller writes directly.
     #[test]
     fn a_handoff_is_made_only_where_the_launcher_can_do_it() {
+        let small = spec(vec!["python3".into(), "-c".into(), "pass".into()]);
+        let room = 212_992;
+        let frame = handoff_frame(&small, room).expect("handed over");
+        let body = serde_json::to_vec(&small).unwrap();
+        let mut expected = Vec::new();
+        wire::write_frame(&mut expected, Kind::Spec, &body).unwrap();
+        assert_eq!(frame, expected);
+        assert_eq!(frame[0], Kind::Spec as u8);
+        let mut net = small.clone();
+        net.network = Some(NetworkSpec {
+            allowed_hosts: vec![],
+        });
+        assert!(handoff_frame(&net, room).is_none(), "the veth comes later");
+        let big = spec(vec!["x".repeat(HANDOFF_MAX_FRAME)]);
+        assert!(
+            handoff_frame(&big, room).is_none(),
+            "could block before the init reads"
+        );
+        assert!(
+            handoff_frame(&small, frame.len()).is_none(),
+            "a small send buffer keeps the usual order"
+        );
+    }
+
+    /// Only root's direct id maps are written by a launcher; the others need the caller.
+    #[test]
+    fn only_direct_maps_are_left_to_a_launcher() {
         let direct = IdMap::Direct {
             uid_base: 100_000,
             gid_base: 100_000,
@@ -1451,29 +1520,7 @@ mod tests {
             own_uid: 1000,
             own_gid: 1000,
         };
-        let small = spec(vec!["python3".into(), "-c".into(), "pass".into()]);
-        let h = Handoff::new(&small, &direct).expect("handed over");
-        let body = serde_json::to_vec(&small).unwrap();
-        let mut frame = Vec::new();
-        wire::write_frame(&mut frame, Kind::Spec, &body).unwrap();
-        assert_eq!(h.spec_frame, frame);
-        assert_eq!(h.spec_frame[0], Kind::Spec as u8);
-        assert!(
-            Handoff::new(&small, &single).is_none(),
-            "needs the caller's maps"
-        );
-        let mut net = small.clone();
-        net.network = Some(NetworkSpec {
-            allowed_hosts: vec![],
-        });
-        assert!(
-            Handoff::new(&net, &direct).is_none(),
-            "the veth comes later"
-        );
-        let big = spec(vec!["x".repeat(HANDOFF_MAX_FRAME)]);
-        assert!(
-            Handoff::new(&big, &direct).is_none(),
-            "could block before the init reads"
-        );
+        assert!(launcher_writes(&direct));
+        assert!(!launcher_writes(&single));
     }
 }

@@ -58,6 +58,20 @@ macro_rules! need_rootfs {
     };
 }
 
+/// [`need_rootfs!`] on a host with cgroup v1 hierarchies; skips (returns) elsewhere, saying
+/// `why`.
+#[macro_export]
+macro_rules! need_rootfs_on_v1 {
+    ($why:expr) => {{
+        let r = need_rootfs!();
+        if !common::cgroup_v1() {
+            eprintln!("SKIP: {}", $why);
+            return;
+        }
+        r
+    }};
+}
+
 /// A runner whose run cgroups live under `parent`.
 pub fn runner_in(parent: &str) -> Runner {
     Runner::detect(&HostConfig {
