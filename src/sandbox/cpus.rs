@@ -9,6 +9,10 @@
 //! right after the fork, it starts after 0.35–0.4 ms. On a host whose scheduler spreads by
 //! itself, the placement picks the CPU it would have picked anyway.
 //!
+//! The launcher moves back to the caller's CPU before it exits: its exit tears down its
+//! copy of the caller's address space (~0.3 ms), which would otherwise delay the init on
+//! the CPU they share. A/B in docs/benchmarks.md, round 18.
+//!
 //! Nothing stays pinned: the init takes the caller's CPU mask back as its first step
 //! ([`restore_caller_mask`]), before it runs anything of the sandbox, so the payload gets
 //! exactly the caller's CPUs.
@@ -45,8 +49,8 @@ fn other_cpu(mask: &libc::cpu_set_t, current: usize) -> Option<usize> {
         .find(|&c| unsafe { libc::CPU_ISSET(c, mask) })
 }
 
-/// Runs process `pid` (the just-forked launcher) on one allowed CPU other than the caller's
-/// current one. Does nothing when the saved mask has a single CPU or none was saved.
+/// Runs process `pid` (the just-forked launcher, or 0: the calling process) on one allowed
+/// CPU other than the caller's current one. Does nothing when the saved mask has a single CPU or none was saved.
 /// Returns the CPU chosen.
 pub fn place_on_other_cpu(pid: i32) -> Option<usize> {
     let mask = CALLER_MASK.get()?;

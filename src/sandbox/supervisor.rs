@@ -1314,12 +1314,15 @@ impl Launch {
             b[4..8].copy_from_slice(&(i as i32).to_ne_bytes());
             b[8..12].copy_from_slice(&errno.to_ne_bytes());
             b[12..].copy_from_slice(&mapped.to_ne_bytes());
-            // SAFETY: a write of a local buffer to a descriptor this process owns, then _exit
-            // (no destructor runs: the parent's `join` stays armed there).
-            unsafe {
-                libc::write(report_w.as_raw_fd(), b.as_ptr().cast(), b.len());
-                libc::_exit(0);
+            // SAFETY: a write of a local buffer to a descriptor this process owns.
+            unsafe { libc::write(report_w.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+            // This copy's exit (its address space torn down) runs on the caller's CPU, off
+            // the one the init builds its filesystem on.
+            if place {
+                super::cpus::place_on_other_cpu(0);
             }
+            // SAFETY: _exit runs no destructor (the parent's `join` stays armed there).
+            unsafe { libc::_exit(0) }
         }
         // The namespaces and the init's filesystem are built on another CPU while this
         // process prepares the cgroup manager on its own ([`super::cpus`]).
