@@ -50,8 +50,8 @@ fn other_cpu(mask: &libc::cpu_set_t, current: usize) -> Option<usize> {
 }
 
 /// Runs process `pid` (the just-forked launcher, or 0: the calling process) on one allowed
-/// CPU other than the caller's current one. Does nothing when the saved mask has a single CPU or none was saved.
-/// Returns the CPU chosen.
+/// CPU other than the caller's current one. Does nothing when the saved mask has a single
+/// CPU or none was saved. Returns the CPU chosen.
 pub fn place_on_other_cpu(pid: i32) -> Option<usize> {
     let mask = CALLER_MASK.get()?;
     // SAFETY: sched_getcpu has no arguments; -1 on failure.

@@ -1217,8 +1217,9 @@ struct Launch {
     launcher: i32,
     /// The launcher writes the init's pid here (or minus the clone's errno), then the index
     /// and errno of a failed cgroup join (0, 0 when it joined or had nothing to join), then
-    /// what it did with id maps: 0 none written, 1 written and `Mapped` sent, 2 written
-    /// only (the init is then of no use to a run).
+    /// what it did with id maps: 0 none written (or writing them failed), 1 written and
+    /// `Mapped` sent, 2 written only. Unless 1, an init launched with id maps is of no use
+    /// to a run.
     report: File,
     join: Option<SelfJoin>,
     ctl: UnixStream,
