@@ -14,7 +14,7 @@
 //! Our extensions (documented, optional): `base_rootfs`, `cgroup_parent`, `network_pool`,
 //! `allow_unlimited_sandboxes`, `shutdown_grace_seconds`, the image settings
 //! (`registry_mirror`, `insecure_registries`, `registry_username`, `registry_password`,
-//! `registry_auth_host`, `uv_path`, `image_store`; see [`images`]) and the job-type key
+//! `registry_auth_host`, `uv_path`, `image_store`; see `images`) and the job-type key
 //! `allowed_hosts`.
 
 mod env;
@@ -233,7 +233,7 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Database URL (`sqlite://PATH` or an ignored PostgreSQL URL).
     pub database_url: String,
-    /// [Docker] seccomp profile; ignored (our policy is compiled in).
+    /// \[Docker\] seccomp profile; ignored (our policy is compiled in).
     #[serde(alias = "seccomp_profile_path_str")]
     pub seccomp_profile_path: Option<PathBuf>,
     /// Concurrent async executions.
@@ -284,17 +284,17 @@ pub struct Config {
     pub execution_record_ttl_days: i64,
     /// DLQ retention (days).
     pub dlq_ttl_days: i64,
-    /// [Docker] ignored.
+    /// \[Docker\] ignored.
     pub docker_image: String,
-    /// [Docker] ignored: seccomp is always on.
+    /// \[Docker\] ignored: seccomp is always on.
     pub enable_seccomp: bool,
-    /// [Docker] ignored: capabilities are always dropped.
+    /// \[Docker\] ignored: capabilities are always dropped.
     pub enable_cap_restrictions: bool,
-    /// [Docker] ignored: user namespaces are always used.
+    /// \[Docker\] ignored: user namespaces are always used.
     pub enable_userns: bool,
-    /// [Docker] `runsc`/`runc`; ignored (reported runtime is `runc`).
+    /// \[Docker\] `runsc`/`runc`; ignored (reported runtime is `runc`).
     pub container_runtime: String,
-    /// [Docker] `strict`/`permissive`; ignored (our posture is fixed).
+    /// \[Docker\] `strict`/`permissive`; ignored (our posture is fixed).
     pub security_mode: String,
     /// Sandbox rlimits and sizes.
     pub container_limits: ContainerLimits,

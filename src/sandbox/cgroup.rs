@@ -712,7 +712,7 @@ impl SelfJoin {
     }
 
     /// Readies the join: the parents of the run's directories exist, and the run will
-    /// inherit default-deny device rules from its parent ([`parent_denies_devices`]);
+    /// inherit default-deny device rules from its parent (`parent_denies_devices`);
     /// refused otherwise, since rules written after its first task entered would deny every
     /// device for a moment. The run's own directories are made by [`SelfJoin::enter`].
     pub fn ready(&self) -> Result<(), CgroupError> {

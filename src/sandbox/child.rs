@@ -35,7 +35,7 @@ use super::spec::SandboxSpec;
 use super::wire::{self, ArtifactHeader, ExitReport, Failure, InitPid, Kind, Mapped};
 use super::{mounts, privs};
 
-/// argv[1] that makes our binary act as the sandbox helper.
+/// `argv[1]` that makes our binary act as the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox-helper";
 /// The control socket's fd number in the helper.
 pub const CTL_FD: i32 = 3;

@@ -328,7 +328,7 @@ fn sync_dns_locked(resolvers: &[Ipv4Addr]) -> Result<bool, NetError> {
     Ok(true)
 }
 
-/// [`sync_dns_locked`] under the host lock, for a table that exists (false otherwise).
+/// `sync_dns_locked` under the host lock, for a table that exists (false otherwise).
 pub fn sync_dns(resolvers: &[Ipv4Addr]) -> Result<bool, NetError> {
     if !std::path::Path::new(TABLE_FLAG).exists() {
         return Ok(false);

@@ -75,7 +75,7 @@ pub struct Runner {
     /// Pre-started helpers (servers); `None`: every run starts its own.
     pub pool: Option<std::sync::Arc<Pool>>,
     /// The start-up sweep of dead runs' cgroups was left to the first run
-    /// ([`HostConfig::defer_sweep`]).
+    /// ([`HostConfig::defer_sweep`](super::HostConfig::defer_sweep)).
     pub sweep_deferred: bool,
     /// See [`super::HostConfig::clone_init`].
     pub clone_init: bool,
@@ -371,7 +371,7 @@ impl Runner {
     /// elsewhere it is moved in, which costs one RCU grace period on current kernels
     /// (~10-25 ms), one reason why servers keep a few of these ready.
     ///
-    /// A cloned init ([`clone_init`]) gets its cgroup later, while it builds its filesystem
+    /// A cloned init (`clone_init`) gets its cgroup later, while it builds its filesystem
     /// (see [`Runner::run`]).
     pub fn spawn_helper(&self, run_id: &str) -> Result<Spawned, SandboxError> {
         let init_is_child = self.may_clone_init();
