@@ -138,16 +138,22 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
     // code run, whose spec is built by the runner, and a network run, whose id map answer
     // carries the veth, send their spec and id maps from the run.
     let id = host::new_run_id();
-    let idmap = IdMap::detect().map_err(crate::sandbox::SandboxError::from)?;
     let early = a.rootfs.as_ref().is_some_and(|r| r.is_dir()) && cgroup::builds_ahead();
     let hand_over = early && a.code.is_none() && !a.network;
+    // Before the launch only where the launcher writes them.
+    let early_idmap = hand_over
+        .then(IdMap::detect)
+        .transpose()
+        .map_err(crate::sandbox::SandboxError::from)?;
     let mut _launched = None;
     if early {
         let join = cgroup::SelfJoin::plan(cgroup::v1_mount_points(), &a.cgroup_parent, &id)
             .ok()
             .filter(|j| j.ready().is_ok());
-        let maps = hand_over.then(|| idmap.clone());
-        _launched = Some(crate::sandbox::supervisor::launch_init(join, maps));
+        _launched = Some(crate::sandbox::supervisor::launch_init(
+            join,
+            early_idmap.clone(),
+        ));
     }
     // On a v1 host libcgroups' manager takes ~2 ms to build: on a thread, meanwhile.
     cgroup::prepare(&a.cgroup_parent, &id);
@@ -176,6 +182,10 @@ pub fn run(config: Option<&std::path::Path>, a: RunArgs) -> anyhow::Result<i32> 
         clone_init: a.rootfs.is_some(),
         defer_sweep: true,
         ..HostConfig::default()
+    };
+    let idmap = match early_idmap {
+        Some(m) => m,
+        None => IdMap::detect().map_err(crate::sandbox::SandboxError::from)?,
     };
     let network = a.network.then(|| NetworkSpec {
         allowed_hosts: a.allow_hosts.clone(),

@@ -293,14 +293,11 @@ impl Runner {
         // and a fresh one started.
         let handed_off = match spawned.handed.take() {
             None => false,
-            Some((queued, mapped)) => {
-                if mapped && queued.as_ref() == Some(spec) {
-                    true
-                } else {
-                    drop(spawned);
-                    spawned = self.spawn_helper(&opts.run_id)?;
-                    false
-                }
+            Some(handed) if handed.as_ref() == Some(spec) => true,
+            Some(_) => {
+                drop(spawned);
+                spawned = self.spawn_helper(&opts.run_id)?;
+                false
             }
         };
         let mut cgroup = spawned.cgroup;
@@ -483,8 +480,7 @@ impl Runner {
             c.apply(&spec.limits)?;
         }
         if !handed_off {
-            let body = serde_json::to_vec(spec).map_err(io::Error::other)?;
-            wire::write_frame(&mut ctl, Kind::Spec, &body)?;
+            wire::write_json(&mut ctl, Kind::Spec, spec)?;
         }
         trace(t0, "limits applied, spec sent");
 
@@ -889,9 +885,9 @@ pub struct Spawned {
     /// A cloned init born in its v1 cgroup ([`SelfJoin`]): its limits are applied later.
     join: Option<SelfJoin>,
     /// For an init whose launcher was to write its id maps ([`launch_init`]): the spec
-    /// queued for it ([`hand_spec`]), and whether the launcher wrote the id maps and sent
-    /// [`Kind::Mapped`]. Either missing, the init is of no use.
-    handed: Option<(Option<SandboxSpec>, bool)>,
+    /// queued for it ([`hand_spec`]) once the launcher has also written the id maps and
+    /// sent [`Kind::Mapped`]. `Some(None)`: the init is of no use.
+    handed: Option<Option<SandboxSpec>>,
 }
 
 impl std::fmt::Debug for Spawned {
@@ -1191,13 +1187,14 @@ fn launcher_writes(m: &IdMap) -> bool {
 }
 
 /// Queues `spec` for the init [`launch_init`] launched with id maps, and lets its launcher
-/// send [`Kind::Mapped`]. Returns false where it cannot be handed over (the run then starts
-/// a fresh init): no init launched with id maps, a spec with a network (its `Mapped`
-/// carries the veth made after the clone), or a spec frame that might not fit the control
-/// socket's buffer before the init reads it.
-pub fn hand_spec(spec: &SandboxSpec) -> bool {
-    let mut slot = LAUNCHED.lock().unwrap_or_else(|e| e.into_inner());
-    slot.as_mut().is_some_and(|l| l.hand(spec))
+/// send [`Kind::Mapped`]. Where it cannot be handed over, the run starts a fresh init: a
+/// spec with a network (its `Mapped` carries the veth made after the clone), or a spec
+/// frame that might not fit the control socket's buffer before the init reads it. Does
+/// nothing without such a launched init.
+pub fn hand_spec(spec: &SandboxSpec) {
+    if let Some(l) = LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        l.hand(spec);
+    }
 }
 
 /// The [`Kind::Spec`] frame of `spec` where a launcher can hand it over through a socket
@@ -1206,9 +1203,8 @@ fn handoff_frame(spec: &SandboxSpec, room: usize) -> Option<Vec<u8>> {
     if spec.network.is_some() {
         return None;
     }
-    let body = serde_json::to_vec(spec).ok()?;
-    let mut frame = Vec::with_capacity(body.len() + 5);
-    wire::write_frame(&mut frame, Kind::Spec, &body).ok()?;
+    let mut frame = Vec::new();
+    wire::write_json(&mut frame, Kind::Spec, spec).ok()?;
     (frame.len() <= HANDOFF_MAX_FRAME && frame.len() * 2 + 4096 <= room).then_some(frame)
 }
 
@@ -1230,7 +1226,7 @@ struct Launch {
     /// One byte for the launcher, once: 1 when the spec is queued (it then sends `Mapped`),
     /// 0 when not; closing it unwritten means 0.
     go: Option<File>,
-    /// `ctl`'s send buffer.
+    /// `ctl`'s send buffer (read where the launcher writes id maps).
     room: usize,
     /// The spec [`hand_spec`] queued.
     queued: Option<SandboxSpec>,
@@ -1243,14 +1239,14 @@ const HANDOFF_MAX_FRAME: usize = 64 << 10;
 impl Launch {
     fn start(join: Option<SelfJoin>, maps: Option<IdMap>) -> io::Result<Launch> {
         let (mut ctl, theirs) = UnixStream::pair()?;
-        let room =
-            nix::sys::socket::getsockopt(&ctl, nix::sys::socket::sockopt::SndBuf).unwrap_or(0);
-        let (go_r, go_w) = match maps {
+        let (go_r, go_w, room) = match maps {
             Some(_) => {
                 let (r, w) = pipe()?;
-                (Some(r), Some(w))
+                let room = nix::sys::socket::getsockopt(&ctl, nix::sys::socket::sockopt::SndBuf)
+                    .unwrap_or(0);
+                (Some(r), Some(w), room)
             }
-            None => (None, None),
+            None => (None, None, 0),
         };
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -1293,13 +1289,9 @@ impl Launch {
                             init_uid: m.init_uid(),
                             eth0: None,
                         };
+                        // End of file (the caller gave up) counts as "not queued".
                         let mut b = [0u8; 1];
-                        let queued = loop {
-                            match (&*go).read(&mut b) {
-                                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                                r => break matches!(r, Ok(1)) && b[0] == 1,
-                            }
-                        };
+                        let queued = (&*go).read_exact(&mut b).is_ok() && b[0] == 1;
                         if queued && wire::write_json(&mut ctl, Kind::Mapped, &answer).is_ok() {
                             1
                         } else {
@@ -1346,16 +1338,15 @@ impl Launch {
 
     /// Queues `spec` on the control socket and tells the launcher whether it may send
     /// `Mapped` ([`hand_spec`]); at most once.
-    fn hand(&mut self, spec: &SandboxSpec) -> bool {
+    fn hand(&mut self, spec: &SandboxSpec) {
         let Some(mut go) = self.go.take() else {
-            return false;
+            return;
         };
         let queued = handoff_frame(spec, self.room).is_some_and(|f| self.ctl.write_all(&f).is_ok());
         let _ = go.write_all(&[u8::from(queued)]);
         if queued {
             self.queued = Some(spec.clone());
         }
-        queued
     }
 
     /// Waits for the launcher's report and returns the init. The launcher exits right
@@ -1401,7 +1392,7 @@ impl Launch {
             pid,
             init_is_child: true,
             join: self.join,
-            handed: self.maps.then_some((self.queued, mapped == 1)),
+            handed: self.maps.then(|| self.queued.filter(|_| mapped == 1)),
         })
     }
 }
